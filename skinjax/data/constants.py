@@ -1,0 +1,14 @@
+"""HAM10000 facts shared by the builder, the pipeline and the reports."""
+
+# Alphabetical, as in the HAM10000 metadata and the study; label i is CLASS_NAMES[i].
+CLASS_NAMES = ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc')
+NUM_CLASSES = len(CLASS_NAMES)
+MELANOMA = 'mel'
+
+METADATA_COLUMNS = ('lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex', 'localization')
+
+DOWNLOAD_HELP = (
+    'Download HAM10000 from the Harvard Dataverse (doi:10.7910/DVN/DBW86T) or from Kaggle '
+    '(kmader/skin-cancer-mnist-ham10000), then prepare it with:\n'
+    '  python scripts/prepare_ham10000.py --manual_dir=DOWNLOAD_DIR --data_dir={data_dir}'
+)

@@ -1,0 +1,1 @@
+"""Flax NNX models: classifier backbones and the architecture registry."""
