@@ -1,0 +1,69 @@
+"""Base config: every other config imports `get_config()` from here and overrides a few fields.
+
+Not meant to be run alone (it points at prepared HAM10000 with the small from-scratch CNN);
+see configs/scratch_cnn.py, configs/demo.py and the backbone configs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = 'ham10000'  # 'ham10000' (prepared TFDS ArrayRecord) | 'synthetic'
+  data.data_dir = '~/tensorflow_datasets'
+  data.prepared_size = 256  # short side the dataset was prepared at (--image_size of prepare)
+  data.image_size = 224  # side of the square images the model sees
+  data.split = 'lesion_grouped'  # 'lesion_grouped' | 'random_image' (the study's leaky split)
+  data.split_fractions = (0.6, 0.2, 0.2)
+  data.split_seed = 0
+  data.resize = 'center_crop'  # evaluation resize: 'center_crop' (keeps aspect) | 'squash'
+  data.preprocessing = 'keras'  # 'keras' (the backbone's own) | 'minus_one_one' (the study's)
+  data.num_workers = 2  # grain multiprocessing workers for training; 0 reads in the main process
+  data.synthetic_examples = 700  # size of the synthetic source
+
+  data.augment = augment = ml_collections.ConfigDict()
+  augment.random_resized_crop = True
+  augment.crop_scale = (0.35, 1.0)  # fraction of the image area kept by the random crop
+  augment.crop_ratio = (3 / 4, 4 / 3)
+  augment.hflip = True
+  augment.vflip = True
+  augment.rot90 = True  # dermoscopy has no canonical orientation
+  augment.brightness = 0.1
+  augment.contrast = 0.1
+  augment.saturation = 0.1
+
+  config.model = model = ml_collections.ConfigDict()
+  model.arch = 'small_cnn'
+  model.init = 'scratch'  # 'scratch' | 'imagenet' | PATH (the backbone issue adds the last two)
+  model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; parameters stay float32
+  model.dropout_rate = 0.3
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 32  # global, across all devices and processes
+  train.num_epochs = 30
+  train.optimizer = 'adamw'  # 'adamw' | 'sgd'
+  train.learning_rate = 1e-3
+  train.momentum = 0.9  # sgd only
+  train.nesterov = True  # sgd only
+  train.weight_decay = 1e-4  # decoupled, on kernels only
+  train.schedule = 'cosine'  # 'cosine' | 'constant', both after a linear warmup
+  train.warmup_epochs = 1.0
+  train.label_smoothing = 0.0
+  train.grad_clip_norm = 1.0  # 0 disables clipping
+  train.class_weighting = 'none'  # 'none' | 'inverse_freq' | 'sqrt_inverse_freq'
+  train.balanced_sampling = False  # draw each class equally often instead of weighting the loss
+  train.freeze_backbone_epochs = 0  # phase 1: head only, backbone BatchNorm in inference mode
+  train.unfreeze = 'all'  # phase 2: 'all' or the number of last backbone blocks to train, e.g. '2'
+  train.backbone_lr_multiplier = 1.0
+  train.log_every_steps = 10
+  train.eval_batch_size = 64
+
+  train.early_stopping = es = ml_collections.ConfigDict()
+  es.monitor = 'val_balanced_accuracy'  # any val_* metric of the epoch summary
+  es.mode = 'max'  # 'max' | 'min' (use 'min' with val_loss)
+  es.patience = 5  # epochs without improvement before stopping; 0 disables early stopping
+  es.min_delta = 1e-3
+  return config

@@ -1,0 +1,86 @@
+"""Orbax checkpoints of a run: `latest` to resume from, `best` to report.
+
+W/checkpoints/latest  max_to_keep=1: train state, grain iterator state, progress (JSON)
+W/checkpoints/best    max_to_keep=1: model variables and the epoch summary that made them best
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed
+mid-write never leaves a torn checkpoint that looks valid.
+"""
+
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=1, create=True,
+      # Synchronous: checkpoints are per epoch, and the train step donates the state buffers.
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+class RunCheckpoints:
+
+  def __init__(self, workdir: pathlib.Path):
+    self.latest = _manager(workdir / 'checkpoints' / 'latest')
+    self.best = _manager(workdir / 'checkpoints' / 'best')
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.best.latest_step()
+
+  def save_latest(self, step: int, state, data_iterator, progress: dict):
+    self.latest.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iterator),
+        progress=ocp.args.JsonSave(progress)))
+
+  def restore_latest(self, abstract_state, data_iterator):
+    step = self.latest.latest_step()
+    restored = self.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data_iter=grain.checkpoint.CheckpointRestore(data_iterator),
+        progress=ocp.args.JsonRestore()))
+    return restored.state, restored.progress
+
+  def latest_progress(self) -> dict | None:
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    return self.latest.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
+
+  def save_best(self, step: int, params, rest, summary: dict):
+    self.best.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave({'params': params, 'rest': rest}),
+        summary=ocp.args.JsonSave(summary)))
+
+  def restore_model(self, which: str, abstract_params, abstract_rest):
+    """Model variables from 'best', 'latest' or a step number of either."""
+    if which == 'latest':
+      step = self.latest.latest_step()
+      if step is None:
+        raise FileNotFoundError('No latest checkpoint in this workdir.')
+      state = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(partial_restore=True, item={
+              'params': abstract_params, 'rest': abstract_rest}))).state
+      return step, state['params'], state['rest']
+    step = self.best.latest_step() if which == 'best' else int(which)
+    if step is None:
+      raise FileNotFoundError('No best checkpoint in this workdir.')
+    model = self.best.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore({'params': abstract_params, 'rest': abstract_rest}))).model
+    return step, model['params'], model['rest']
+
+  def wait_and_close(self):
+    for manager in (self.latest, self.best):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def abstract(tree, sharding):
+  """ShapeDtypeStructs with the target sharding, the restore target orbax wants."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

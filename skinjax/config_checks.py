@@ -1,0 +1,59 @@
+"""Checks a config and a workdir before any work starts, with messages that say what to change.
+
+ml_collections already rejects unknown keys and wrong types when a locked config is overridden
+from the command line; this catches values outside their allowed sets and incompatible workdirs.
+"""
+
+import json
+import pathlib
+
+import ml_collections
+
+CHOICES = {
+    'data.source': ('ham10000', 'synthetic'),
+    'data.split': ('lesion_grouped', 'random_image'),
+    'data.resize': ('center_crop', 'squash'),
+    'data.preprocessing': ('keras', 'minus_one_one'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'train.optimizer': ('adamw', 'sgd'),
+    'train.schedule': ('cosine', 'constant'),
+    'train.class_weighting': ('none', 'inverse_freq', 'sqrt_inverse_freq'),
+    'train.early_stopping.mode': ('max', 'min'),
+}
+
+
+def _get(config, dotted: str):
+  for key in dotted.split('.'):
+    config = config[key]
+  return config
+
+
+def validate(config: ml_collections.ConfigDict):
+  for key, allowed in CHOICES.items():
+    value = _get(config, key)
+    if value not in allowed:
+      raise ValueError(f'config.{key}={value!r} is not one of {", ".join(allowed)}.')
+  if config.model.init != 'scratch':
+    raise ValueError(
+        f'config.model.init={config.model.init!r}: loading ImageNet weights is not available in '
+        "this version yet; use --config.model.init=scratch.")
+  monitor = config.train.early_stopping.monitor
+  if not monitor.startswith('val_'):
+    raise ValueError(f'config.train.early_stopping.monitor={monitor!r}: monitor a validation '
+                     'metric such as val_balanced_accuracy, val_macro_f1 or val_loss.')
+  for key in ('batch_size', 'num_epochs', 'eval_batch_size', 'log_every_steps'):
+    if config.train[key] <= 0:
+      raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
+
+
+def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  """Refuses to resume a workdir whose run trained another architecture."""
+  previous_path = workdir / 'config.json'
+  if not previous_path.exists():
+    return
+  previous = json.loads(previous_path.read_text())
+  old_arch = previous.get('model', {}).get('arch')
+  if old_arch != config.model.arch and (workdir / 'checkpoints').exists():
+    raise ValueError(
+        f'{workdir} holds checkpoints of a {old_arch} run, but config.model.arch is '
+        f'{config.model.arch!r}. Use another --workdir, or delete {workdir} to start over.')

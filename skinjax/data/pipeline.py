@@ -1,0 +1,129 @@
+"""grain pipelines: an endless augmented training stream and a padded, masked evaluation pass.
+
+Both read any random-access source whose items are dicts with `image` (JPEG bytes or a uint8
+array) and `label`: the prepared TFDS ArrayRecord source or the synthetic one.
+"""
+
+import dataclasses
+import functools
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+
+from skinjax.data import augment
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+  """The picklable subset of `config.data.augment` that grain workers need."""
+  random_resized_crop: bool
+  crop_scale: tuple[float, float]
+  crop_ratio: tuple[float, float]
+  hflip: bool
+  vflip: bool
+  rot90: bool
+  brightness: float
+  contrast: float
+  saturation: float
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict) -> 'AugmentSpec':
+    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+
+
+class BalancedDraws:
+  """Indices drawn with replacement so that every class is equally likely, new draws each epoch.
+
+  Item i belongs to epoch i // len(indices); each epoch's draw is a pure function of (seed, epoch),
+  so the stream is reproducible and grain can checkpoint it by position alone.
+  """
+
+  def __init__(self, indices: np.ndarray, labels: np.ndarray, seed: int, num_epochs: int):
+    self.indices = np.asarray(indices)
+    counts = np.bincount(labels, minlength=labels.max() + 1)
+    self.probs = 1.0 / counts[labels]
+    self.probs /= self.probs.sum()
+    self.seed = seed
+    self.num_epochs = num_epochs
+
+  def __len__(self) -> int:
+    return len(self.indices) * self.num_epochs
+
+  def __getitem__(self, i: int) -> int:
+    epoch, position = divmod(int(i), len(self.indices))
+    return int(self._epoch_draw(epoch)[position])
+
+  @functools.lru_cache(maxsize=2)
+  def _epoch_draw(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng((self.seed, epoch))
+    return rng.choice(self.indices, size=len(self.indices), p=self.probs)
+
+
+class TrainTransform(grain.transforms.RandomMap):
+  def __init__(self, source, image_size: int, spec: AugmentSpec, resize_mode: str):
+    self.source, self.image_size, self.spec, self.resize_mode = source, image_size, spec, resize_mode
+
+  def random_map(self, index, rng: np.random.Generator):
+    record = self.source[int(index)]
+    image = augment.train_view(record['image'], self.image_size, self.spec, self.resize_mode, rng)
+    return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
+
+
+class EvalTransform(grain.transforms.Map):
+  """Position -1 is padding: a blank image with mask 0, so every real example counts once."""
+
+  def __init__(self, source, indices: np.ndarray, image_size: int, resize_mode: str):
+    self.source, self.indices = source, indices
+    self.image_size, self.resize_mode = image_size, resize_mode
+
+  def map(self, position):
+    position = int(position)
+    if position < 0:
+      blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+      return {'image': blank, 'label': np.int32(0), 'mask': np.float32(0.0), 'position': np.int32(-1)}
+    record = self.source[int(self.indices[position])]
+    image = augment.eval_resize(augment.to_pil(record['image'], self.image_size), self.image_size,
+                                self.resize_mode)
+    return {'image': np.ascontiguousarray(image), 'label': np.int32(record['label']),
+            'mask': np.float32(1.0), 'position': np.int32(position)}
+
+
+def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml_collections.ConfigDict,
+                  process_batch_size: int, num_epochs: int, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """Shuffled (or class-balanced), repeated, augmented and batched training examples.
+
+  The global order is fixed by the seed; each process then takes every process_count-th
+  example, so the processes together see exactly the single-process stream.
+  """
+  seed = config.seed
+  if config.train.balanced_sampling:
+    ds = grain.MapDataset.source(BalancedDraws(indices, labels, seed, num_epochs))
+  else:
+    ds = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat(num_epochs)
+  ds = ds[process_index::process_count]
+  transform = TrainTransform(source, config.data.image_size,
+                             AugmentSpec.from_config(config.data.augment), config.data.resize)
+  ds = ds.random_map(transform, seed=seed + 1)
+  ds = ds.batch(process_batch_size, drop_remainder=True).to_iter_dataset()
+  if config.data.num_workers > 0:
+    # grain's workers read absl flags; outside an absl app (tests, notebooks) use their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return ds
+
+
+def eval_dataset(source, indices: np.ndarray, *, image_size: int, resize_mode: str,
+                 global_batch_size: int, process_index: int = 0, process_count: int = 1,
+                 num_threads: int = 4) -> grain.IterDataset:
+  """One deterministic pass over `indices`, padded to whole global batches and masked."""
+  positions = np.arange(len(indices))
+  padding = -len(positions) % global_batch_size
+  positions = np.concatenate([positions, np.full(padding, -1)])
+  ds = grain.MapDataset.source(positions)[process_index::process_count]
+  ds = ds.map(EvalTransform(source, np.asarray(indices), image_size, resize_mode))
+  ds = ds.batch(global_batch_size // process_count)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))

@@ -1,0 +1,40 @@
+"""Entry point: python -m skinjax.main --config=configs/demo.py --workdir=runs/demo"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from skinjax import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
+config_flags.DEFINE_config_file('config', None, 'A config file from configs/.', lock_config=True)
+flags.DEFINE_bool('multihost', False,
+                  'Call jax.distributed.initialize() (auto-detected on SLURM, TPU pods, ...).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for explicit multi-host.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes, for explicit multi-host.')
+flags.DEFINE_integer('process_id', None, 'This process index, for explicit multi-host.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+  if FLAGS.multihost or FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    # Bad input: say what is wrong and how to fix it; the traceback only with --verbosity=1.
+    logging.vlog(1, 'Traceback of the error below:', exc_info=True)
+    raise SystemExit(f'error: {error}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,73 @@
+"""The pure, jit-compiled train and eval steps.
+
+The model lives as (graphdef, params, rest): `params` are the nnx.Param leaves, `rest` everything
+else (BatchNorm statistics, constant buffers). Phase 1, phase 2 and evaluation differ only in the
+graphdef (BatchNorm/dropout modes are static attributes), so they share one state layout.
+"""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State
+  rest: nnx.State
+  opt_state: Any
+
+
+def weighted_cross_entropy(logits, labels, mask, class_weights, label_smoothing: float):
+  """Mean over real (mask=1) examples of class-weighted, optionally smoothed cross-entropy."""
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  weights = class_weights[labels] * mask
+  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    normalise: Callable, trainable_mask, class_weights: jax.Array,
+                    label_smoothing: float, dropout_key: jax.Array) -> Callable:
+  """A train step for one phase. `trainable_mask` marks the params this phase may change."""
+
+  def train_step(state: TrainState, batch: dict):
+    # Dropout keys derive from the step, so a resumed run draws exactly the same masks.
+    step_key = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params, rest):
+      rngs = nnx.Rngs(dropout=step_key)
+      # stop_gradient on frozen params lets XLA drop their whole backward pass.
+      params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
+                            trainable_mask)
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      logits = model(normalise(batch['image']), rngs=rngs)
+      loss = weighted_cross_entropy(logits, batch['label'], batch['mask'], class_weights,
+                                    label_smoothing)
+      return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.rest)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch['label']) * batch['mask']
+    metrics = {'loss': loss, 'accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(batch['mask']), 1),
+               'grad_norm': optax.tree.norm(grads)}
+    return TrainState(state.step + 1, params, rest, opt_state), metrics
+
+  return train_step
+
+
+def make_predict_step(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:
+  """Softmax probabilities in inference mode (graphdef from a model in `.eval()`)."""
+
+  def predict_step(params, rest, images):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    return jax.nn.softmax(model(normalise(images)).astype(jnp.float32), axis=-1)
+
+  return predict_step

@@ -1,0 +1,268 @@
+"""Fine-tunes a classifier on HAM10000: one function, read top to bottom.
+
+setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
+"""
+
+import functools
+import json
+import pathlib
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from tensorboardX import SummaryWriter
+
+from skinjax import checkpoint as ckpt
+from skinjax import config_checks
+from skinjax import evaluate
+from skinjax import optim
+from skinjax import report
+from skinjax import sharding
+from skinjax import steps
+from skinjax.data import pipeline
+from skinjax.data import sources
+from skinjax.data.constants import CLASS_NAMES
+from skinjax.models import preprocessing
+from skinjax.models import registry
+from skinjax.progress import ProgressBar
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`, then reports the best checkpoint on test."""
+  # ------------------------------------------------------------------ setup
+  workdir = pathlib.Path(workdir).expanduser()
+  config_checks.validate(config)
+  spec = registry.get_spec(config.model.arch)
+  config_checks.check_workdir(workdir, config)
+  is_lead = jax.process_index() == 0
+  if is_lead:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+  checkpoints = ckpt.RunCheckpoints(workdir)
+
+  # ------------------------------------------------------------------- data
+  source, metadata = sources.open_source(config)
+  splits = sources.split_indices(config, metadata)
+  labels = metadata['label']
+  mesh = sharding.data_mesh()
+  batch_size = config.train.batch_size
+  sharding.check_batch_size(batch_size, mesh)
+  sharding.check_batch_size(config.train.eval_batch_size, mesh, 'config.train.eval_batch_size')
+  steps_per_epoch = len(splits['train']) // batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"The training split has {len(splits['train'])} examples, fewer than "
+                     f'config.train.batch_size={batch_size}.')
+  total_steps = config.train.num_epochs * steps_per_epoch
+  if _finished(checkpoints, total_steps) and (workdir / 'report' / 'metrics.json').exists():
+    print(f'The run in {workdir} has finished; its test report:\n'
+          + (workdir / 'report' / 'classification_report.txt').read_text())
+    checkpoints.wait_and_close()
+    return json.loads((workdir / 'report' / 'metrics.json').read_text())
+  process_index, process_count = jax.process_index(), jax.process_count()
+  train_data = pipeline.train_dataset(
+      source, splits['train'], labels[splits['train']], config=config,
+      process_batch_size=batch_size // process_count, num_epochs=config.train.num_epochs,
+      process_index=process_index, process_count=process_count)
+  train_iter = iter(train_data)
+
+  def eval_batches(split):
+    return pipeline.eval_dataset(
+        source, splits[split], image_size=config.data.image_size, resize_mode=config.data.resize,
+        global_batch_size=config.train.eval_batch_size, process_index=process_index,
+        process_count=process_count)
+
+  class_weights = jnp.asarray(sources.class_weights(
+      labels[splits['train']], len(CLASS_NAMES), config.train.class_weighting))
+  logging.info('Split sizes %s; %d steps per epoch; class weights %s',
+               {k: len(v) for k, v in splits.items()}, steps_per_epoch, np.round(class_weights, 3))
+
+  # ------------------------------------------------------- model + optimiser
+  def build_model():
+    return registry.build_classifier(
+        config.model.arch, num_classes=len(CLASS_NAMES), dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
+
+  abstract_model = nnx.eval_shape(build_model)
+  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase)) for phase in (1, 2, 'eval')}
+  _, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+  trainable_groups = optim.trainable_backbone_groups(
+      abstract_model.backbone.layer_groups(), config.train.unfreeze)
+  phase_two_start = config.train.freeze_backbone_epochs * steps_per_epoch
+  txs = {phase: optim.make_optimizer(config, abstract_params, trainable_groups=trainable_groups,
+                                     phase=phase, steps_per_epoch=steps_per_epoch)
+         for phase in (1, 2)}
+  labels_tree = optim.param_labels(abstract_params, trainable_groups)
+  trainable = {1: jax.tree.map(lambda lab: lab == optim.HEAD, labels_tree),
+               2: jax.tree.map(lambda lab: lab != optim.FROZEN, labels_tree)}
+  normalise = _normaliser(spec, config)
+  phase_of = lambda step: 1 if step < phase_two_start else 2  # noqa: E731
+
+  # ----------------------------------------------------------- mesh/sharding
+  replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+  def init_state(phase):
+    _, params, rest = nnx.split(build_model(), nnx.Param, ...)
+    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[phase].init(params))
+
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  train_steps = {
+      phase: jax.jit(steps.make_train_step(
+          graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=trainable[phase],
+          class_weights=class_weights, label_smoothing=config.train.label_smoothing,
+          dropout_key=dropout_key), donate_argnums=0, out_shardings=(replicated, replicated))
+      for phase in (1, 2)}
+  predict_step = jax.jit(steps.make_predict_step(graphdefs['eval'], normalise=normalise),
+                         out_shardings=data_sharding)
+
+  # ----------------------------------------------------------------- restore
+  start_step = checkpoints.latest_step()
+  if start_step is None:
+    state = jax.jit(lambda: init_state(phase_of(0)), out_shardings=replicated)()
+    progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping()}
+  else:
+    abstract_state = ckpt.abstract(jax.eval_shape(lambda: init_state(phase_of(start_step))),
+                                   replicated)
+    state, progress = checkpoints.restore_latest(abstract_state, train_iter)
+    logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
+    print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+  # -------------------------------------------------------------------- loop
+  writer = SummaryWriter(str(workdir / 'tensorboard')) if is_lead else None
+  metrics_log = open(workdir / 'metrics.jsonl', 'a') if is_lead else None
+  bar = ProgressBar(total_steps, batch_size)
+  early = progress['early_stopping']
+  step = int(state.step)
+  pending = []  # device metrics not yet fetched, so the host never waits on every step
+  train_start = time.monotonic()
+  while step < total_steps and not early['stopped']:
+    epoch_start, epoch = time.monotonic(), step // steps_per_epoch + 1
+    epoch_losses = []
+    for _ in range(steps_per_epoch):
+      phase = phase_of(step)
+      if phase == 2 and step == phase_two_start and phase_two_start > 0:
+        logging.info('Step %d: unfreezing the backbone (%s).', step, config.train.unfreeze)
+        state = state.replace(opt_state=optim.enter_phase_two(state.opt_state, txs[2], state.params))
+      batch = sharding.global_batch(next(train_iter), data_sharding)
+      state, step_metrics = train_steps[phase](state, batch)
+      step += 1
+      pending.append(step_metrics)
+      if step % config.train.log_every_steps == 0 or step % steps_per_epoch == 0:
+        fetched = jax.device_get(pending)
+        pending = []
+        for offset, m in enumerate(fetched):
+          _check_finite(m['loss'], step - len(fetched) + offset + 1)
+        losses = [float(m['loss']) for m in fetched]
+        epoch_losses += losses
+        rate = bar.update(step, epoch, float(np.mean(losses)))
+        record = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(losses)),
+                  'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
+                  'step_losses': losses, 'images_per_sec': rate}
+        _log(metrics_log, writer, record, step)
+    bar.newline()
+
+    val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'), mesh,
+                                 len(splits['val']), len(CLASS_NAMES))
+    val = report.compute_metrics(labels[splits['val']], val_probs)
+    summary = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(epoch_losses)),
+               'epoch_time_s': time.monotonic() - epoch_start,
+               **{f'val_{k}': v for k, v in val.items() if k != 'per_class'}}
+    improved = _update_early_stopping(early, summary, config.train.early_stopping)
+    _log(metrics_log, writer, summary, step)
+    print(f"epoch {epoch} step {step}: train_loss {summary['train_loss']:.4f} "
+          f"val_loss {summary['val_loss']:.4f} val_bal_acc {summary['val_balanced_accuracy']:.4f} "
+          f"val_macro_f1 {summary['val_macro_f1']:.4f} ({summary['epoch_time_s']:.1f}s)"
+          + (' *best*' if improved else ''))
+    if improved:
+      checkpoints.save_best(step, state.params, state.rest, summary)
+    progress = {'epoch': epoch, 'early_stopping': early,
+                'train_time_s': progress.get('train_time_s', 0.0) + time.monotonic() - epoch_start}
+    checkpoints.save_latest(step, state, train_iter, progress)
+  if early['stopped']:
+    print(f"Early stopping after epoch {progress['epoch']}: best "
+          f"{config.train.early_stopping.monitor} {early['best_value']:.4f} at epoch {early['best_epoch']}.")
+
+  # ------------------------------------------------------------ final report
+  best_step, params, rest = checkpoints.restore_model(
+      'best', ckpt.abstract(abstract_params, replicated), ckpt.abstract(abstract_rest, replicated))
+  test_probs = evaluate.predict(predict_step, params, rest, eval_batches('test'), mesh,
+                                len(splits['test']), len(CLASS_NAMES))
+  extra = {'arch': config.model.arch, 'init': config.model.init, 'num_params': int(num_params),
+           'image_size': config.data.image_size, 'split': config.data.split,
+           'best_step': best_step, 'best_epoch': early['best_epoch'], 'epochs_run': progress['epoch'],
+           'train_time_s': progress.get('train_time_s')}
+  metrics = {}
+  if is_lead:
+    metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
+                                  metadata['image_id'][splits['test']], extra=extra)
+    print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
+          + (workdir / 'report' / 'classification_report.txt').read_text()
+          + report.format_summary(metrics))
+    metrics_log.close()
+    writer.close()
+  checkpoints.wait_and_close()
+  return metrics
+
+
+def _normaliser(spec: registry.ModelSpec, config: ml_collections.ConfigDict):
+  """uint8 -> model input, inside the jitted step: the backbone's own Keras mode or the study's."""
+  mode = spec.preprocessing if config.data.preprocessing == 'keras' else 'minus_one_one'
+  return functools.partial(preprocessing.normalize, mode=mode, dtype=jnp.dtype(config.model.dtype))
+
+
+def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
+  """Training is over when the last epoch was checkpointed or early stopping fired."""
+  progress = checkpoints.latest_progress()
+  return progress is not None and (checkpoints.latest_step() >= total_steps
+                                   or progress['early_stopping']['stopped'])
+
+
+def _set_mode(model, phase):
+  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference."""
+  if phase == 'eval':
+    model.eval()
+  else:
+    model.train()
+    if phase == 1:
+      model.backbone.eval()
+  return model
+
+
+def _fresh_early_stopping() -> dict:
+  return {'best_value': None, 'best_epoch': None, 'best_step': None, 'bad_epochs': 0,
+          'stopped': False}
+
+
+def _update_early_stopping(state: dict, summary: dict, cfg) -> bool:
+  """Updates `state` in place; returns whether this epoch is the new best."""
+  value = summary[cfg.monitor]
+  sign = 1.0 if cfg.mode == 'max' else -1.0
+  improved = state['best_value'] is None or sign * (value - state['best_value']) > cfg.min_delta
+  if improved:
+    state.update(best_value=value, best_epoch=summary['epoch'], best_step=summary['step'],
+                 bad_epochs=0)
+  else:
+    state['bad_epochs'] += 1
+    state['stopped'] = cfg.patience > 0 and state['bad_epochs'] >= cfg.patience
+  return improved
+
+
+def _check_finite(loss, step: int):
+  if not np.isfinite(loss):
+    raise FloatingPointError(
+        f'The training loss became {loss} at step {step}. Lower config.train.learning_rate, keep '
+        f'config.train.grad_clip_norm > 0, or use config.model.dtype=float32.')
+
+
+def _log(metrics_log, writer, record: dict, step: int):
+  if metrics_log is None:
+    return
+  metrics_log.write(json.dumps(record) + '\n')
+  metrics_log.flush()
+  for key, value in record.items():
+    if isinstance(value, (int, float)) and value is not None and key not in ('step', 'epoch'):
+      writer.add_scalar(key, value, step)

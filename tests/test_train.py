@@ -1,0 +1,118 @@
+"""End to end: train_and_evaluate on the synthetic source, resume, and bad-input refusals."""
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from skinjax import checkpoint as ckpt
+from skinjax import train
+from skinjax.data.constants import CLASS_NAMES
+from tests.conftest import tiny_config
+
+
+def read_jsonl(path):
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines()]
+
+
+def step_losses(workdir):
+  """{step: loss} from the per-step training records of metrics.jsonl."""
+  losses = {}
+  for record in read_jsonl(workdir / 'metrics.jsonl'):
+    for offset, loss in enumerate(reversed(record.get('step_losses', []))):
+      losses[record['step'] - offset] = loss
+  return losses
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  metrics = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(workdir))
+  return workdir, metrics
+
+
+def test_report_files_and_metrics_match_sklearn(finished_run):
+  workdir, metrics = finished_run
+  report = workdir / 'report'
+  for name in ('classification_report.txt', 'metrics.json', 'confusion_matrix.png', 'predictions.csv'):
+    assert (report / name).exists(), name
+  with open(report / 'predictions.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == metrics['num_examples'] and len({r['image_id'] for r in rows}) == len(rows)
+  labels = np.array([CLASS_NAMES.index(r['label']) for r in rows])
+  probs = np.array([[float(r[f'prob_{c}']) for c in CLASS_NAMES] for r in rows])
+  preds = probs.argmax(1)
+  assert [CLASS_NAMES[p] for p in preds] == [r['pred'] for r in rows]
+  assert metrics['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds), abs=1e-9)
+  assert metrics['accuracy'] == pytest.approx(skm.accuracy_score(labels, preds), abs=1e-9)
+  assert metrics['macro_f1'] == pytest.approx(skm.f1_score(labels, preds, average='macro'), abs=1e-9)
+  aucs = [skm.roc_auc_score(labels == c, probs[:, c], ) for c in range(7) if 0 < (labels == c).sum()]
+  assert metrics['macro_auc'] == pytest.approx(np.mean(aucs), abs=1e-5)
+  assert list(metrics['per_class'])[0] == 'mel'
+  assert set(json.loads((report / 'metrics.json').read_text())) >= {
+      'accuracy', 'balanced_accuracy', 'macro_f1', 'weighted_f1', 'macro_auc', 'per_class'}
+  assert 'mel' in (report / 'classification_report.txt').read_text()
+
+
+def test_logs_config_and_tensorboard(finished_run):
+  workdir, _ = finished_run
+  records = read_jsonl(workdir / 'metrics.jsonl')
+  epochs = [r for r in records if 'val_balanced_accuracy' in r]
+  assert [r['epoch'] for r in epochs] == [1, 2, 3]
+  assert all(np.isfinite(r['train_loss']) for r in records)
+  assert json.loads((workdir / 'config.json').read_text())['model']['arch'] == 'small_cnn'
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_finished_run_reprints_report(finished_run, capsys):
+  workdir, metrics = finished_run
+  again = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(workdir))
+  assert again == metrics
+  assert 'has finished' in capsys.readouterr().out
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
+  """Stops right after the first epoch's checkpoint, reruns, and must reproduce every loss."""
+  reference_dir, reference = finished_run
+  original_save = ckpt.RunCheckpoints.save_latest
+
+  def save_then_die(self, step, *args, **kwargs):
+    original_save(self, step, *args, **kwargs)
+    raise KeyboardInterrupt('simulated kill after the first checkpoint')
+
+  monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(tmp_path))
+  monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', original_save)
+  first_part = step_losses(tmp_path)
+  steps_per_epoch = max(first_part)
+
+  resumed = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(tmp_path))
+  losses, expected = step_losses(tmp_path), step_losses(reference_dir)
+  assert min(s for s in losses if s > steps_per_epoch) == steps_per_epoch + 1  # resumed, not restarted
+  assert sorted(losses) == sorted(expected)
+  np.testing.assert_allclose([losses[s] for s in sorted(losses)],
+                             [expected[s] for s in sorted(expected)], rtol=1e-5)
+  assert resumed['balanced_accuracy'] == pytest.approx(reference['balanced_accuracy'])
+
+
+def test_unknown_architecture_lists_valid_ones(tmp_path):
+  with pytest.raises(ValueError, match=r'valid architectures: .*small_cnn.*efficientnetb0'):
+    train.train_and_evaluate(tiny_config(**{'model.arch': 'resnet51'}), str(tmp_path))
+
+
+def test_workdir_of_another_architecture_is_refused(finished_run):
+  workdir, _ = finished_run
+  with pytest.raises(ValueError, match='holds checkpoints of a small_cnn run'):
+    train.train_and_evaluate(tiny_config(**{'model.arch': 'efficientnetb0'}), str(workdir))
+
+
+@pytest.mark.parametrize('key, value', [('data.split', 'by_patient'),
+                                        ('train.class_weighting', 'inverse'),
+                                        ('model.dtype', 'float16')])
+def test_invalid_choices_name_the_key(tmp_path, key, value):
+  with pytest.raises(ValueError, match=f'config.{key}'):
+    train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
