@@ -9,8 +9,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def data_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ('data',))
+def data_mesh(devices=None) -> Mesh:
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ('data',))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
