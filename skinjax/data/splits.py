@@ -1,0 +1,146 @@
+"""Train/val/test splits of HAM10000, grouped by lesion so that no lesion leaks across splits.
+
+HAM10000 holds several images of many lesions (1,956 lesions have 2-9 images). A per-image
+split, as in the study we reproduce, puts images of one lesion on both sides, so test
+accuracy partly measures recognising a lesion already seen in training. The default split
+keeps each lesion's images together and still gives each split the overall class mix.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+SPLIT_NAMES = ('train', 'val', 'test')
+METHODS = ('lesion_grouped', 'random_image')
+
+
+def make_splits(labels, groups, fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0,
+                method: str = 'lesion_grouped') -> dict[str, np.ndarray]:
+  """Returns {'train', 'val', 'test'} -> sorted indices into labels; disjoint and covering all.
+
+  'lesion_grouped': images of one group (lesion) always land in the same split, and each
+  split's class mix is close to the overall one (see `_grouped_split`).
+  'random_image': the study's per-image split, stratified by class; groups are ignored.
+  """
+  labels = np.asarray(labels)
+  groups = np.asarray(groups)
+  if labels.ndim != 1 or labels.shape != groups.shape or len(labels) == 0:
+    raise ValueError(f'labels and groups must be non-empty 1-D arrays of the same length, got '
+                     f'shapes {labels.shape} and {groups.shape}')
+  fractions = _check_fractions(fractions)
+  if method == 'lesion_grouped':
+    assignment = _grouped_split(labels, groups, fractions, seed)
+    return {name: np.flatnonzero(assignment == i) for i, name in enumerate(SPLIT_NAMES)}
+  if method == 'random_image':
+    return _random_image_split(labels, fractions, seed)
+  raise ValueError(f'Unknown split method {method!r}; valid methods are {list(METHODS)}')
+
+
+def _check_fractions(fractions) -> np.ndarray:
+  values = np.asarray(fractions, dtype=np.float64)
+  if values.shape != (len(SPLIT_NAMES),) or not np.all(np.isfinite(values)) or np.any(values <= 0) \
+      or not math.isclose(values.sum(), 1.0, abs_tol=1e-6):
+    raise ValueError(f'fractions must be {len(SPLIT_NAMES)} positive numbers summing to 1 '
+                     f'(for {", ".join(SPLIT_NAMES)}), got {tuple(fractions)}')
+  return values
+
+
+def _grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
+  """Split index (0, 1, 2) per image.
+
+  Each group gets the majority label of its images (ties: the lower label). Class by
+  class, its groups are dealt out largest first -- like packing bins, the small groups
+  at the end fill the gaps the big ones left -- each to the split that misses the most
+  images of that class (target minus assigned). Ties go to the split that misses the
+  most images overall, so that rounding errors of different classes do not pile up in
+  one split. Each split then misses at most one group's worth of images per class.
+  Equal-sized groups are dealt in an order shuffled with `seed`.
+  """
+  group_names, group_of_image = np.unique(groups, return_inverse=True)
+  num_groups = len(group_names)
+  label_codes, label_of_image = np.unique(labels, return_inverse=True)
+  counts = np.zeros((num_groups, len(label_codes)), dtype=np.int64)
+  np.add.at(counts, (group_of_image, label_of_image), 1)
+  group_size = counts.sum(axis=1)
+  group_label = counts.argmax(axis=1)
+
+  rng = np.random.default_rng(seed)
+  shuffled = rng.permutation(num_groups)
+  deal_order = shuffled[np.argsort(-group_size[shuffled], kind='stable')]
+
+  split_of_group = np.empty(num_groups, dtype=np.int64)
+  overall_missing = fractions * len(labels)
+  for label in range(len(label_codes)):
+    class_groups = deal_order[group_label[deal_order] == label]
+    class_missing = fractions * group_size[class_groups].sum()
+    for group in class_groups:
+      # Rounded so that splits with equal fractions tie exactly, and the tie-break applies.
+      split = max(range(len(fractions)),
+                  key=lambda s: (round(class_missing[s], 9), round(overall_missing[s], 9)))
+      split_of_group[group] = split
+      class_missing[split] -= group_size[group]
+      overall_missing[split] -= group_size[group]
+  return split_of_group[group_of_image]
+
+
+def _random_image_split(labels: np.ndarray, fractions: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+  indices = np.arange(len(labels))
+  rest, test = train_test_split(indices, test_size=fractions[2], stratify=labels, random_state=seed)
+  val_share_of_rest = fractions[1] / (fractions[0] + fractions[1])
+  train, val = train_test_split(rest, test_size=val_share_of_rest, stratify=labels[rest], random_state=seed)
+  return {'train': np.sort(train), 'val': np.sort(val), 'test': np.sort(test)}
+
+
+def leak_report(splits: Mapping[str, np.ndarray], groups) -> dict:
+  """How many lesions appear in more than one split, and how much of test was seen in training.
+
+  Returns {'shared_lesions': {'train-val': n, 'train-test': n, 'val-test': n},
+           'shared_lesions_total': n (distinct lesions in two or more splits),
+           'test_images_with_lesion_in_train': fraction of test images}.
+  """
+  groups = np.asarray(groups)
+  lesions = {name: set(groups[indices].tolist()) for name, indices in splits.items()}
+  shared = {f'{a}-{b}': len(lesions[a] & lesions[b]) for a, b in itertools.combinations(splits, 2)}
+  in_several = set().union(*(lesions[a] & lesions[b] for a, b in itertools.combinations(splits, 2)))
+  report = {'shared_lesions': shared, 'shared_lesions_total': len(in_several)}
+  if 'train' in splits and 'test' in splits and len(splits['test']):
+    test_groups = groups[splits['test']]
+    report['test_images_with_lesion_in_train'] = float(np.isin(test_groups, list(lesions['train'])).mean())
+  return report
+
+
+def write_splits_csv(path, metadata: Mapping[str, np.ndarray], splits: Mapping[str, np.ndarray]) -> None:
+  """One row per image in metadata order: image_id, lesion_id, dx, split."""
+  num_images = len(metadata['image_id'])
+  split_of_image = np.full(num_images, '', dtype=object)
+  for name, indices in splits.items():
+    if np.any(split_of_image[indices] != ''):
+      raise ValueError(f'Split {name!r} shares images with another split; splits must be disjoint')
+    split_of_image[indices] = name
+  if np.any(split_of_image == ''):
+    raise ValueError(f'{np.sum(split_of_image == "")} images are in no split; splits must cover all images')
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['image_id', 'lesion_id', 'dx', 'split'])
+    writer.writerows(zip(metadata['image_id'], metadata['lesion_id'], metadata['dx'], split_of_image))
+
+
+def check_every_class_present(splits: Mapping[str, np.ndarray], labels, num_classes: int,
+                              class_names: Sequence[str] | None = None) -> None:
+  """Raises ValueError when a split lacks a class: per-class metrics would be undefined."""
+  labels = np.asarray(labels)
+  problems = []
+  for name, indices in splits.items():
+    missing = sorted(set(range(num_classes)) - set(labels[indices].tolist()))
+    if missing:
+      shown = [f'{c} ({class_names[c]})' if class_names else str(c) for c in missing]
+      problems.append(f'split {name!r} ({len(indices)} images) has no images of class {", ".join(shown)}')
+  if problems:
+    raise ValueError('; '.join(problems) + '. The dataset is too small for these split fractions: '
+                     'use more images, or larger fractions for the splits that lack classes.')

@@ -1,0 +1,297 @@
+"""The HAM10000 TFDS builder, prepare/load, and scripts/prepare_ham10000.py on fake downloads."""
+
+import csv
+import io
+import logging
+import math
+import pathlib
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from skinjax.data.constants import CLASS_NAMES
+from skinjax.data.ham10000 import DatasetNotPreparedError, Ham10000Error, load, prepare
+
+import ham_fixtures
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHORT_SIDE = 32
+NUM_LARGE = 3  # The first images of the CSV are 120x90, larger than SHORT_SIDE.
+
+
+def fake_rows(**kwargs):
+  return {row['image_id']: row for row in ham_fixtures.make_fake_metadata(**kwargs)}
+
+
+@pytest.fixture(scope='module', params=ham_fixtures.LAYOUTS)
+def prepared(request, tmp_path_factory):
+  """(layout, manual_dir, data_dir) of a fake download prepared at SHORT_SIDE."""
+  root = tmp_path_factory.mktemp(request.param)
+  manual_dir = ham_fixtures.make_kaggle_folder(root / 'download', layout=request.param,
+                                               num_large_images=NUM_LARGE)
+  prepare(manual_dir, root / 'tfds', short_side=SHORT_SIDE)
+  return request.param, manual_dir, root / 'tfds'
+
+
+def test_prepare_stores_all_examples_with_their_metadata(prepared):
+  _, _, data_dir = prepared
+  rows = fake_rows()
+  source, metadata = load(data_dir, short_side=SHORT_SIDE)
+  assert len(source) == len(rows)
+  assert sorted(metadata['image_id']) == sorted(rows)
+  assert set(metadata['dx']) == set(CLASS_NAMES)
+  assert metadata['label'].dtype == np.int64
+  for i in range(len(source)):
+    example = source[i]
+    image_id = example['image_id'].decode()
+    row = rows[image_id]
+    assert example['label'] == CLASS_NAMES.index(row['dx'])
+    assert [metadata[key][i] for key in ('image_id', 'lesion_id', 'dx', 'label')] == [
+        image_id, row['lesion_id'], row['dx'], example['label']]
+    for key in ('lesion_id', 'dx', 'dx_type', 'sex', 'localization'):
+      assert example[key].decode() == row[key]
+    if row['age']:
+      assert example['age'] == float(row['age'])
+    else:
+      assert math.isnan(example['age'])
+
+
+def test_images_are_shrunk_to_the_short_side_and_never_upscaled(prepared):
+  layout, manual_dir, data_dir = prepared
+  large_ids = [row['image_id'] for row in ham_fixtures.make_fake_metadata()[:NUM_LARGE]]
+  source, _ = load(data_dir, short_side=SHORT_SIDE)
+  for i in range(len(source)):
+    example = source[i]
+    assert isinstance(example['image'], bytes)  # Left encoded for the input pipeline.
+    image = Image.open(io.BytesIO(example['image']))
+    assert image.format == 'JPEG' and image.mode == 'RGB'
+    image_id = example['image_id'].decode()
+    if image_id in large_ids:
+      assert image.size == (43, 32)  # 120x90 scaled by 32/90, aspect ratio kept.
+    else:
+      assert image.size == (40, 30)
+      if layout == 'kaggle':  # Small images are stored as the very bytes of the download.
+        original, = manual_dir.glob(f'HAM10000_images_part_*/{image_id}.jpg')
+        assert example['image'] == original.read_bytes()
+
+
+def test_source_survives_pickling_for_worker_processes(prepared):
+  _, _, data_dir = prepared
+  source, _ = load(data_dir, short_side=SHORT_SIDE)
+  copy = pickle.loads(pickle.dumps(source))
+  assert len(copy) == len(source)
+  assert [copy[3][key] for key in ('image', 'image_id')] == [source[3][key] for key in ('image', 'image_id')]
+
+
+def test_default_short_side_stores_small_images_unchanged(tmp_path):
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=1,
+                                             num_large_images=2)  # 120x90: still under 256.
+  prepare(download, tmp_path / 'tfds')
+  source, metadata = load(tmp_path / 'tfds')
+  assert len(source) == len(metadata['label']) == 7
+  for i in range(len(source)):
+    original, = download.glob(f'HAM10000_images_part_*/{metadata["image_id"][i]}.jpg')
+    assert source[i]['image'] == original.read_bytes()
+  copy = pickle.loads(pickle.dumps(source))  # The default config is a registered one.
+  assert copy[6]['image'] == source[6]['image']
+
+
+def test_load_without_cached_metadata_reads_it_from_the_records(prepared, tmp_path):
+  _, _, data_dir = prepared
+  _, cached = load(data_dir, short_side=SHORT_SIDE)
+  metadata_file, = data_dir.glob('ham10000/short32/*/metadata.csv')
+  saved = metadata_file.read_bytes()
+  try:
+    metadata_file.unlink()
+    _, recomputed = load(data_dir, short_side=SHORT_SIDE)
+  finally:
+    metadata_file.write_bytes(saved)
+  assert cached.keys() == recomputed.keys()
+  for key in cached:
+    np.testing.assert_array_equal(cached[key], recomputed[key])
+
+
+def test_prepare_again_reuses_the_dataset(prepared):
+  _, manual_dir, data_dir = prepared
+  builder = prepare(manual_dir, data_dir, short_side=SHORT_SIDE)
+  assert builder.info.splits['train'].num_examples == len(fake_rows())
+
+
+def test_load_unprepared_size_gives_the_prepare_command(prepared):
+  _, _, data_dir = prepared
+  with pytest.raises(DatasetNotPreparedError) as error:
+    load(data_dir, short_side=64)
+  message = str(error.value)
+  assert isinstance(error.value, FileNotFoundError)
+  assert f'scripts/prepare_ham10000.py --manual_dir=DOWNLOAD_DIR --data_dir={data_dir} --image_size=64' in message
+  assert 'short side 32' in message  # The size that is prepared there.
+  assert 'doi:10.7910/DVN/DBW86T' in message
+
+
+def test_load_from_empty_dir_gives_the_default_prepare_command(tmp_path):
+  with pytest.raises(DatasetNotPreparedError) as error:
+    load(tmp_path)
+  assert str(error.value).endswith(f'--data_dir={tmp_path}')  # No --image_size for the default.
+  assert 'holds it with short side' not in str(error.value)
+
+
+def test_duplicate_lowercase_folders_of_the_kaggle_archive_are_ignored(tmp_path):
+  # The Kaggle archive holds each image folder twice, as HAM10000_images_part_* and ham10000_images_part_*.
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2)
+  for part in download.glob('HAM10000_images_part_*'):
+    shutil.copytree(part, download / part.name.lower())
+  builder = prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
+  assert builder.info.splits['train'].num_examples == 14
+
+
+def test_paths_may_start_with_a_tilde(tmp_path, monkeypatch):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  with pytest.raises(DatasetNotPreparedError, match=f'--data_dir={tmp_path}/tfds'):
+    load('~/tfds')
+  with pytest.raises(Ham10000Error, match=f'{tmp_path}/download does not exist'):
+    prepare('~/download', '~/tfds')
+
+
+# ---------------------------------------------------------------------------------------
+# Broken downloads: each fails with a Ham10000Error that names the problem.
+
+
+@pytest.fixture
+def download(tmp_path):
+  return ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2)
+
+
+def rewrite_metadata(download, edit):
+  path = download / ham_fixtures.METADATA_NAME
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  rows, columns = edit(rows)
+  path.write_bytes(ham_fixtures.metadata_csv(rows, columns))
+
+
+def prepare_fails(download, tmp_path, *patterns):
+  with pytest.raises(Ham10000Error) as error:
+    prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
+  for pattern in patterns:
+    assert pattern in str(error.value), str(error.value)
+  with pytest.raises(DatasetNotPreparedError):  # Nothing half-written is left to be loaded.
+    load(tmp_path / 'tfds', short_side=SHORT_SIDE)
+  return str(error.value)
+
+
+def test_unknown_label(download, tmp_path):
+  rewrite_metadata(download, lambda rows: ([{**r, 'dx': 'melanoma'} if i == 3 else r
+                                            for i, r in enumerate(rows)], ham_fixtures.METADATA_COLUMNS))
+  prepare_fails(download, tmp_path, 'HAM10000_metadata.csv', "unknown dx labels {'melanoma': 1}")
+
+
+def test_missing_column(download, tmp_path):
+  columns = [c for c in ham_fixtures.METADATA_COLUMNS if c != 'dx_type']
+  rewrite_metadata(download, lambda rows: (rows, columns))
+  prepare_fails(download, tmp_path, 'HAM10000_metadata.csv', "lacks the columns ['dx_type']")
+
+
+def test_bad_age(download, tmp_path):
+  rewrite_metadata(download, lambda rows: ([{**rows[0], 'age': 'old'}] + rows[1:], ham_fixtures.METADATA_COLUMNS))
+  prepare_fails(download, tmp_path, "row 2: age 'old' is not a number")
+
+
+def test_duplicate_image_id(download, tmp_path):
+  rewrite_metadata(download, lambda rows: (rows + rows[4:5], ham_fixtures.METADATA_COLUMNS))
+  duplicate = ham_fixtures.make_fake_metadata(num_lesions=7, images_per_lesion=2)[4]['image_id']
+  prepare_fails(download, tmp_path, 'lists 1 image_id values more than once', duplicate)
+
+
+def test_missing_images_are_named_and_counted(download, tmp_path):
+  images = sorted(download.glob('HAM10000_images_part_2/*.jpg'))[:2]
+  for image in images:
+    image.unlink()
+  prepare_fails(download, tmp_path, '2 images listed in the metadata are missing',
+                *(image.stem for image in images))
+
+
+def test_corrupt_image_is_named(download, tmp_path):
+  image = sorted(download.glob('HAM10000_images_part_1/*.jpg'))[0]
+  image.write_bytes(image.read_bytes()[:200])
+  prepare_fails(download, tmp_path, f'Cannot decode the image {image}')
+
+
+def test_unknown_layout_lists_the_expected_ones(tmp_path):
+  (tmp_path / 'download').mkdir()
+  (tmp_path / 'download' / 'notes.txt').write_text('hello')
+  prepare_fails(tmp_path / 'download', tmp_path, 'no ISIC_*.jpg images', 'notes.txt',
+                'Kaggle folders', 'flat folder', 'zip file(s)')
+
+
+def test_missing_manual_dir(tmp_path):
+  prepare_fails(tmp_path / 'nowhere', tmp_path, f'{tmp_path / "nowhere"} does not exist', 'kmader')
+
+
+def test_broken_zip_is_named(tmp_path):
+  (tmp_path / 'download').mkdir()
+  (tmp_path / 'download' / 'archive.zip').write_bytes(b'PK\x03\x04 not really a zip')
+  prepare_fails(tmp_path / 'download', tmp_path, 'archive.zip is not a readable zip file')
+
+
+def test_damaged_zip_member_is_named(tmp_path):
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2,
+                                             layout='zip')
+  archive = download / 'archive.zip'
+  with zipfile.ZipFile(archive) as opened:
+    member = next(m for m in opened.infolist() if m.filename.endswith('.jpg'))
+  data = bytearray(archive.read_bytes())
+  local_header_size = 30 + len(member.filename) + len(member.extra)
+  start = member.header_offset + local_header_size + 20
+  data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])
+  archive.write_bytes(bytes(data))
+  prepare_fails(download, tmp_path, f'Cannot read {archive}:{member.filename}')
+
+
+def test_images_missing_from_the_metadata_only_warn(download, tmp_path, caplog):
+  (download / 'HAM10000_images_part_2' / 'ISIC_9999999.jpg').write_bytes(
+      ham_fixtures.random_jpeg((40, 30), np.random.default_rng(0)))
+  with caplog.at_level(logging.WARNING):
+    builder = prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
+  assert builder.info.splits['train'].num_examples == 14
+  assert 'Ignoring 1 images' in caplog.text and 'ISIC_9999999' in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# The script, end to end.
+
+
+def run_script(*flags):
+  return subprocess.run([sys.executable, str(REPO / 'scripts' / 'prepare_ham10000.py'), *flags],
+                        capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_prepare_script_writes_a_leak_free_split(tmp_path):
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=70,
+                                             images_per_lesion=(1, 3), image_size=(16, 12))
+  result = run_script(f'--manual_dir={download}', f'--data_dir={tmp_path / "tfds"}',
+                      f'--image_size={SHORT_SIDE}', '--split_seed=1')
+  assert result.returncode == 0, result.stderr
+  splits_csv = tmp_path / 'tfds' / 'ham10000' / 'short32' / '1.0.0' / 'splits.csv'
+  assert f'Wrote {splits_csv}' in result.stdout
+  assert 'lesion_grouped: 0 (train-val 0, train-test 0, val-test 0)' in result.stdout
+  assert 'random_image (the study):' in result.stdout
+  with open(splits_csv, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(ham_fixtures.make_fake_metadata(num_lesions=70))
+  split_of_lesion = {}
+  for row in rows:
+    assert split_of_lesion.setdefault(row['lesion_id'], row['split']) == row['split']
+  assert {row['split'] for row in rows} == {'train', 'val', 'test'}
+
+
+def test_prepare_script_reports_errors_without_traceback(tmp_path):
+  result = run_script(f'--manual_dir={tmp_path / "nowhere"}', f'--data_dir={tmp_path / "tfds"}')
+  assert result.returncode != 0
+  assert 'does not exist' in result.stderr
+  assert 'Traceback' not in result.stderr

@@ -1,0 +1,55 @@
+"""Prepares the real HAM10000 download given by $SKINJAX_HAM10000_DIR (about 7 s on 2 CPU cores).
+
+  SKINJAX_HAM10000_DIR=../shared/data/ham10000 .venv/bin/pytest tests/test_ham10000_real.py
+"""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from skinjax.data import splits as splits_lib
+from skinjax.data.constants import NUM_CLASSES
+from skinjax.data.ham10000 import load, prepare
+
+HAM10000_DIR = os.environ.get('SKINJAX_HAM10000_DIR')
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope='module')
+def real_metadata(tmp_path_factory):
+  if not HAM10000_DIR:
+    pytest.skip('SKINJAX_HAM10000_DIR not set: point it at a HAM10000 download (Kaggle layout, '
+                'flat folder or zips) to test preparing the real dataset')
+  data_dir = tmp_path_factory.mktemp('tfds')
+  start = time.perf_counter()
+  prepare(HAM10000_DIR, data_dir)
+  print(f'Prepared the real HAM10000 in {time.perf_counter() - start:.1f} s')
+  source, metadata = load(data_dir)
+  assert len(source) == len(metadata['image_id'])
+  return metadata
+
+
+def test_all_images_are_prepared(real_metadata):
+  assert len(real_metadata['image_id']) == 10015
+  assert len(set(real_metadata['image_id'])) == 10015
+  assert len(set(real_metadata['lesion_id'])) == 7470
+
+
+def test_grouped_split_leaks_nothing_and_keeps_class_mix(real_metadata):
+  labels, lesions = real_metadata['label'], real_metadata['lesion_id']
+  splits = splits_lib.make_splits(labels, lesions)
+  assert splits_lib.leak_report(splits, lesions)['shared_lesions_total'] == 0
+  splits_lib.check_every_class_present(splits, labels, NUM_CLASSES)
+  overall = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+  for name, fraction in zip(splits_lib.SPLIT_NAMES, (0.6, 0.2, 0.2)):
+    assert abs(len(splits[name]) / len(labels) - fraction) <= 0.01
+    proportions = np.bincount(labels[splits[name]], minlength=NUM_CLASSES) / len(splits[name])
+    np.testing.assert_allclose(proportions, overall, atol=0.02)
+
+
+def test_random_image_split_leaks_about_a_third_of_test(real_metadata):
+  labels, lesions = real_metadata['label'], real_metadata['lesion_id']
+  splits = splits_lib.make_splits(labels, lesions, method='random_image')
+  assert 0.25 < splits_lib.leak_report(splits, lesions)['test_images_with_lesion_in_train'] < 0.37
