@@ -1,0 +1,110 @@
+"""The grain pipelines: determinism, checkpointable position, sharding, padding, balance."""
+
+import numpy as np
+import pytest
+
+from skinjax.data import augment
+from skinjax.data import pipeline
+from skinjax.data import synthetic
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def source():
+  return synthetic.SyntheticSource(120, seed=3)
+
+
+def take(dataset, n):
+  iterator = iter(dataset)
+  return [next(iterator) for _ in range(n)]
+
+
+def train_data(source, config, **kwargs):
+  indices = np.arange(len(source))
+  return pipeline.train_dataset(source, indices, source.metadata['label'], config=config,
+                                num_epochs=3, **{'process_batch_size': 8, **kwargs})
+
+
+def test_train_batches_are_uint8_and_deterministic(source):
+  config = tiny_config()
+  first, again = take(train_data(source, config), 4), take(train_data(source, config), 4)
+  assert first[0]['image'].dtype == np.uint8 and first[0]['image'].shape == (8, 24, 24, 3)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_restored_iterator_continues_at_the_same_example(source):
+  iterator = iter(train_data(source, tiny_config()))
+  for _ in range(3):
+    next(iterator)
+  saved = iterator.get_state()
+  expected = [next(iterator) for _ in range(2)]
+  fresh = iter(train_data(source, tiny_config()))
+  fresh.set_state(saved)
+  for want in expected:
+    np.testing.assert_array_equal(next(fresh)['image'], want['image'])
+
+
+def test_processes_split_the_single_process_stream(source):
+  """Two processes with half the batch each see exactly the examples of the one-process batch."""
+  config = tiny_config(**{'data.augment.random_resized_crop': False, 'data.augment.hflip': False,
+                          'data.augment.vflip': False, 'data.augment.rot90': False,
+                          'data.augment.brightness': 0.0, 'data.augment.contrast': 0.0,
+                          'data.augment.saturation': 0.0})
+  whole = take(train_data(source, config, process_batch_size=8), 5)
+  parts = [take(train_data(source, config, process_batch_size=4, process_index=p, process_count=2), 5)
+           for p in (0, 1)]
+  for step, batch in enumerate(whole):
+    joined = np.sort(np.concatenate([parts[0][step]['label'], parts[1][step]['label']]))
+    np.testing.assert_array_equal(joined, np.sort(batch['label']))
+    images = {img.tobytes() for p in parts for img in p[step]['image']}
+    assert images == {img.tobytes() for img in batch['image']}
+
+
+def test_epochs_visit_every_example_once(source):
+  config = tiny_config()
+  labels = np.concatenate([b['label'] for b in take(train_data(source, config, process_batch_size=10), 12)])
+  np.testing.assert_array_equal(np.bincount(labels, minlength=7),
+                                np.bincount(source.metadata['label'], minlength=7))
+
+
+def test_balanced_sampling_draws_classes_about_equally(source):
+  config = tiny_config(**{'train.balanced_sampling': True})
+  labels = np.concatenate([b['label'] for b in take(train_data(source, config, process_batch_size=30), 12)])
+  counts = np.bincount(labels, minlength=7)
+  assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_eval_pads_and_masks_so_each_example_counts_once(source, process_count):
+  indices = np.arange(0, 101, 2)  # 51 examples: not a multiple of the batch
+  positions = []
+  for process in range(process_count):
+    batches = list(pipeline.eval_dataset(source, indices, image_size=24, resize_mode='center_crop',
+                                         global_batch_size=16, process_index=process,
+                                         process_count=process_count))
+    assert {b['image'].shape[0] for b in batches} == {16 // process_count}
+    for batch in batches:
+      assert np.all((batch['mask'] == 1) == (batch['position'] >= 0))
+      positions += list(batch['position'][batch['mask'] == 1])
+      labels = source.metadata['label'][indices[batch['position'][batch['mask'] == 1]]]
+      np.testing.assert_array_equal(batch['label'][batch['mask'] == 1], labels)
+  assert sorted(positions) == list(range(len(indices)))
+
+
+def test_eval_resize_keeps_aspect_with_center_crop():
+  image = np.zeros((30, 40, 3), np.uint8)
+  image[:, :3] = 255  # a white band at the left edge, well outside the central square (x 5..35)
+  out = augment.eval_resize(augment.to_pil(image), 20, 'center_crop')
+  assert out.shape == (20, 20, 3) and out.max() == 0
+  assert augment.eval_resize(augment.to_pil(image), 20, 'squash')[:, 0].min() == 255
+
+
+def test_random_resized_crop_and_flips_keep_shape_and_dtype():
+  rng = np.random.default_rng(0)
+  spec = pipeline.AugmentSpec.from_config(tiny_config().data.augment)
+  image = rng.integers(0, 256, (45, 60, 3), dtype=np.uint8)
+  views = [augment.train_view(image, 32, spec, 'center_crop', rng) for _ in range(5)]
+  assert all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)
+  assert len({v.tobytes() for v in views}) == 5
