@@ -4,7 +4,9 @@ import csv
 import json
 import pathlib
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from sklearn import metrics as skm
 
@@ -116,3 +118,14 @@ def test_workdir_of_another_architecture_is_refused(finished_run):
 def test_invalid_choices_name_the_key(tmp_path, key, value):
   with pytest.raises(ValueError, match=f'config.{key}'):
     train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
+
+
+def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
+  metrics = train.train_and_evaluate(
+      tiny_config(**{'model.dtype': 'bfloat16', 'train.num_epochs': 1}), str(tmp_path))
+  assert np.isfinite(metrics['loss'])
+  records = read_jsonl(tmp_path / 'metrics.jsonl')
+  assert all(np.isfinite(r['train_loss']) for r in records)
+  step = ckpt.RunCheckpoints(tmp_path).latest_step()
+  saved = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / 'latest' / str(step) / 'state')
+  assert {leaf.dtype for leaf in jax.tree.leaves(saved['params'])} == {np.dtype('float32')}
