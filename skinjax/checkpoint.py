@@ -64,9 +64,10 @@ class RunCheckpoints:
       step = self.latest.latest_step()
       if step is None:
         raise FileNotFoundError('No latest checkpoint in this workdir.')
-      state = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(partial_restore=True, item={
-              'params': abstract_params, 'rest': abstract_rest}))).state
+      target = {'params': abstract_params, 'rest': abstract_rest}
+      state = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state
       return step, state['params'], state['rest']
     step = self.best.latest_step() if which == 'best' else int(which)
     if step is None:

@@ -129,3 +129,24 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
   step = ckpt.RunCheckpoints(tmp_path).latest_step()
   saved = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / 'latest' / str(step) / 'state')
   assert {leaf.dtype for leaf in jax.tree.leaves(saved['params'])} == {np.dtype('float32')}
+
+
+def test_best_and_latest_model_restore_at_their_steps(finished_run):
+  from flax import nnx
+  from skinjax import sharding
+  from skinjax.models import registry
+  workdir, metrics = finished_run
+  model = nnx.eval_shape(lambda: registry.build_classifier(
+      'small_cnn', num_classes=7, dropout_rate=0.1, rngs=nnx.Rngs(0)))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  replicated = sharding.replicated(sharding.data_mesh())
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  restored = {which: checkpoints.restore_model(which, ckpt.abstract(params, replicated),
+                                               ckpt.abstract(rest, replicated))
+              for which in ('best', 'latest')}
+  assert restored['best'][0] == metrics['best_step']
+  last_epoch = [r for r in read_jsonl(workdir / 'metrics.jsonl') if 'val_loss' in r][-1]
+  assert restored['latest'][0] == checkpoints.latest_step() == last_epoch['step']
+  for _, p, r in restored.values():
+    assert jax.tree.structure(p) == jax.tree.structure(params)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((p, r)))
