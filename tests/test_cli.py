@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',
         '--config.train.batch_size=16', '--config.train.eval_batch_size=32']
@@ -67,3 +69,33 @@ def test_sigkill_after_first_checkpoint_then_rerun_resumes(tmp_path):
   assert result.returncode == 0, result.stderr
   assert f'Resuming from step {saved[-1]}' in result.stdout
   assert (workdir / 'report' / 'metrics.json').exists()
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  """Multi-host on CPU: two JAX processes (gloo) see the same global batches as one process."""
+  import json
+  import socket
+  flags = [*TINY, '--config.train.num_epochs=1', '--config.train.log_every_steps=1',
+           '--config.train.optimizer=sgd', '--config.data.num_workers=0']
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  processes = [subprocess.Popen(
+      main_command(tmp_path / 'two', *flags, f'--coordinator_address=localhost:{port}',
+                   '--num_processes=2', f'--process_id={i}'),
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  outputs = [p.communicate(timeout=600)[0] for p in processes]
+  assert all(p.returncode == 0 for p in processes), outputs
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  single = subprocess.run(main_command(tmp_path / 'one', *flags), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert single.returncode == 0, single.stderr
+
+  def losses(workdir):
+    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    return [loss for r in records for loss in r.get('step_losses', [])]
+
+  two, one = losses(tmp_path / 'two'), losses(tmp_path / 'one')
+  assert len(two) == len(one) > 3
+  np.testing.assert_allclose(two[:3], one[:3], rtol=1e-5)
+  assert (tmp_path / 'two' / 'report' / 'metrics.json').exists()

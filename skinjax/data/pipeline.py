@@ -90,23 +90,48 @@ class EvalTransform(grain.transforms.Map):
             'mask': np.float32(1.0), 'position': np.int32(position)}
 
 
+class ProcessShard(grain.MapDataset):
+  """Process p's contiguous block of every global batch of process_count * process_batch_size."""
+
+  def __init__(self, parent: grain.MapDataset, process_index: int, process_count: int,
+               process_batch_size: int):
+    super().__init__(parent)
+    self._offset = process_index * process_batch_size
+    self._batch, self._global_batch = process_batch_size, process_batch_size * process_count
+    self._length = len(parent) // self._global_batch * process_batch_size
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    global_batch, position = divmod(index, self._batch)
+    return self._parent[global_batch * self._global_batch + self._offset + position]
+
+  def __str__(self) -> str:
+    return f'ProcessShard(offset={self._offset}, batch={self._batch}/{self._global_batch})'
+
+
 def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml_collections.ConfigDict,
                   process_batch_size: int, num_epochs: int, process_index: int = 0,
                   process_count: int = 1) -> grain.IterDataset:
   """Shuffled (or class-balanced), repeated, augmented and batched training examples.
 
-  The global order is fixed by the seed; each process then takes every process_count-th
-  example, so the processes together see exactly the single-process stream.
+  The global stream, augmentation included, is fixed by the seed alone; each process then takes
+  its contiguous part of every global batch, so any number of processes together see exactly
+  the single-process batches.
   """
   seed = config.seed
   if config.train.balanced_sampling:
     ds = grain.MapDataset.source(BalancedDraws(indices, labels, seed, num_epochs))
   else:
     ds = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds[process_index::process_count]
   transform = TrainTransform(source, config.data.image_size,
                              AugmentSpec.from_config(config.data.augment), config.data.resize)
+  # Augment before sharding: each example's random draw then depends on its global position only.
   ds = ds.random_map(transform, seed=seed + 1)
+  ds = ProcessShard(ds, process_index, process_count, process_batch_size)
   ds = ds.batch(process_batch_size, drop_remainder=True).to_iter_dataset()
   if config.data.num_workers > 0:
     # grain's workers read absl flags; outside an absl app (tests, notebooks) use their defaults.

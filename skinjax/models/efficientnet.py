@@ -1,0 +1,309 @@
+"""EfficientNet B0-B7, layer for layer as `keras.applications.efficientnet`.
+
+The structure mirrors the Keras layers so that ImageNet weights can be ported by name: joining a
+module path with '_' gives the Keras layer name, e.g. ('block2a', 'se_reduce') -> 'block2a_se_reduce',
+('stem', 'conv') -> 'stem_conv', ('top', 'bn') -> 'top_bn'. The one exception is the stem's
+Normalization, which Keras names automatically ('normalization', 'normalization_1', ...).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from skinjax.models.layers import Buffer, batch_norm, correct_pad, global_average_pool, zero_pad_2d
+
+# Verbatim from Keras; `filters_*`/`repeats` are B0's and get scaled by the coefficients.
+DEFAULT_BLOCKS_ARGS = (
+    dict(kernel_size=3, repeats=1, filters_in=32, filters_out=16, expand_ratio=1,
+         id_skip=True, strides=1, se_ratio=0.25),
+    dict(kernel_size=3, repeats=2, filters_in=16, filters_out=24, expand_ratio=6,
+         id_skip=True, strides=2, se_ratio=0.25),
+    dict(kernel_size=5, repeats=2, filters_in=24, filters_out=40, expand_ratio=6,
+         id_skip=True, strides=2, se_ratio=0.25),
+    dict(kernel_size=3, repeats=3, filters_in=40, filters_out=80, expand_ratio=6,
+         id_skip=True, strides=2, se_ratio=0.25),
+    dict(kernel_size=5, repeats=3, filters_in=80, filters_out=112, expand_ratio=6,
+         id_skip=True, strides=1, se_ratio=0.25),
+    dict(kernel_size=5, repeats=4, filters_in=112, filters_out=192, expand_ratio=6,
+         id_skip=True, strides=2, se_ratio=0.25),
+    dict(kernel_size=3, repeats=1, filters_in=192, filters_out=320, expand_ratio=6,
+         id_skip=True, strides=1, se_ratio=0.25),
+)
+
+# variant -> (width_coefficient, depth_coefficient, default image size, top dropout rate)
+VARIANTS = {
+    'b0': (1.0, 1.0, 224, 0.2),
+    'b1': (1.0, 1.1, 240, 0.2),
+    'b2': (1.1, 1.2, 260, 0.3),
+    'b3': (1.2, 1.4, 300, 0.3),
+    'b4': (1.4, 1.8, 380, 0.4),
+    'b5': (1.6, 2.2, 456, 0.4),
+    'b6': (1.8, 2.6, 528, 0.5),
+    'b7': (2.0, 3.1, 600, 0.5),
+}
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+# Keras' CONV_KERNEL_INITIALIZER / DENSE_KERNEL_INITIALIZER, so from-scratch training matches too.
+CONV_KERNEL_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'truncated_normal')
+# Keras' depthwise kernel is (kh, kw, C, 1) and its fan_out is kh*kw; Flax's grouped kernel is
+# (kh, kw, 1, C), so the channel axis must not count towards fan_out.
+DEPTHWISE_KERNEL_INIT = nnx.initializers.variance_scaling(
+    2.0, 'fan_out', 'truncated_normal', in_axis=-1, out_axis=-2)
+DENSE_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_out', 'uniform')
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), the floor of Normalization's std
+
+
+def round_filters(filters: int, width_coefficient: float, divisor: int = 8) -> int:
+  """Round the scaled number of filters to a multiple of `divisor`, never down by more than 10%."""
+  filters *= width_coefficient
+  new_filters = max(divisor, int(filters + divisor / 2) // divisor * divisor)
+  if new_filters < 0.9 * filters:
+    new_filters += divisor
+  return int(new_filters)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+  return int(math.ceil(depth_coefficient * repeats))
+
+
+def _conv(in_features, out_features, kernel_size, *, strides=1, padding='SAME', use_bias=False,
+          dtype, rngs, **kwargs) -> nnx.Conv:
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
+                  padding=padding, use_bias=use_bias, kernel_init=CONV_KERNEL_INIT, dtype=dtype,
+                  param_dtype=jnp.float32, rngs=rngs, **kwargs)
+
+
+class Normalization(nnx.Module):
+  """Keras `layers.Normalization(axis=-1)`: (x - mean) / max(sqrt(variance), 1e-7).
+
+  Keras keeps mean, variance and a scalar count as non-trainable weights; they are Buffers here.
+  Unadapted Keras starts at mean 0, variance 1, count 0.
+  """
+
+  def __init__(self, mean, variance):
+    self.mean = Buffer(jnp.asarray(mean, jnp.float32))
+    self.variance = Buffer(jnp.asarray(variance, jnp.float32))
+    self.count = Buffer(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return (x - self.mean[...]) / jnp.maximum(jnp.sqrt(self.variance[...]), KERAS_EPSILON)
+
+
+class Stem(nnx.Module):
+  """Rescaling(1/255) -> Normalization -> [Rescaling(1/sqrt(std))] -> pad -> conv3x3/2 -> BN -> swish."""
+
+  def __init__(self, out_features: int, *, imagenet_normalization: bool, dtype, rngs: nnx.Rngs):
+    self.imagenet_normalization = imagenet_normalization
+    if imagenet_normalization:
+      # Keras' ImageNet files store the std in the 'variance' weight; the extra rescaling turns
+      # (x - mean) / sqrt(std) into (x - mean) / std. Start from the values the file holds.
+      self.normalization = Normalization(IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB)
+    else:
+      self.normalization = Normalization(jnp.zeros(3), jnp.ones(3))
+    self.conv = _conv(3, out_features, 3, strides=2, padding='VALID', dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
+
+  def normalize(self, images: jnp.ndarray) -> jnp.ndarray:
+    """0..255 RGB -> network input, in float32 whatever the compute dtype (cheap and exact)."""
+    x = images.astype(jnp.float32) * (1.0 / 255.0)
+    x = self.normalization(x)
+    if self.imagenet_normalization:
+      x = x * jnp.asarray([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], jnp.float32)
+    return x
+
+  def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+    x = self.normalize(images)
+    x = zero_pad_2d(x, correct_pad(x.shape[1:3], 3))
+    return nnx.swish(self.bn(self.conv(x)))
+
+
+class MBConvBlock(nnx.Module):
+  """Keras `efficientnet.block`: inverted residual with squeeze-excite and drop-connect."""
+
+  def __init__(
+      self,
+      *,
+      filters_in: int,
+      filters_out: int,
+      kernel_size: int,
+      strides: int,
+      expand_ratio: int,
+      se_ratio: float,
+      id_skip: bool,
+      drop_rate: float,
+      dtype,
+      rngs: nnx.Rngs,
+  ):
+    self.kernel_size = kernel_size
+    self.strides = strides
+    filters = filters_in * expand_ratio
+    if expand_ratio != 1:
+      self.expand_conv = _conv(filters_in, filters, 1, dtype=dtype, rngs=rngs)
+      self.expand_bn = batch_norm(filters, dtype=dtype, rngs=rngs)
+    else:
+      self.expand_conv = self.expand_bn = None
+    # Keras pads stride-2 depthwise convs with correct_pad and uses 'valid'; see correct_pad.
+    self.dwconv = nnx.Conv(
+        filters, filters, (kernel_size, kernel_size), strides=strides,
+        padding='VALID' if strides == 2 else 'SAME', feature_group_count=filters, use_bias=False,
+        kernel_init=DEPTHWISE_KERNEL_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.bn = batch_norm(filters, dtype=dtype, rngs=rngs)
+    if 0 < se_ratio <= 1:
+      # The squeeze width comes from the block *input* filters, not the expanded ones.
+      filters_se = max(1, int(filters_in * se_ratio))
+      self.se_reduce = _conv(filters, filters_se, 1, use_bias=True, dtype=dtype, rngs=rngs)
+      self.se_expand = _conv(filters_se, filters, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    else:
+      self.se_reduce = self.se_expand = None
+    self.project_conv = _conv(filters, filters_out, 1, dtype=dtype, rngs=rngs)
+    self.project_bn = batch_norm(filters_out, dtype=dtype, rngs=rngs)
+    self.identity_skip = id_skip and strides == 1 and filters_in == filters_out
+    if self.identity_skip and drop_rate > 0:
+      # Stochastic depth: drop the whole residual branch per example (noise_shape (None,1,1,1)).
+      self.drop = nnx.Dropout(drop_rate, broadcast_dims=(1, 2, 3))
+    else:
+      self.drop = None
+
+  def __call__(self, inputs: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
+    x = inputs
+    if self.expand_conv is not None:
+      x = nnx.swish(self.expand_bn(self.expand_conv(x)))
+    if self.strides == 2:
+      x = zero_pad_2d(x, correct_pad(x.shape[1:3], self.kernel_size))
+    x = nnx.swish(self.bn(self.dwconv(x)))
+    if self.se_reduce is not None:
+      se = global_average_pool(x, keepdims=True)
+      se = nnx.swish(self.se_reduce(se))
+      se = nnx.sigmoid(self.se_expand(se))
+      x = x * se.astype(x.dtype)
+    x = self.project_bn(self.project_conv(x))
+    if self.identity_skip:
+      if self.drop is not None:
+        x = self.drop(x, rngs=rngs)
+      x = x + inputs
+    return x
+
+
+class Top(nnx.Module):
+  """top_conv (1x1) -> top_bn -> swish."""
+
+  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+    self.conv = _conv(in_features, out_features, 1, dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return nnx.swish(self.bn(self.conv(x)))
+
+
+class EfficientNet(nnx.Module):
+  """EfficientNet backbone: `stem`, `block1a` ... `block7x`, `top` [, `top_dropout`, `predictions`].
+
+  Without the top it returns the NHWC feature map of `top`; with it, float32 logits (no softmax).
+  Inputs are 0..255 floats (RGB): the model normalises them itself, like Keras.
+  `imagenet_normalization=True` adds the extra stem rescaling Keras applies with ImageNet weights.
+  """
+
+  def __init__(
+      self,
+      width_coefficient: float,
+      depth_coefficient: float,
+      dropout_rate: float,
+      drop_connect_rate: float = 0.2,
+      *,
+      include_top: bool = False,
+      num_classes: int = 1000,
+      imagenet_normalization: bool = False,
+      dtype=jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    def filters(n):
+      return round_filters(n, width_coefficient)
+
+    self.include_top = include_top
+    self.stem = Stem(filters(32), imagenet_normalization=imagenet_normalization, dtype=dtype,
+                     rngs=rngs)
+
+    total_blocks = float(sum(round_repeats(a['repeats'], depth_coefficient)
+                             for a in DEFAULT_BLOCKS_ARGS))
+    block_names = []
+    for i, args in enumerate(DEFAULT_BLOCKS_ARGS):
+      filters_in, filters_out = filters(args['filters_in']), filters(args['filters_out'])
+      for j in range(round_repeats(args['repeats'], depth_coefficient)):
+        name = f'block{i + 1}{chr(j + 97)}'
+        # Only the first block of a stage changes stride and width.
+        setattr(self, name, MBConvBlock(
+            filters_in=filters_in if j == 0 else filters_out,
+            filters_out=filters_out,
+            kernel_size=args['kernel_size'],
+            strides=args['strides'] if j == 0 else 1,
+            expand_ratio=args['expand_ratio'],
+            se_ratio=args['se_ratio'],
+            id_skip=args['id_skip'],
+            drop_rate=drop_connect_rate * len(block_names) / total_blocks,
+            dtype=dtype,
+            rngs=rngs,
+        ))
+        block_names.append(name)
+    self.block_names = tuple(block_names)
+
+    self.num_features = filters(1280)
+    self.top = Top(filters_out, self.num_features, dtype=dtype, rngs=rngs)
+    if include_top:
+      self.top_dropout = nnx.Dropout(dropout_rate)
+      self.predictions = nnx.Linear(self.num_features, num_classes, kernel_init=DENSE_KERNEL_INIT,
+                                    dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+  def layer_groups(self) -> list[str]:
+    return ['stem', *self.block_names, 'top'] + (['predictions'] if self.include_top else [])
+
+  def __call__(self, images: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
+    x = self.stem(images)
+    for name in self.block_names:
+      x = getattr(self, name)(x, rngs=rngs)
+    x = self.top(x)
+    if self.include_top:
+      x = self.top_dropout(global_average_pool(x), rngs=rngs)
+      x = self.predictions(x)
+    return x
+
+
+def _build(variant: str, **kwargs) -> EfficientNet:
+  width, depth, _, dropout_rate = VARIANTS[variant]
+  return EfficientNet(width, depth, dropout_rate, **kwargs)
+
+
+def efficientnet_b0(**kwargs) -> EfficientNet:
+  return _build('b0', **kwargs)
+
+
+def efficientnet_b1(**kwargs) -> EfficientNet:
+  return _build('b1', **kwargs)
+
+
+def efficientnet_b2(**kwargs) -> EfficientNet:
+  return _build('b2', **kwargs)
+
+
+def efficientnet_b3(**kwargs) -> EfficientNet:
+  return _build('b3', **kwargs)
+
+
+def efficientnet_b4(**kwargs) -> EfficientNet:
+  return _build('b4', **kwargs)
+
+
+def efficientnet_b5(**kwargs) -> EfficientNet:
+  return _build('b5', **kwargs)
+
+
+def efficientnet_b6(**kwargs) -> EfficientNet:
+  return _build('b6', **kwargs)
+
+
+def efficientnet_b7(**kwargs) -> EfficientNet:
+  return _build('b7', **kwargs)

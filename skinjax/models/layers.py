@@ -1,0 +1,64 @@
+"""Small helpers shared by the backbones, kept close to the Keras layers they stand in for."""
+
+import jax.numpy as jnp
+from flax import nnx
+
+# Keras' BatchNormalization defaults. Flax's own epsilon is 1e-5, so it is always passed explicitly.
+KERAS_BN_EPSILON = 1e-3
+KERAS_BN_MOMENTUM = 0.99
+
+
+class Buffer(nnx.Variable):
+  """A constant that belongs to the model state but is never optimised.
+
+  Optimisers and gradients select `nnx.Param`, so a Buffer is skipped by them while it is still
+  saved in checkpoints and filled by the Keras weight port (e.g. EfficientNet's Normalization
+  mean/variance/count, which Keras stores as non-trainable weights).
+  """
+
+
+def batch_norm(
+    num_features: int,
+    *,
+    epsilon: float = KERAS_BN_EPSILON,
+    momentum: float = KERAS_BN_MOMENTUM,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.BatchNorm:
+  """BatchNorm with Keras semantics (Flax's `momentum` means the same as Keras' `momentum`)."""
+  return nnx.BatchNorm(
+      num_features,
+      epsilon=epsilon,
+      momentum=momentum,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      # Keras computes the batch variance as E[(x - E[x])^2]; the one-pass E[x^2] - E[x]^2
+      # loses precision on activations with a large mean.
+      use_fast_variance=False,
+      rngs=rngs,
+  )
+
+
+def correct_pad(
+    input_hw: tuple[int, int], kernel_size: int | tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Keras `imagenet_utils.correct_pad`: the zero padding before a stride-2 'valid' conv.
+
+  It pads one pixel less at the top/left of even-sized inputs. Flax's 'SAME' would pad the
+  bottom/right instead, shifting every output pixel, so the ported weights need this exact padding.
+  """
+  if isinstance(kernel_size, int):
+    kernel_size = (kernel_size, kernel_size)
+  adjust = (1 - input_hw[0] % 2, 1 - input_hw[1] % 2)
+  correct = (kernel_size[0] // 2, kernel_size[1] // 2)
+  return ((correct[0] - adjust[0], correct[0]), (correct[1] - adjust[1], correct[1]))
+
+
+def zero_pad_2d(x: jnp.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]) -> jnp.ndarray:
+  """Keras `ZeroPadding2D` on an NHWC batch."""
+  return jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+
+
+def global_average_pool(x: jnp.ndarray, *, keepdims: bool = False) -> jnp.ndarray:
+  """Mean over H and W, accumulated and returned in float32 (a bfloat16 sum over many pixels drifts)."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=keepdims)
