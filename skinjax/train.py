@@ -124,8 +124,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(lambda: init_state(phase_of(0)), out_shardings=replicated)()
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping()}
   else:
-    abstract_state = ckpt.abstract(jax.eval_shape(lambda: init_state(phase_of(start_step))),
-                                   replicated)
+    # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
+    # taken at exactly that step still holds the phase-1 layout.
+    saved_phase = 1 if 0 < phase_two_start and start_step <= phase_two_start else 2
+    abstract_state = ckpt.abstract(jax.eval_shape(lambda: init_state(saved_phase)), replicated)
     state, progress = checkpoints.restore_latest(abstract_state, train_iter)
     logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
     print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')

@@ -76,9 +76,7 @@ def test_finished_run_reprints_report(finished_run, capsys):
   assert 'has finished' in capsys.readouterr().out
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
-  """Stops right after the first epoch's checkpoint, reruns, and must reproduce every loss."""
-  reference_dir, reference = finished_run
+def interrupt_after_first_checkpoint(config, workdir, monkeypatch):
   original_save = ckpt.RunCheckpoints.save_latest
 
   def save_then_die(self, step, *args, **kwargs):
@@ -87,18 +85,37 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_p
 
   monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', save_then_die)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
   monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', original_save)
-  first_part = step_losses(tmp_path)
-  steps_per_epoch = max(first_part)
+  return max(step_losses(workdir))
 
-  resumed = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(tmp_path))
-  losses, expected = step_losses(tmp_path), step_losses(reference_dir)
-  assert min(s for s in losses if s > steps_per_epoch) == steps_per_epoch + 1  # resumed, not restarted
+
+def assert_same_run(workdir, reference_dir, resumed, reference):
+  losses, expected = step_losses(workdir), step_losses(reference_dir)
   assert sorted(losses) == sorted(expected)
   np.testing.assert_allclose([losses[s] for s in sorted(losses)],
                              [expected[s] for s in sorted(expected)], rtol=1e-5)
   assert resumed['balanced_accuracy'] == pytest.approx(reference['balanced_accuracy'])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
+  """Stops right after the first epoch's checkpoint, reruns, and must reproduce every loss."""
+  reference_dir, reference = finished_run
+  config = tiny_config(**{'train.num_epochs': 3})
+  steps_per_epoch = interrupt_after_first_checkpoint(config, tmp_path, monkeypatch)
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  logged_steps = [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'step_losses' in r]
+  assert steps_per_epoch > 1 and logged_steps.count(1) == 1  # resumed, not restarted
+  assert_same_run(tmp_path, reference_dir, resumed, reference)
+
+
+def test_resume_at_the_unfreezing_step_matches_uninterrupted_run(tmp_path, monkeypatch):
+  """The checkpoint at the end of phase 1 holds the phase-1 optimiser layout."""
+  config = tiny_config(**{'train.freeze_backbone_epochs': 1, 'train.backbone_lr_multiplier': 0.5})
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  interrupt_after_first_checkpoint(config, tmp_path / 'resumed', monkeypatch)
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert_same_run(tmp_path / 'resumed', tmp_path / 'reference', resumed, reference)
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path):
