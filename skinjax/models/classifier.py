@@ -27,7 +27,9 @@ class Classifier(nnx.Module):
     """`images`: NHWC floats already normalised for the backbone (see `preprocessing.normalize`).
 
     `rngs` drives dropout and drop-connect; it is needed in training mode only. Passing it per
-    call lets the training step derive keys from the step number, so a resume is exact.
+    call lets the training step derive keys from the step number, so a resume is exact. Pass an
+    `nnx.Rngs` (e.g. `nnx.Rngs(dropout=key)`), not a bare key: each dropout site then draws its
+    own key, whereas a bare key would give every drop-connect site the same mask.
     """
     features = self.backbone(images, rngs=rngs)
     pooled = global_average_pool(features)

@@ -16,9 +16,12 @@ class ConvStage(nnx.Module):
     conv = dict(kernel_size=(3, 3), padding='SAME', use_bias=False, dtype=dtype,
                 param_dtype=jnp.float32, rngs=rngs)
     self.conv1 = nnx.Conv(in_features, features, **conv)
-    self.bn1 = batch_norm(features, dtype=dtype, rngs=rngs)
+    # Not a Keras port, so not bound to Keras' 0.99: with 0.9 the running statistics catch up
+    # within one short epoch, and evaluation after few steps is not thrown off by stale ones.
+    bn = dict(momentum=0.9, dtype=dtype, rngs=rngs)
+    self.bn1 = batch_norm(features, **bn)
     self.conv2 = nnx.Conv(features, features, **conv)
-    self.bn2 = batch_norm(features, dtype=dtype, rngs=rngs)
+    self.bn2 = batch_norm(features, **bn)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = nnx.relu(self.bn1(self.conv1(x)))
