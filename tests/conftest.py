@@ -1,8 +1,4 @@
-"""Shared fixtures: a tiny synthetic-data config that trains in seconds on 2 CPU cores."""
-
-import os
-
-import pytest
+"""Shared test helpers: a tiny synthetic-data config that trains in seconds on 2 CPU cores."""
 
 from configs import demo
 
@@ -22,12 +18,3 @@ def tiny_config(**overrides):
       node = node[key]
     node[leaf] = value
   return config
-
-
-@pytest.fixture
-def ham10000_dir():
-  path = os.environ.get('SKINJAX_HAM10000_DIR')
-  if not path:
-    pytest.skip('SKINJAX_HAM10000_DIR is not set: skipping the tests on real HAM10000 images '
-                '(.ci/run sets it to ../shared/data/ham10000).')
-  return path

@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from configs import scratch_cnn
+from skinjax import train
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.data.ham10000 import load, prepare
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
-def real_metadata(tmp_path_factory):
+def prepared_dir(tmp_path_factory):
   if not HAM10000_DIR:
     pytest.skip('SKINJAX_HAM10000_DIR not set: point it at a HAM10000 download (Kaggle layout, '
                 'flat folder or zips) to test preparing the real dataset')
@@ -26,9 +28,28 @@ def real_metadata(tmp_path_factory):
   start = time.perf_counter()
   prepare(HAM10000_DIR, data_dir)
   print(f'Prepared the real HAM10000 in {time.perf_counter() - start:.1f} s')
-  source, metadata = load(data_dir)
+  return data_dir
+
+
+@pytest.fixture(scope='module')
+def real_metadata(prepared_dir):
+  source, metadata = load(prepared_dir)
   assert len(source) == len(metadata['image_id'])
   return metadata
+
+
+def test_scratch_cnn_trains_on_the_real_images(prepared_dir, tmp_path):
+  """One short epoch of configs/scratch_cnn.py at 32 px, through grain workers, to the report."""
+  config = scratch_cnn.get_config()
+  config.data.data_dir = str(prepared_dir)
+  config.data.image_size = 32
+  config.train.num_epochs = 1
+  config.train.batch_size = 64
+  config.train.eval_batch_size = 256
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics['num_examples'] == 2003  # the grouped test split, every image counted once
+  assert np.isfinite(metrics['loss'])
+  assert (tmp_path / 'report' / 'confusion_matrix.png').exists()
 
 
 def test_all_images_are_prepared(real_metadata):
