@@ -266,5 +266,5 @@ def _log(metrics_log, writer, record: dict, step: int):
   metrics_log.write(json.dumps(record) + '\n')
   metrics_log.flush()
   for key, value in record.items():
-    if isinstance(value, (int, float)) and value is not None and key not in ('step', 'epoch'):
+    if isinstance(value, (int, float)) and key not in ('step', 'epoch'):
       writer.add_scalar(key, value, step)
