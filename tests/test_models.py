@@ -64,8 +64,8 @@ def keras_efficientnet(variant: str, include_top: bool):
 
 @functools.cache
 def abstract_efficientnet(variant: str, include_top: bool) -> efficientnet.EfficientNet:
-  builder = getattr(efficientnet, f'efficientnet_{variant}')
-  return nnx.eval_shape(lambda: builder(include_top=include_top, rngs=nnx.Rngs(0)))
+  return nnx.eval_shape(
+      lambda: efficientnet.build(variant, include_top=include_top, rngs=nnx.Rngs(0)))
 
 
 def variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:

@@ -272,38 +272,7 @@ class EfficientNet(nnx.Module):
     return x
 
 
-def _build(variant: str, **kwargs) -> EfficientNet:
+def build(variant: str, **kwargs) -> EfficientNet:
+  """EfficientNet-`variant` ('b0'..'b7') with the Keras width, depth and dropout of VARIANTS."""
   width, depth, _, dropout_rate = VARIANTS[variant]
   return EfficientNet(width, depth, dropout_rate, **kwargs)
-
-
-def efficientnet_b0(**kwargs) -> EfficientNet:
-  return _build('b0', **kwargs)
-
-
-def efficientnet_b1(**kwargs) -> EfficientNet:
-  return _build('b1', **kwargs)
-
-
-def efficientnet_b2(**kwargs) -> EfficientNet:
-  return _build('b2', **kwargs)
-
-
-def efficientnet_b3(**kwargs) -> EfficientNet:
-  return _build('b3', **kwargs)
-
-
-def efficientnet_b4(**kwargs) -> EfficientNet:
-  return _build('b4', **kwargs)
-
-
-def efficientnet_b5(**kwargs) -> EfficientNet:
-  return _build('b5', **kwargs)
-
-
-def efficientnet_b6(**kwargs) -> EfficientNet:
-  return _build('b6', **kwargs)
-
-
-def efficientnet_b7(**kwargs) -> EfficientNet:
-  return _build('b7', **kwargs)

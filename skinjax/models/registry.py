@@ -1,6 +1,7 @@
 """Architecture name -> how to build it, its input size and its pixel preprocessing."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -22,21 +23,11 @@ class ModelSpec:
   build_backbone: Callable[..., nnx.Module]
 
 
-_EFFICIENTNET_BUILDERS = {
-    'b0': efficientnet.efficientnet_b0,
-    'b1': efficientnet.efficientnet_b1,
-    'b2': efficientnet.efficientnet_b2,
-    'b3': efficientnet.efficientnet_b3,
-    'b4': efficientnet.efficientnet_b4,
-    'b5': efficientnet.efficientnet_b5,
-    'b6': efficientnet.efficientnet_b6,
-    'b7': efficientnet.efficientnet_b7,
-}
-
 _SPECS = {spec.name: spec for spec in (
     ModelSpec('small_cnn', 224, 'unit', SmallCNN),
-    *(ModelSpec(f'efficientnet{variant}', efficientnet.VARIANTS[variant][2], 'raw', builder)
-      for variant, builder in _EFFICIENTNET_BUILDERS.items()),
+    *(ModelSpec(f'efficientnet{variant}', image_size, 'raw',
+                functools.partial(efficientnet.build, variant))
+      for variant, (_, _, image_size, _) in efficientnet.VARIANTS.items()),
     # The pretrained-backbone issue adds here:
     #   ModelSpec('vgg16', 224, 'caffe', ...), ModelSpec('xception', 299, 'tf', ...),
     #   ModelSpec('resnet50', 224, 'caffe', ...).
