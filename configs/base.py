@@ -37,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = model = ml_collections.ConfigDict()
   model.arch = 'small_cnn'
-  model.init = 'scratch'  # 'scratch' | 'imagenet' | PATH (the backbone issue adds the last two)
+  # 'scratch' | 'imagenet' (the Keras file in $SKINJAX_WEIGHTS_DIR or ~/.keras/models/) | PATH (an .h5
+  # file or a directory from scripts/port_weights.py)
+  model.init = 'scratch'
   model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; parameters stay float32
   model.dropout_rate = 0.3
 

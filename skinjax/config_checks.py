@@ -9,6 +9,9 @@ import pathlib
 
 import ml_collections
 
+from skinjax.models import registry
+from skinjax.weights import pretrained
+
 CHOICES = {
     'data.source': ('ham10000', 'synthetic'),
     'data.split': ('lesion_grouped', 'random_image'),
@@ -33,10 +36,6 @@ def validate(config: ml_collections.ConfigDict):
     value = _get(config, key)
     if value not in allowed:
       raise ValueError(f'config.{key}={value!r} is not one of {", ".join(allowed)}.')
-  if config.model.init != 'scratch':
-    raise ValueError(
-        f'config.model.init={config.model.init!r}: loading ImageNet weights is not available in '
-        "this version yet; use --config.model.init=scratch.")
   monitor = config.train.early_stopping.monitor
   if not monitor.startswith('val_'):
     raise ValueError(f'config.train.early_stopping.monitor={monitor!r}: monitor a validation '
@@ -44,6 +43,24 @@ def validate(config: ml_collections.ConfigDict):
   for key in ('batch_size', 'num_epochs', 'eval_batch_size', 'log_every_steps'):
     if config.train[key] <= 0:
       raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
+
+
+def check_init(config: ml_collections.ConfigDict):
+  """Fails before any work when `config.model.init` names weights that are not there.
+
+  Only existence is checked here; reading and fitting the weights happens when the model is built.
+  """
+  init, arch = config.model.init, config.model.arch
+  if init == 'scratch':
+    return
+  if registry.get_spec(arch).keras_weights is None:
+    raise ValueError(f'config.model.init={init!r}: {arch} has no ImageNet weights; use '
+                     f'--config.model.init=scratch, or an architecture with them: '
+                     f'{", ".join(registry.PRETRAINED_ARCHITECTURES)}.')
+  if init == 'imagenet':
+    pretrained.find_imagenet_file(arch, include_top=False)
+  else:
+    pretrained.existing_path(init)
 
 
 def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict):

@@ -29,6 +29,7 @@ from skinjax.data.constants import CLASS_NAMES
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.progress import ProgressBar
+from skinjax.weights import pretrained
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -36,6 +37,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ setup
   workdir = pathlib.Path(workdir).expanduser()
   config_checks.validate(config)
+  if not (workdir / 'checkpoints' / 'latest').is_dir():  # A resume needs no initial weights.
+    config_checks.check_init(config)
   spec = registry.get_spec(config.model.arch)
   config_checks.check_workdir(workdir, config)
   is_lead = jax.process_index() == 0
@@ -122,6 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = checkpoints.latest_step()
   if start_step is None:
     state = jax.jit(lambda: init_state(phase_of(0)), out_shardings=replicated)()
+    if config.model.init != 'scratch':
+      state = _with_pretrained_backbone(state, config, replicated)
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping()}
   else:
     # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
@@ -208,6 +213,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
   checkpoints.wait_and_close()
   return metrics
+
+
+def _with_pretrained_backbone(state: steps.TrainState, config, replicated) -> steps.TrainState:
+  """The fresh state with the backbone's weights and statistics from `config.model.init`."""
+  values, source = pretrained.load_backbone(config.model.arch, config.model.init)
+  used = (pretrained.put_backbone(state.params, values, replicated)
+          | pretrained.put_backbone(state.rest, values, replicated))
+  if used != values.keys():  # mapping.keras_to_flax checked the same model; this guards the split
+    raise ValueError(f'{source}: {len(values.keys() - used)} weights found no place in the model.')
+  logging.info('Initialised the %s backbone from %s.', config.model.arch, source)
+  print(f'Backbone weights: {source}')
+  return state
 
 
 def _normaliser(spec: registry.ModelSpec, config: ml_collections.ConfigDict):

@@ -98,10 +98,8 @@ class Stem(nnx.Module):
   """Rescaling(1/255) -> Normalization -> [Rescaling(1/sqrt(std))] -> pad -> conv3x3/2 -> BN -> swish."""
 
   def __init__(self, out_features: int, *, imagenet_normalization: bool, dtype, rngs: nnx.Rngs):
-    self.imagenet_normalization = imagenet_normalization
     if imagenet_normalization:
-      # Keras' ImageNet files store the std in the 'variance' weight; the extra rescaling turns
-      # (x - mean) / sqrt(std) into (x - mean) / std. Start from the values the file holds.
+      # The values Keras' ImageNet weight files hold (see `normalize`).
       self.normalization = Normalization(IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB)
     else:
       self.normalization = Normalization(jnp.zeros(3), jnp.ones(3))
@@ -109,12 +107,21 @@ class Stem(nnx.Module):
     self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
 
   def normalize(self, images: jnp.ndarray) -> jnp.ndarray:
-    """0..255 RGB -> network input, in float32 whatever the compute dtype (cheap and exact)."""
+    """0..255 RGB -> network input, in float32 whatever the compute dtype (cheap and exact).
+
+    Keras' ImageNet weight files store the ImageNet *std* in the Normalization 'variance', and
+    Keras adds a Rescaling(1/sqrt(std)) exactly when it loads them, turning (x - mean)/sqrt(std)
+    into (x - mean)/std. The rescaling has no weights, so it is decided here from the state: it
+    applies when the variance holds those std values. A model built with weights=None (variance
+    1) or ported from such a model behaves like Keras without it, and ImageNet weights like
+    Keras with it, wherever the weights came from (port, checkpoint, resume).
+    """
     x = images.astype(jnp.float32) * (1.0 / 255.0)
     x = self.normalization(x)
-    if self.imagenet_normalization:
-      x = x * jnp.asarray([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], jnp.float32)
-    return x
+    variance = self.normalization.variance[...]
+    holds_imagenet_std = jnp.all(
+        jnp.abs(variance - jnp.asarray(IMAGENET_STDDEV_RGB, jnp.float32)) < 1e-6)
+    return x * jnp.where(holds_imagenet_std, jax.lax.rsqrt(variance), 1.0)
 
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     x = self.normalize(images)
@@ -205,7 +212,7 @@ class EfficientNet(nnx.Module):
 
   Without the top it returns the NHWC feature map of `top`; with it, float32 logits (no softmax).
   Inputs are 0..255 floats (RGB): the model normalises them itself, like Keras.
-  `imagenet_normalization=True` adds the extra stem rescaling Keras applies with ImageNet weights.
+  `imagenet_normalization=True` starts the stem at the ImageNet normalisation (see `Stem.normalize`).
   """
 
   def __init__(

@@ -62,3 +62,41 @@ def zero_pad_2d(x: jnp.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]
 def global_average_pool(x: jnp.ndarray, *, keepdims: bool = False) -> jnp.ndarray:
   """Mean over H and W, accumulated and returned in float32 (a bfloat16 sum over many pixels drifts)."""
   return jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=keepdims)
+
+
+# Keras' Conv2D/Dense/SeparableConv2D default; EfficientNet overrides it with its own.
+GLOROT_UNIFORM = nnx.initializers.glorot_uniform()
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
+         padding='SAME', use_bias: bool = True, dtype, rngs: nnx.Rngs) -> nnx.Conv:
+  """Keras `Conv2D` defaults: glorot-uniform kernel, zero bias, float32 parameters."""
+  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
+                  padding=padding, use_bias=use_bias, kernel_init=GLOROT_UNIFORM, dtype=dtype,
+                  param_dtype=jnp.float32, rngs=rngs)
+
+
+def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+  """Keras `Dense` defaults; dense tops run in float32 (they are small and produce logits)."""
+  return nnx.Linear(in_features, out_features, kernel_init=GLOROT_UNIFORM, dtype=jnp.float32,
+                    param_dtype=jnp.float32, rngs=rngs)
+
+
+class SeparableConv(nnx.Module):
+  """Keras `SeparableConv2D` (depth multiplier 1): a depthwise conv, then a 1x1 pointwise conv.
+
+  Keras keeps the two kernels in one layer ('depthwise_kernel' (kh, kw, C, 1) and
+  'pointwise_kernel' (1, 1, C, F)); here they are two convs, the depthwise one in Flax's grouped
+  layout (kh, kw, 1, C).
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
+               use_bias: bool = False, dtype, rngs: nnx.Rngs):
+    self.depthwise = nnx.Conv(
+        in_features, in_features, (kernel_size, kernel_size), padding='SAME',
+        feature_group_count=in_features, use_bias=False, kernel_init=GLOROT_UNIFORM, dtype=dtype,
+        param_dtype=jnp.float32, rngs=rngs)
+    self.pointwise = conv(in_features, out_features, 1, use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return self.pointwise(self.depthwise(x))

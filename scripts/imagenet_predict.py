@@ -1,0 +1,106 @@
+r"""Sanity-checks ported ImageNet weights: the top-5 ImageNet classes of each image.
+
+  python scripts/imagenet_predict.py --arch=resnet50 \
+      --keras_h5=~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels.h5 elephant.jpg
+  python scripts/imagenet_predict.py --arch=resnet50 --weights=weights/resnet50 --json a.jpg b.jpg
+
+Each image is resized (bilinear) to the architecture's input size unless it already has that size,
+preprocessed as keras.applications.<model>.preprocess_input does, and run through the model with
+its 1000-class top, in float32. Class names come from imagenet_class_index.json in the Keras cache
+(~/.keras/models/) when it is there; otherwise the class indices are printed.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from skinjax.models import preprocessing
+from skinjax.models import registry
+from skinjax.weights import pretrained
+
+_ARCH = flags.DEFINE_enum('arch', None, registry.PRETRAINED_ARCHITECTURES, 'Architecture.',
+                          required=True)
+_KERAS_H5 = flags.DEFINE_string('keras_h5', None, 'Keras weight file with the ImageNet top.')
+_WEIGHTS = flags.DEFINE_string('weights', None, 'Directory from scripts/port_weights.py.')
+_SAVE_PROBS = flags.DEFINE_string('save_probs', None,
+                                  'Write the (images, 1000) float32 probabilities to this .npy.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+flags.mark_flags_as_mutual_exclusive(['keras_h5', 'weights'], required=True)
+
+CLASS_INDEX_FILE = 'imagenet_class_index.json'
+BATCH_SIZE = 8
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+  try:
+    with Image.open(path) as image:
+      image = image.convert('RGB')
+      if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+      return np.asarray(image, np.uint8)
+  except (OSError, ValueError) as error:
+    raise ValueError(f'Cannot read the image {path}: {error}') from error
+
+
+def class_names() -> list[str] | None:
+  for directory in pretrained.search_dirs():
+    if (directory / CLASS_INDEX_FILE).is_file():
+      index = json.loads((directory / CLASS_INDEX_FILE).read_text())
+      return [index[str(i)][1] for i in range(len(index))]
+  return None
+
+
+def predict(arch: str, weights: str, images: np.ndarray) -> np.ndarray:
+  """(N, H, W, 3) uint8 -> (N, 1000) float32 ImageNet probabilities."""
+  model = pretrained.load_model(arch, weights, include_top=True)
+  model.eval()
+  mode = registry.get_spec(arch).preprocessing
+
+  @nnx.jit
+  def probabilities(model, batch):
+    return jax.nn.softmax(model(preprocessing.normalize(batch, mode)), axis=-1)
+
+  return np.concatenate([np.asarray(probabilities(model, jnp.asarray(images[i:i + BATCH_SIZE])))
+                         for i in range(0, len(images), BATCH_SIZE)])
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError('Give one or more image files.')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  arch = _ARCH.value
+  size = registry.get_spec(arch).default_image_size
+  try:
+    images = np.stack([load_image(p, size) for p in paths])
+    probs = predict(arch, _KERAS_H5.value or _WEIGHTS.value, images)
+  except (ValueError, OSError) as error:  # WeightFileError is a ValueError
+    sys.exit(f'error: {error}')
+  if _SAVE_PROBS.value:
+    np.save(pathlib.Path(_SAVE_PROBS.value).expanduser(), probs.astype(np.float32))
+  names = class_names()
+  for path, p in zip(paths, probs):
+    top5 = [int(i) for i in np.argsort(-p, kind='stable')[:5]]
+    entries = [{'index': i, 'class': names[i] if names else None, 'probability': float(p[i])}
+               for i in top5]
+    if _JSON.value:
+      print(json.dumps({'image': path, 'top5': entries}))
+    else:
+      print(path)
+      for e in entries:
+        label = f'{e["class"]} ({e["index"]})' if names else f'class {e["index"]}'
+        print(f'  {e["probability"]:.4f}  {label}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Keras Applications ImageNet weights -> skinjax's Flax models."""
