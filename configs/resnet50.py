@@ -5,8 +5,9 @@ Run:
       --config.data.data_dir=~/tensorflow_datasets
 
 Input 224x224 as in the study (the Keras default for ResNet50 is 224).
-Result: not run yet. It needs the Keras ImageNet weight port (config.model.init='imagenet'),
-which this version does not have: until then it stops with a message saying so.
+Weights: the Keras ImageNet file resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 in ~/.keras/models/ or
+$SKINJAX_WEIGHTS_DIR (or --config.model.init=PATH; see the README's "ImageNet weights").
+Result: not run yet: the development machines have neither the weight files nor a network.
 """
 
 from configs import imagenet_finetune

@@ -1,6 +1,28 @@
 """Shared test helpers: a tiny synthetic-data config that trains in seconds on 2 CPU cores."""
 
+import pathlib
+
+import pytest
+from jax._src.interpreters import partial_eval
+
 from configs import demo
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def fast_tracing():
+  """Work around quadratic tracing in JAX 0.10 (jax-ml/jax#40041).
+
+  NNX probes `tracer.sharding` on every Variable update (RNG counters, BatchNorm statistics) and
+  JAX answers with an AttributeError whose message walks every equation traced so far. Tracing
+  EfficientNetB7 takes ~12 s instead of ~1 s. Only the text of that error message changes.
+  """
+  patch = pytest.MonkeyPatch()
+  if hasattr(partial_eval.DynamicJaxprTracer, '_origin_msg'):
+    patch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
+  yield
+  patch.undo()
 
 
 def tiny_config(**overrides):

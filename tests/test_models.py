@@ -12,29 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax._src.interpreters import partial_eval
 
 from skinjax.models import efficientnet, layers, preprocessing, registry
 
 keras = pytest.importorskip('keras')
 
+pytestmark = pytest.mark.usefixtures('fast_tracing')
+
 VARIANTS = tuple(efficientnet.VARIANTS)
 IMAGE_SHAPE = (2, 32, 32, 3)
-
-
-@pytest.fixture(autouse=True, scope='module')
-def fast_tracing():
-  """Work around quadratic tracing in JAX 0.10 (jax-ml/jax#40041).
-
-  NNX probes `tracer.sharding` on every Variable update (RNG counters, BatchNorm statistics) and
-  JAX answers with an AttributeError whose message walks every equation traced so far. Tracing
-  EfficientNetB7 takes ~12 s instead of ~1 s. Only the text of that error message changes.
-  """
-  patch = pytest.MonkeyPatch()
-  if hasattr(partial_eval.DynamicJaxprTracer, '_origin_msg'):
-    patch.setattr(partial_eval.DynamicJaxprTracer, '_origin_msg', lambda self: '')
-  yield
-  patch.undo()
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -367,8 +353,19 @@ def test_training_without_rngs_fails_loudly():
 
 def test_registry_specs():
   assert registry.ARCHITECTURES == (
-      'small_cnn', *(f'efficientnet{v}' for v in VARIANTS))
+      'small_cnn', 'vgg16', 'xception', 'resnet50', *(f'efficientnet{v}' for v in VARIANTS))
+  assert registry.PRETRAINED_ARCHITECTURES == registry.ARCHITECTURES[1:]
   assert registry.get_spec('small_cnn').preprocessing == 'unit'
+  # keras.applications.<model>.preprocess_input: 'caffe' for VGG16/ResNet50, 'tf' for Xception.
+  assert {a: registry.get_spec(a).preprocessing for a in ('vgg16', 'resnet50', 'xception')} == {
+      'vgg16': 'caffe', 'resnet50': 'caffe', 'xception': 'tf'}
+  assert registry.get_spec('xception').default_image_size == 299
+  assert registry.get_spec('resnet50').bn_epsilon == 1.001e-5
+  assert registry.get_spec('xception').bn_epsilon == 1e-3
+  assert registry.get_spec('resnet50').keras_weights.url(False) == (
+      'https://storage.googleapis.com/tensorflow/keras-applications/resnet/'
+      'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5')
+  assert registry.get_spec('vgg16').keras_weights.top_layers == ('fc1', 'fc2', 'predictions')
   assert registry.get_spec('efficientnetb7').default_image_size == 600
   assert registry.get_spec('efficientnetb7').preprocessing == 'raw'
   for arch in registry.ARCHITECTURES:
@@ -416,3 +413,12 @@ def test_unknown_preprocessing_mode_lists_the_valid_ones():
     preprocessing.normalize(random_images(), 'imagenet')
   for mode in preprocessing.PREPROCESSING_MODES:
     assert mode in str(error.value)
+
+
+@pytest.mark.parametrize('arch', registry.PRETRAINED_ARCHITECTURES)
+def test_batch_norm_settings_are_the_registry_ones(arch):
+  spec = registry.get_spec(arch)
+  model = nnx.eval_shape(lambda: registry.build_backbone(arch, rngs=nnx.Rngs(0)))
+  norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+  assert norms or arch == 'vgg16'  # VGG16 has no BatchNorm
+  assert {(m.epsilon, m.momentum) for m in norms} <= {(spec.bn_epsilon, spec.bn_momentum)}
