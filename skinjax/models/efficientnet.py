@@ -121,7 +121,9 @@ class Stem(nnx.Module):
     variance = self.normalization.variance[...]
     holds_imagenet_std = jnp.all(
         jnp.abs(variance - jnp.asarray(IMAGENET_STDDEV_RGB, jnp.float32)) < 1e-6)
-    return x * jnp.where(holds_imagenet_std, jax.lax.rsqrt(variance), 1.0)
+    # Keras' constants, computed in float64 like its Rescaling layer's.
+    rescale = jnp.asarray([1.0 / math.sqrt(s) for s in IMAGENET_STDDEV_RGB], jnp.float32)
+    return x * jnp.where(holds_imagenet_std, rescale, 1.0)
 
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
     x = self.normalize(images)
