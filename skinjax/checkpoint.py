@@ -58,22 +58,51 @@ class RunCheckpoints:
         model=ocp.args.StandardSave({'params': params, 'rest': rest}),
         summary=ocp.args.JsonSave(summary)))
 
+  def locate(self, which: str) -> tuple[str, int]:
+    """('best' or 'latest', step) of 'best', 'latest' or a step number kept by either."""
+    if which in ('best', 'latest'):
+      step = getattr(self, which).latest_step()
+      if step is None:
+        raise FileNotFoundError(f'No {which} checkpoint in this workdir.')
+      return which, step
+    step = int(which)
+    for kind in ('best', 'latest'):
+      if step in getattr(self, kind).all_steps():
+        return kind, step
+    kept = sorted({*self.best.all_steps(), *self.latest.all_steps()})
+    raise FileNotFoundError(f'No checkpoint of step {step} in this workdir; it keeps steps '
+                            f'{", ".join(map(str, kept)) or "none"}.')
+
+  def saved_param_shapes(self, which: str) -> dict[str, tuple[int, ...]]:
+    """{'head/kernel': shape, ...} of a checkpoint's parameters, read from metadata only."""
+    kind, step = self.locate(which)
+    item = 'model' if kind == 'best' else 'state'
+    # The item's handler reads its own metadata file; no arrays are loaded.
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        getattr(self, kind).directory / str(step) / item)
+    shapes = {}
+
+    def visit(node, path):
+      if hasattr(node, 'shape'):
+        shapes['/'.join(p for p in path if p != 'value')] = tuple(node.shape)
+      elif isinstance(node, dict):
+        for key, child in node.items():
+          visit(child, (*path, str(key)))
+
+    visit(metadata['params'], ())
+    return shapes
+
   def restore_model(self, which: str, abstract_params, abstract_rest):
     """Model variables from 'best', 'latest' or a step number of either."""
-    if which == 'latest':
-      step = self.latest.latest_step()
-      if step is None:
-        raise FileNotFoundError('No latest checkpoint in this workdir.')
-      target = {'params': abstract_params, 'rest': abstract_rest}
+    kind, step = self.locate(which)
+    target = {'params': abstract_params, 'rest': abstract_rest}
+    if kind == 'latest':
       state = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, partial_restore=True,
           restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state
       return step, state['params'], state['rest']
-    step = self.best.latest_step() if which == 'best' else int(which)
-    if step is None:
-      raise FileNotFoundError('No best checkpoint in this workdir.')
     model = self.best.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore({'params': abstract_params, 'rest': abstract_rest}))).model
+        model=ocp.args.StandardRestore(target))).model
     return step, model['params'], model['rest']
 
   def wait_and_close(self):

@@ -1,7 +1,9 @@
 """The final report: sklearn metrics, the study's classification table, plots and predictions.
 
 Balanced accuracy (mean per-class recall, the ISIC 2018 metric) is the headline; melanoma recall
-is listed first because a missed melanoma is the costliest error.
+is listed first because a missed melanoma is the costliest error. The trainer and
+scripts/evaluate.py both write their reports here, so a checkpoint evaluated later reads exactly
+like the report at the end of training.
 """
 
 import csv
@@ -15,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from skinjax.data.constants import CLASS_NAMES, MELANOMA  # noqa: E402
+from skinjax import eval_metrics  # noqa: E402
+from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS, MELANOMA  # noqa: E402
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names=CLASS_NAMES) -> dict:
@@ -68,12 +71,26 @@ def format_summary(m: dict) -> str:
 
 
 def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, image_ids,
-                 class_names=CLASS_NAMES, extra: dict | None = None) -> dict:
-  """Writes classification_report.txt, metrics.json, confusion_matrix.png, predictions.csv."""
+                 class_names=CLASS_NAMES, extra: dict | None = None, lesion_ids=None,
+                 bootstrap_seed: int = 0,
+                 bootstrap_resamples: int = eval_metrics.BOOTSTRAP_RESAMPLES) -> dict:
+  """Writes the report files and returns the metrics.json content.
+
+  classification_report.txt, metrics.json (with ECE and 95% bootstrap CIs, resampled by lesion
+  when `lesion_ids` are given), confusion_matrix.png, roc.png, reliability.png, predictions.csv
+  and predictions_isic.csv (the ISIC 2018 Task 3 submission format).
+  """
   out_dir.mkdir(parents=True, exist_ok=True)
+  labels = np.asarray(labels)
   metrics = compute_metrics(labels, probs, class_names)
-  metrics.update(extra or {})
   preds = probs.argmax(-1)
+  metrics['ece'] = eval_metrics.expected_calibration_error(labels, probs)
+  metrics['ece_bins'] = eval_metrics.ECE_BINS
+  if MELANOMA in class_names:
+    metrics['ci'] = eval_metrics.bootstrap_intervals(
+        labels, preds, len(class_names), list(class_names).index(MELANOMA), lesion_ids,
+        num_resamples=bootstrap_resamples, seed=bootstrap_seed)
+  metrics.update(extra or {})
   classes = list(range(len(class_names)))
   table = skm.classification_report(labels, preds, labels=classes, target_names=list(class_names),
                                     digits=4, zero_division=0)
@@ -82,12 +99,36 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
   plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=classes), class_names,
                         out_dir / 'confusion_matrix.png')
+  plot_roc(labels, probs, class_names, out_dir / 'roc.png')
+  plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
+                   out_dir / 'reliability.png')
   with open(out_dir / 'predictions.csv', 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['image_id', 'label', 'pred', *[f'prob_{name}' for name in class_names]])
-    for image_id, label, pred, row in zip(image_ids, labels, preds, probs):
-      writer.writerow([image_id, class_names[label], class_names[pred], *[f'{p:.6f}' for p in row]])
+    lesion_column = [] if lesion_ids is None else ['lesion_id']
+    writer.writerow(['image_id', *lesion_column, 'label', 'pred',
+                     *[f'prob_{name}' for name in class_names]])
+    for i, (image_id, label, pred, row) in enumerate(zip(image_ids, labels, preds, probs)):
+      lesion = [] if lesion_ids is None else [lesion_ids[i]]
+      writer.writerow([image_id, *lesion, class_names[label], class_names[pred],
+                       *[f'{p:.6f}' for p in row]])
+  if set(c.lower() for c in ISIC2018_COLUMNS) == set(class_names):
+    write_isic_predictions(out_dir / 'predictions_isic.csv', image_ids, probs, class_names)
   return metrics
+
+
+def write_isic_predictions(path: pathlib.Path, image_ids, probs: np.ndarray,
+                           class_names=CLASS_NAMES):
+  """`image,MEL,NV,BCC,AKIEC,BKL,DF,VASC` rows of probabilities, as isic-challenge-scoring reads.
+
+  Columns are mapped by name, since the ISIC order differs from ours. Every value is written
+  with a decimal point: the scorer refuses a column that pandas would parse as integers.
+  """
+  order = [list(class_names).index(column.lower()) for column in ISIC2018_COLUMNS]
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['image', *ISIC2018_COLUMNS])
+    for image_id, row in zip(image_ids, probs):
+      writer.writerow([image_id, *[f'{float(row[i]):.8f}' for i in order]])
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):
@@ -106,6 +147,46 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):
       ax.text(j, i, fmt.format(v), ha='center', va='center', fontsize=8,
               color='white' if v > threshold else 'black')
     fig.colorbar(image, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names, path: pathlib.Path):
+  """One-vs-rest ROC curve per class (classes without positives or negatives are left out)."""
+  fig, ax = plt.subplots(figsize=(6.5, 6))
+  for i, name in _melanoma_first(class_names):
+    positives = labels == i
+    if not 0 < positives.sum() < len(labels):
+      continue
+    fpr, tpr, _ = skm.roc_curve(positives, probs[:, i])
+    ax.plot(fpr, tpr, lw=2.5 if name == MELANOMA else 1.3,
+            label=f'{name} (AUC {skm.auc(fpr, tpr):.3f}, n={int(positives.sum())})')
+  ax.plot([0, 1], [0, 1], color='grey', lw=0.8, ls='--')
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate',
+         title='ROC, one class vs rest')
+  ax.legend(loc='lower right', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_reliability(bins: dict, ece: float, path: pathlib.Path):
+  """Accuracy per top-label confidence bin against the diagonal, with how many fall in each."""
+  edges, counts = bins['edges'], bins['counts']
+  centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
+                                    gridspec_kw={'height_ratios': [3, 1]})
+  filled = counts > 0
+  top.bar(centres[filled], bins['accuracy'][filled], width=width[filled] * 0.95,
+          edgecolor='black', label='accuracy')
+  top.plot([0, 1], [0, 1], color='grey', ls='--', label='perfect calibration')
+  top.plot(bins['confidence'][filled], bins['accuracy'][filled], 'o', color='crimson', ms=4,
+           label='mean confidence')
+  top.set(ylim=(0, 1), ylabel='accuracy', title=f'Reliability (ECE {ece:.4f}, {len(counts)} bins)')
+  top.legend(loc='upper left', fontsize=8)
+  bottom.bar(centres, counts, width=width * 0.95, color='grey')
+  bottom.set(xlim=(0, 1), xlabel='confidence of the top class', ylabel='images')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -3,7 +3,6 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
-import functools
 import json
 import pathlib
 import time
@@ -101,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   labels_tree = optim.param_labels(abstract_params, trainable_groups)
   trainable = {1: jax.tree.map(lambda lab: lab == optim.HEAD, labels_tree),
                2: jax.tree.map(lambda lab: lab != optim.FROZEN, labels_tree)}
-  normalise = _normaliser(spec, config)
+  normalise = preprocessing.normaliser(spec.preprocessing, config)
   phase_of = lambda step: 1 if step < phase_two_start else 2  # noqa: E731
 
   # ----------------------------------------------------------- mesh/sharding
@@ -205,7 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics = {}
   if is_lead:
     metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
-                                  metadata['image_id'][splits['test']], extra=extra)
+                                  metadata['image_id'][splits['test']], extra=extra,
+                                  lesion_ids=metadata['lesion_id'][splits['test']])
     print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
           + (workdir / 'report' / 'classification_report.txt').read_text()
           + report.format_summary(metrics))
@@ -225,12 +225,6 @@ def _with_pretrained_backbone(state: steps.TrainState, config, replicated) -> st
   logging.info('Initialised the %s backbone from %s.', config.model.arch, source)
   print(f'Backbone weights: {source}')
   return state
-
-
-def _normaliser(spec: registry.ModelSpec, config: ml_collections.ConfigDict):
-  """uint8 -> model input, inside the jitted step: the backbone's own Keras mode or the study's."""
-  mode = spec.preprocessing if config.data.preprocessing == 'keras' else 'minus_one_one'
-  return functools.partial(preprocessing.normalize, mode=mode, dtype=jnp.dtype(config.model.dtype))
 
 
 def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:

@@ -275,6 +275,10 @@ def test_live_keras_model_converts_like_its_h5_file(keras_h5_file):
       p for p, v in pretrained._flat_variables(model).items()}
   for path in from_file:
     np.testing.assert_array_equal(from_file[path], live[path], err_msg=str(path))
+  converted = pretrained.model_from_keras(arch, keras_model(arch, False))
+  assert not converted.include_top
+  np.testing.assert_array_equal(converted.block13.residual_bn.var[...],
+                                from_file[('block13', 'residual_bn', 'var')])
 
 
 def test_top_file_can_initialise_a_backbone(keras_h5_file):

@@ -5,6 +5,9 @@ CLASS_NAMES = ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc')
 NUM_CLASSES = len(CLASS_NAMES)
 MELANOMA = 'mel'
 
+# The ISIC 2018 Task 3 column order (ground truth and submissions); map to CLASS_NAMES by name.
+ISIC2018_COLUMNS = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL', 'DF', 'VASC')
+
 METADATA_COLUMNS = ('lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex', 'localization')
 
 DOWNLOAD_HELP = (

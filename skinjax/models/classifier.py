@@ -31,6 +31,9 @@ class Classifier(nnx.Module):
     `nnx.Rngs` (e.g. `nnx.Rngs(dropout=key)`), not a bare key: each dropout site then draws its
     own key, whereas a bare key would give every drop-connect site the same mask.
     """
-    features = self.backbone(images, rngs=rngs)
-    pooled = global_average_pool(features)
-    return self.head(self.head_dropout(pooled, rngs=rngs))
+    return self.logits_from_features(self.backbone(images, rngs=rngs), rngs=rngs)
+
+  def logits_from_features(self, features: jnp.ndarray, *,
+                           rngs: nnx.Rngs | None = None) -> jnp.ndarray:
+    """The head on the backbone's NHWC feature map (where Grad-CAM takes its gradients)."""
+    return self.head(self.head_dropout(global_average_pool(features), rngs=rngs))

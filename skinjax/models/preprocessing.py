@@ -3,6 +3,9 @@
 Batches travel to the device as uint8 and are normalised inside the jitted step, so this is jnp only.
 """
 
+import functools
+from collections.abc import Callable
+
 import jax.numpy as jnp
 
 # Keras' 'caffe' mode works in BGR order with these ImageNet channel means (0..255 scale).
@@ -29,3 +32,12 @@ def normalize(images: jnp.ndarray, mode: str, dtype=jnp.float32) -> jnp.ndarray:
   elif mode in ('tf', 'minus_one_one'):
     x = x / 127.5 - 1.0
   return x.astype(dtype)
+
+
+def normaliser(backbone_mode: str, config) -> Callable:
+  """The run's uint8 -> model input: the backbone's own Keras mode, or the study's [-1, 1].
+
+  Training, evaluation and prediction all build it from the run's config, so they agree.
+  """
+  mode = backbone_mode if config.data.preprocessing == 'keras' else 'minus_one_one'
+  return functools.partial(normalize, mode=mode, dtype=jnp.dtype(config.model.dtype))

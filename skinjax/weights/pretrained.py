@@ -211,3 +211,14 @@ def put_backbone(state: nnx.State, values: Values, sharding) -> set[tuple[str, .
       replacements[('backbone', *path)] = jax.device_put(np.asarray(value, dtype), sharding)
   nnx.replace_by_pure_dict(state, _nested(replacements))
   return {path[1:] for path in replacements}
+
+
+def model_from_keras(arch: str, keras_model) -> nnx.Module:
+  """The skinjax network with the weights of a live `keras.Model` of the same architecture.
+
+  With the top when the Keras model has it. This is what an h5 port gives, without the file.
+  """
+  layers = keras_h5.from_keras_model(keras_model)
+  model = abstract_model(arch, include_top=file_has_top(arch, layers))
+  values = mapping.keras_to_flax(arch, model, layers, source=f'keras.Model {keras_model.name!r}')
+  return mapping.fill(model, values)

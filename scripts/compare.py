@@ -1,0 +1,38 @@
+r"""Compares finished runs: one table row and one group of bars per run.
+
+  python scripts/compare.py W1 W2 ... [--out=DIR]
+
+Writes DIR/comparison.md (arch, init, parameters, image size, epochs, training time, accuracy,
+balanced accuracy, macro-F1 and melanoma recall with 95% bootstrap intervals, macro AUC) and
+DIR/comparison.png. DIR defaults to the folder that holds the runs. Intervals come from
+W/eval/test-best/ when scripts/evaluate.py has been run (resampled by lesion), else from the
+training report.
+"""
+
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from skinjax import compare
+
+_OUT = flags.DEFINE_string('out', None, 'Output folder; default: the common parent of the runs.')
+
+
+def main(argv):
+  workdirs = [pathlib.Path(w).expanduser() for w in argv[1:]]
+  if not workdirs:
+    raise app.UsageError('Pass the workdirs to compare: python scripts/compare.py W1 W2 ...')
+  out = _OUT.value or os.path.commonpath([w.absolute().parent for w in workdirs])
+  try:
+    runs = compare.write_comparison(workdirs, out)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
+  print((pathlib.Path(out) / 'comparison.md').read_text()
+        + f'Wrote {pathlib.Path(out) / "comparison.md"} and comparison.png ({len(runs)} runs).')
+
+
+if __name__ == '__main__':
+  app.run(main)

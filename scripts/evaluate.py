@@ -1,0 +1,79 @@
+r"""Evaluates a trained run's checkpoint: its own test split, another split or an external set.
+
+  python scripts/evaluate.py --workdir=W [--checkpoint=best|latest|STEP] [--split=test|val|train]
+      [--images_dir=DIR --labels_csv=CSV] [--tta=none|flip|flip_rot] [--out=DIR]
+
+The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
+and --labels_csv it evaluates an external labelled set instead of a split; the CSV is either
+HAM10000-style (image_id,dx[,lesion_id]) or the ISIC 2018 Task 3 ground truth
+(image,MEL,NV,BCC,AKIEC,BKL,DF,VASC). It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or
+--out): the training report's files plus roc.png, reliability.png, ECE and 95% bootstrap
+intervals in metrics.json, and predictions_isic.csv for the ISIC challenge scorer.
+"""
+
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from skinjax import checkpoint_eval
+from skinjax import inference
+from skinjax import report
+from skinjax import tta
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.', required=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+_SPLIT = flags.DEFINE_enum('split', 'test', checkpoint_eval.SPLITS,
+                           "Which split of the run's own dataset to evaluate.")
+_IMAGES_DIR = flags.DEFINE_string('images_dir', None, 'Folder of an external labelled test set.')
+_LABELS_CSV = flags.DEFINE_string('labels_csv', None,
+                                  'Its labels: image_id,dx[,lesion_id] or the ISIC 2018 ground truth.')
+_TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
+                         'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
+_OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<checkpoint>.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                "Where the run's prepared HAM10000 is, if not where it trained.")
+_BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstrap intervals.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
+  try:
+    if bool(_IMAGES_DIR.value) != bool(_LABELS_CSV.value):
+      raise ValueError('An external set needs both --images_dir and --labels_csv.')
+    if _IMAGES_DIR.value and (flags.FLAGS['split'].present or _DATA_DIR.value):
+      raise ValueError("--split and --data_dir choose from the run's own dataset; leave them out "
+                       'when evaluating --images_dir.')
+    run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
+    if _IMAGES_DIR.value:
+      data = checkpoint_eval.external_set(_IMAGES_DIR.value, _LABELS_CSV.value)
+    else:
+      data = checkpoint_eval.run_split(run, _SPLIT.value, _DATA_DIR.value)
+    out_dir = (pathlib.Path(_OUT.value).expanduser() if _OUT.value
+               else checkpoint_eval.default_out_dir(run, data, _TTA.value))
+    metrics = checkpoint_eval.evaluate_checkpoint(run, data, out_dir, tta_mode=_TTA.value,
+                                                  bootstrap_seed=_BOOTSTRAP_SEED.value)
+  except (ValueError, FileNotFoundError) as error:
+    # Bad input: say what is wrong and how to fix it; the traceback only with --verbosity=1.
+    logging.vlog(1, 'Traceback of the error below:', exc_info=True)
+    sys.exit(f'error: {error}')
+  ci = metrics['ci']
+  print(f'{data.name}, {run.checkpoint} checkpoint (step {run.step}), tta {_TTA.value}, '
+        f'written to {out_dir}:\n' + (out_dir / 'classification_report.txt').read_text()
+        + report.format_summary(metrics) + '\n'
+        + f"ECE {metrics['ece']:.4f}; 95% CI (by {ci['unit']}): "
+        + ', '.join(f'{name} {_interval(ci[name])}'
+                    for name in ('balanced_accuracy', 'macro_f1', 'melanoma_recall')))
+
+
+def _interval(bounds) -> str:
+  return 'n/a' if bounds is None else f'[{bounds[0]:.3f}, {bounds[1]:.3f}]'
+
+
+if __name__ == '__main__':
+  app.run(main)

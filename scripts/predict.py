@@ -1,0 +1,96 @@
+r"""Classifies dermoscopy images with a trained run, optionally showing where the model looked.
+
+  python scripts/predict.py --workdir=W [--checkpoint=best] [--tta=none|flip|flip_rot]
+      [--gradcam=OUT_DIR] [--json] IMAGE_OR_DIR...
+
+Prints each image's top class and all class probabilities (one JSON object per line with
+--json). --gradcam writes OUT_DIR/<image name>_gradcam.png: the Grad-CAM heat-map of the top
+class at the backbone's last feature map, over the image as the model saw it (resized and
+centre-cropped). Folders are searched, subfolders included, for .jpg, .jpeg and .png files.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from skinjax import external
+from skinjax import gradcam
+from skinjax import inference
+from skinjax import tta
+from skinjax.data.constants import CLASS_NAMES
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run whose model predicts.',
+                               required=True)
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
+_TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
+                         'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
+_GRADCAM = flags.DEFINE_string('gradcam', None, 'Write a Grad-CAM overlay PNG per image here.')
+_JSON = flags.DEFINE_bool('json', False, 'One JSON object per line instead of text.')
+
+
+def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    paths = external.collect_images(argv[1:])
+    run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
+  except (ValueError, FileNotFoundError) as error:
+    logging.vlog(1, 'Traceback of the error below:', exc_info=True)
+    sys.exit(f'error: {error}')
+  source = external.ImageFiles(paths)
+  probs = inference.predict_source(run, source, np.arange(len(paths)), tta_mode=_TTA.value)
+  overlays = write_gradcams(run, source, probs.argmax(-1), _GRADCAM.value) if _GRADCAM.value else {}
+  for i, (path, row) in enumerate(zip(paths, probs)):
+    top = CLASS_NAMES[int(row.argmax())]
+    if _JSON.value:
+      record = {'image': str(path), 'top_class': top, 'top_probability': float(row.max()),
+                'probabilities': {name: float(p) for name, p in zip(CLASS_NAMES, row)}}
+      if i in overlays:
+        record['gradcam'] = str(overlays[i])
+      print(json.dumps(record))
+    else:
+      ranked = sorted(zip(CLASS_NAMES, row), key=lambda item: -item[1])
+      print(f'{path}: {top} ({row.max():.3f})  '
+            + '  '.join(f'{name} {p:.3f}' for name, p in ranked)
+            + (f'  gradcam: {overlays[i]}' if i in overlays else ''))
+
+
+def write_gradcams(run, source, class_indices, out_dir, batch_size: int = 8) -> dict[int, pathlib.Path]:
+  """Grad-CAM of each image's predicted class, drawn over its evaluation view."""
+  out_dir = pathlib.Path(out_dir).expanduser()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  cam_fn = jax.jit(gradcam.make_gradcam_fn(run.graphdef, normalise=run.normalise))
+  written, names = {}, set()
+  for start in range(0, len(source), batch_size):
+    batch = range(start, min(start + batch_size, len(source)))
+    views = np.stack([inference.eval_view(run, source, i) for i in batch])
+    classes = np.asarray(class_indices[start:batch.stop])
+    # A short last batch is padded so that one compiled shape serves every batch.
+    padding = batch_size - len(batch)
+    cams, _ = cam_fn(run.params, run.rest, np.pad(views, ((0, padding), (0, 0), (0, 0), (0, 0))),
+                     np.pad(classes, (0, padding)))
+    for i, view, cam in zip(batch, views, np.asarray(cams)):
+      name = _unique_name(source.paths[i].stem, names)
+      written[i] = out_dir / f'{name}_gradcam.png'
+      gradcam.overlay(view, cam).save(written[i])
+  return written
+
+
+def _unique_name(stem: str, taken: set) -> str:
+  """Images of the same name from different folders must not overwrite each other's overlay."""
+  name, n = stem, 1
+  while name in taken:
+    n += 1
+    name = f'{stem}_{n}'
+  taken.add(name)
+  return name
+
+
+if __name__ == '__main__':
+  app.run(main)

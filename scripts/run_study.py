@@ -1,0 +1,84 @@
+r"""The study: the from-scratch baseline and the four ImageNet backbones, one after another.
+
+  python scripts/run_study.py --data_dir=~/tensorflow_datasets --out=runs/study \
+      [--override key=value ...] [--configs=configs/scratch_cnn.py,configs/vgg16.py,...]
+
+Each config trains in OUT/<config name> through `python -m skinjax.main`, with every --override
+passed on as --config.<key>=<value>. Run it again to continue: finished runs (with
+W/report/metrics.json) are skipped and unfinished ones resume from their latest checkpoint. A
+run that fails is reported and the others still run. It ends with scripts/compare.py's
+OUT/comparison.md and OUT/comparison.png over the finished runs.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+from skinjax import compare
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STUDY_CONFIGS = ('configs/scratch_cnn.py', 'configs/vgg16.py', 'configs/xception.py',
+                 'configs/resnet50.py', 'configs/efficientnetb7.py')
+
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Prepared HAM10000 (config.data.data_dir).')
+_OUT = flags.DEFINE_string('out', 'runs/study', 'One workdir per config goes in here.')
+_OVERRIDES = flags.DEFINE_multi_string('override', [],
+                                       'key=value for every run, e.g. train.num_epochs=10.')
+_CONFIGS = flags.DEFINE_list('configs', list(STUDY_CONFIGS),
+                             'Config files to run; each run is named after its file.')
+
+
+def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrides) -> list[str]:
+  flags_ = [f'--config={config}', f'--workdir={workdir}']
+  if data_dir:
+    flags_.append(f'--config.data.data_dir={data_dir}')
+  for override in overrides:
+    key, sep, value = override.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--override={override!r}: use key=value, e.g. train.num_epochs=10.')
+    flags_.append(f'--config.{key.removeprefix("config.")}={value}')
+  return [sys.executable, '-m', 'skinjax.main', *flags_]
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  out = pathlib.Path(_OUT.value).expanduser().absolute()
+  configs = [pathlib.Path(c).expanduser().absolute() for c in _CONFIGS.value]
+  names = [c.stem for c in configs]
+  missing = [str(c) for c in configs if not c.is_file()]
+  if missing:
+    sys.exit(f'error: --configs: no such file {", ".join(missing)}; give existing config files.')
+  if len(set(names)) < len(names):
+    sys.exit('error: --configs: two configs share a file name, and runs are named after it; '
+             'rename one.')
+  finished, failed = [], []
+  for config, name in zip(configs, names):
+    workdir = out / name
+    if (workdir / 'report' / 'metrics.json').is_file():
+      print(f'[{name}] finished before; skipping.')
+      finished.append(workdir)
+      continue
+    print(f'[{name}] training in {workdir} ...', flush=True)
+    # The trainer resumes from the latest checkpoint by itself. Run from the repository root:
+    # configs import each other as the `configs` package.
+    result = subprocess.run(train_command(config, workdir, _DATA_DIR.value, _OVERRIDES.value),
+                            cwd=REPO)
+    if result.returncode == 0:
+      finished.append(workdir)
+    else:
+      print(f'[{name}] failed (exit {result.returncode}); see its output above.', flush=True)
+      failed.append(name)
+  if finished:
+    compare.write_comparison(finished, out)
+    print((out / 'comparison.md').read_text())
+  if failed:
+    sys.exit(f'error: {len(failed)} of {len(configs)} runs failed: {", ".join(failed)}. Fix the '
+             'cause and run the same command again; finished runs are kept.')
+
+
+if __name__ == '__main__':
+  app.run(main)

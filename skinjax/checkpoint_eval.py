@@ -1,0 +1,73 @@
+"""Evaluates a run's checkpoint on one of its splits or on an external labelled set.
+
+The report is the trainer's own (`report.write_report`), so W/eval/test-best/ and W/report/
+hold the same numbers for the same checkpoint; the evaluation adds what is too slow or too
+specific for every training run to need: test-time augmentation and external data.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from skinjax import external
+from skinjax import inference
+from skinjax import report
+from skinjax.data import sources
+
+SPLITS = ('test', 'val', 'train')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """What to evaluate on: a source, the indices into it, and what is known about each example."""
+  name: str  # the split name or 'external-<csv name>'; names the output folder
+  source: object
+  indices: np.ndarray
+  labels: np.ndarray
+  image_ids: np.ndarray
+  lesion_ids: np.ndarray | None
+  description: dict  # recorded in metrics.json
+
+
+def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None) -> EvalData:
+  """`split` of the run's own dataset, split exactly as the trainer split it."""
+  if split not in SPLITS:
+    raise inference.RunInputError(f'--split={split!r} is not one of {", ".join(SPLITS)}.')
+  config = run.config
+  if data_dir:
+    config = config.copy_and_resolve_references()
+    config.data.data_dir = data_dir
+  source, metadata = sources.open_source(config)
+  indices = sources.split_indices(config, metadata)[split]
+  return EvalData(split, source, indices, metadata['label'][indices], metadata['image_id'][indices],
+                  metadata['lesion_id'][indices],
+                  {'split': split, 'source': config.data.source, 'data_dir': config.data.data_dir})
+
+
+def external_set(images_dir, labels_csv) -> EvalData:
+  labelled = external.read_labels(labels_csv)
+  paths = external.find_images(images_dir, labelled.image_ids)
+  return EvalData(f'external-{pathlib.Path(labels_csv).stem}',
+                  external.ImageFiles(paths, labelled.labels), np.arange(len(paths)),
+                  labelled.labels, labelled.image_ids, labelled.lesion_ids,
+                  {'split': 'external', 'images_dir': str(images_dir),
+                   'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format})
+
+
+def default_out_dir(run: inference.LoadedRun, data: EvalData, tta_mode: str) -> pathlib.Path:
+  """W/eval/<split>-<checkpoint>[-tta_<mode>]: a TTA result never overwrites the plain one."""
+  suffix = '' if tta_mode == 'none' else f'-tta_{tta_mode}'
+  return run.workdir / 'eval' / f'{data.name}-{run.checkpoint}{suffix}'
+
+
+def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathlib.Path, *,
+                        tta_mode: str = 'none', bootstrap_seed: int = 0) -> dict:
+  """Predicts `data` with the run's model and writes the full report into `out_dir`."""
+  probs = inference.predict_source(run, data.source, data.indices, tta_mode=tta_mode)
+  config = run.config
+  extra = {'workdir': str(run.workdir), 'arch': config.model.arch, 'init': config.model.init,
+           'num_params': run.num_params, 'image_size': config.data.image_size,
+           'checkpoint': run.checkpoint, 'step': run.step, 'tta': tta_mode, **data.description}
+  return report.write_report(pathlib.Path(out_dir), data.labels, probs, data.image_ids,
+                             extra=extra, lesion_ids=data.lesion_ids, bootstrap_seed=bootstrap_seed)

@@ -1,0 +1,204 @@
+"""Side by side: which backbone suits skin-lesion classification, and what ImageNet init buys.
+
+One row per run, read from what the run wrote: W/config.json, W/report/metrics.json (the
+trainer's test report) and, when scripts/evaluate.py has been run on it, W/eval/test-best/.
+Intervals come from the first that has them: W/eval/test-best/metrics.json, W/report/metrics.json,
+or a bootstrap over W/report/predictions.csv (runs reported before intervals existed).
+"""
+
+import csv
+import json
+import pathlib
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from skinjax import eval_metrics  # noqa: E402
+from skinjax.data.constants import CLASS_NAMES, MELANOMA  # noqa: E402
+
+# (metrics.json key, column title); the first three carry 95% intervals.
+METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),
+           ('melanoma_recall', 'melanoma recall'), ('accuracy', 'accuracy'),
+           ('macro_auc', 'macro AUC'))
+EVAL_SUBDIR = pathlib.Path('eval') / 'test-best'
+
+
+class CompareError(ValueError):
+  """A workdir that cannot be compared; the message says what is missing and how to get it."""
+
+
+def read_run(workdir) -> dict:
+  """One table row: what the run is, what it cost, and how it scored on its test split."""
+  workdir = pathlib.Path(workdir).expanduser()
+  report_path = workdir / 'report' / 'metrics.json'
+  if not report_path.is_file():
+    raise CompareError(
+        f'{workdir} has no report/metrics.json: the run has not finished. Finish it by running '
+        f'its python -m skinjax.main command again (it resumes), or leave it out.')
+  config = _read_json(workdir / 'config.json') if (workdir / 'config.json').is_file() else {}
+  trained = _read_json(report_path)
+  evaluated_path = workdir / EVAL_SUBDIR / 'metrics.json'
+  evaluated = _read_json(evaluated_path) if evaluated_path.is_file() else None
+  # The evaluation scores the same best checkpoint on the same split, with intervals by lesion.
+  if evaluated and 'ci' in evaluated:
+    scores, ci, ci_source = evaluated, evaluated['ci'], f'{EVAL_SUBDIR}/metrics.json'
+  elif 'ci' in trained:
+    scores, ci, ci_source = trained, trained['ci'], 'report/metrics.json'
+  else:
+    scores, ci_source = trained, 'report/predictions.csv'
+    ci = _bootstrap_from_predictions(workdir / 'report' / 'predictions.csv')
+  model = config.get('model', {})
+  return {
+      'name': workdir.name,
+      'workdir': str(workdir),
+      'arch': trained.get('arch', model.get('arch')),
+      'init': trained.get('init', model.get('init')),
+      'num_params': trained.get('num_params'),
+      'image_size': trained.get('image_size', config.get('data', {}).get('image_size')),
+      'epochs_run': trained.get('epochs_run'),
+      'train_time_s': trained.get('train_time_s') or _epoch_time_sum(workdir / 'metrics.jsonl'),
+      'num_examples': scores.get('num_examples'),
+      **{key: scores.get(key) for key, _ in METRICS},
+      'ci': {key: ci.get(key) for key, _ in METRICS[:3]},
+      'ci_unit': ci.get('unit'),
+      'ci_source': ci_source,
+  }
+
+
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except ValueError as error:
+    raise CompareError(f'{path} is not valid JSON ({error}); rerun what wrote it.') from None
+
+
+def _epoch_time_sum(metrics_log: pathlib.Path) -> float | None:
+  """Training time from the per-epoch summaries, for reports that did not record it."""
+  if not metrics_log.is_file():
+    return None
+  times = [json.loads(line).get('epoch_time_s') for line in metrics_log.read_text().splitlines()
+           if line.strip()]
+  times = [t for t in times if t is not None]
+  return float(sum(times)) if times else None
+
+
+def _bootstrap_from_predictions(path: pathlib.Path) -> dict:
+  if not path.is_file():
+    raise CompareError(f'{path} is missing, so there is nothing to compute intervals from; run '
+                       f'python scripts/evaluate.py --workdir={path.parents[1]}.')
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  labels = np.array([CLASS_NAMES.index(r['label']) for r in rows])
+  preds = np.array([CLASS_NAMES.index(r['pred']) for r in rows])
+  lesions = np.array([r['lesion_id'] for r in rows]) if rows and 'lesion_id' in rows[0] else None
+  return eval_metrics.bootstrap_intervals(labels, preds, len(CLASS_NAMES),
+                                          CLASS_NAMES.index(MELANOMA), lesions)
+
+
+def _fmt(value, digits=3) -> str:
+  return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def _fmt_ci(value, interval) -> str:
+  if value is None:
+    return 'n/a'
+  if interval is None:
+    return f'{value:.3f}'
+  return f'{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]'
+
+
+def _fmt_params(n) -> str:
+  if n is None:
+    return 'n/a'
+  return f'{n / 1e6:.2f}M' if n >= 1e5 else f'{n / 1e3:.1f}k'
+
+
+def _fmt_time(seconds) -> str:
+  if seconds is None:
+    return 'n/a'
+  if seconds < 120:
+    return f'{seconds:.0f} s'
+  return f'{seconds / 60:.1f} min' if seconds < 7200 else f'{seconds / 3600:.1f} h'
+
+
+HEADER = ('run', 'arch', 'init', 'params', 'image size', 'epochs', 'train time', 'accuracy',
+          'balanced acc. [95% CI]', 'macro-F1 [95% CI]', 'melanoma recall [95% CI]', 'macro AUC')
+
+
+def table_row(run: dict) -> list[str]:
+  return [run['name'], str(run['arch']), str(run['init']), _fmt_params(run['num_params']),
+          str(run['image_size']), str(run['epochs_run']), _fmt_time(run['train_time_s']),
+          _fmt(run['accuracy']),
+          *[_fmt_ci(run[key], run['ci'][key]) for key, _ in METRICS[:3]],
+          _fmt(run['macro_auc'])]
+
+
+def markdown(runs: list[dict]) -> str:
+  lines = ['# Run comparison', '',
+           'Test split, best checkpoint. Balanced accuracy (mean per-class recall) is the ISIC '
+           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).', '',
+           '| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
+  lines += ['| ' + ' | '.join(table_row(run)) + ' |' for run in runs]
+  lines += ['', _verdict(runs), '', 'Sources:']
+  lines += [f"- {run['name']}: {run['workdir']}; n={run['num_examples']}; intervals from "
+            f"{run['ci_source']}, resampled by {run['ci_unit']}" for run in runs]
+  return '\n'.join(lines) + '\n'
+
+
+def _verdict(runs: list[dict]) -> str:
+  """The highest balanced accuracy, and which runs it is not clearly ahead of."""
+  scored = [r for r in runs if r['balanced_accuracy'] is not None]
+  if not scored:
+    return 'No run has a balanced accuracy.'
+  best = max(scored, key=lambda r: r['balanced_accuracy'])
+  text = f"Highest balanced accuracy: {best['name']} ({best['arch']}, {best['init']})"
+  low = (best['ci']['balanced_accuracy'] or [None])[0]
+  # Overlapping 95% intervals: the ranking between those runs may be chance.
+  close = [r['name'] for r in scored if r is not best and low is not None
+           and r['ci']['balanced_accuracy'] is not None and r['ci']['balanced_accuracy'][1] >= low]
+  if close:
+    text += f"; its interval overlaps those of {', '.join(close)}"
+  return text + '.'
+
+
+def plot(runs: list[dict], path: pathlib.Path):
+  """Grouped bars: one group per metric, one bar per run, whiskers at the 95% intervals."""
+  fig, ax = plt.subplots(figsize=(10, 5.5))
+  width = 0.8 / len(runs)
+  positions = np.arange(len(METRICS))
+  for i, run in enumerate(runs):
+    x = positions + (i - (len(runs) - 1) / 2) * width
+    values = [np.nan if run[key] is None else run[key] for key, _ in METRICS]
+    ax.bar(x, np.nan_to_num(values), width, label=f"{run['name']} ({run['arch']}, {run['init']})")
+    for j, (key, _) in enumerate(METRICS[:3]):  # only these have intervals
+      interval = run['ci'][key]
+      if interval is not None and run[key] is not None:
+        ax.errorbar(x[j], run[key], yerr=[[max(run[key] - interval[0], 0)],
+                                          [max(interval[1] - run[key], 0)]],
+                    color='black', capsize=3, lw=1, fmt='none')
+  ax.set_xticks(positions, [title for _, title in METRICS])
+  ax.set(ylim=(0, 1.05), ylabel='test split', title='Run comparison (whiskers: 95% bootstrap intervals)')
+  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08), ncol=min(len(runs), 3))
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_comparison(workdirs, out_dir) -> list[dict]:
+  """Writes comparison.md and comparison.png into `out_dir`; returns the rows."""
+  if not workdirs:
+    raise CompareError('No runs to compare; pass one or more workdirs.')
+  runs = [read_run(w) for w in workdirs]
+  names = [run['name'] for run in runs]
+  if len(set(names)) < len(names):  # runs/a/w and runs/b/w: tell them apart by their paths
+    for run in runs:
+      run['name'] = run['workdir']
+  out_dir = pathlib.Path(out_dir).expanduser()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / 'comparison.md').write_text(markdown(runs))
+  plot(runs, out_dir / 'comparison.png')
+  return runs

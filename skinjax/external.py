@@ -1,0 +1,169 @@
+"""Images from outside the prepared dataset: an external labelled test set, or files to predict.
+
+Labels come from one of two CSV formats:
+  HAM10000 metadata style  image_id,dx[,lesion_id,...]   (dx in akiec, bcc, bkl, df, mel, nv, vasc)
+  ISIC 2018 Task 3 truth   image,MEL,NV,BCC,AKIEC,BKL,DF,VASC   (one-hot floats)
+Images are found by id in a folder (and its subfolders) as <id>.jpg, .jpeg or .png, any size: the
+evaluation pipeline resizes them exactly as it does the run's own evaluation images.
+"""
+
+import csv
+import dataclasses
+import pathlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+_FORMATS_HELP = ('image_id,dx[,lesion_id] (HAM10000 metadata) or '
+                 f'image,{",".join(ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth)')
+
+
+class ExternalDataError(ValueError):
+  """Bad external input; the message names the file and what to change."""
+
+
+class ImageFiles:
+  """Random-access source over image files, as the evaluation pipeline reads any source."""
+
+  def __init__(self, paths, labels=None):
+    self.paths = [pathlib.Path(p) for p in paths]
+    self.labels = np.zeros(len(self.paths), np.int64) if labels is None else np.asarray(labels)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    # Encoded bytes, not pixels: the pipeline decodes with JPEG draft scaling, like prepared data.
+    return {'image': self.paths[int(index)].read_bytes(), 'label': int(self.labels[int(index)])}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImages:
+  image_ids: np.ndarray
+  labels: np.ndarray
+  lesion_ids: np.ndarray | None  # known for HAM10000-style CSVs with a lesion_id column
+  csv_format: str  # 'ham10000' or 'isic2018'
+
+
+def read_labels(csv_path) -> LabelledImages:
+  """Parses either label format (told apart by the header) into class indices."""
+  csv_path = pathlib.Path(csv_path).expanduser()
+  try:
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      rows = list(csv.DictReader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as error:
+    raise ExternalDataError(f'Cannot read --labels_csv {csv_path} ({error}); pass a CSV with '
+                            f'{_FORMATS_HELP}.') from None
+  if not rows:
+    raise ExternalDataError(f'--labels_csv {csv_path} has no rows; it needs a header and one row '
+                            f'per image: {_FORMATS_HELP}.')
+  columns = {c.strip() for c in rows[0] if c}
+  rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in rows]
+  if {'image_id', 'dx'} <= columns:
+    labelled = _ham10000_labels(rows, columns, csv_path)
+  elif {'image', *ISIC2018_COLUMNS} <= columns:
+    labelled = _isic2018_labels(rows, csv_path)
+  else:
+    raise ExternalDataError(f'--labels_csv {csv_path} has columns {sorted(columns)}; expected '
+                            f'{_FORMATS_HELP}.')
+  ids, counts = np.unique(labelled.image_ids, return_counts=True)
+  if (counts > 1).any():
+    raise ExternalDataError(f'--labels_csv {csv_path} lists images more than once: '
+                            f'{", ".join(ids[counts > 1][:5])}. Keep one row per image.')
+  return labelled
+
+
+def _strip_suffix(image_id: str) -> str:
+  path = pathlib.PurePath(image_id)
+  return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else image_id
+
+
+def _ham10000_labels(rows, columns, csv_path) -> LabelledImages:
+  dx = [row['dx'].lower() for row in rows]
+  unknown = sorted(set(dx) - set(CLASS_NAMES))
+  if unknown:
+    raise ExternalDataError(
+        f'--labels_csv {csv_path} has dx values outside the 7 HAM10000 classes: '
+        f'{", ".join(map(repr, unknown[:5]))}; use {", ".join(CLASS_NAMES)} (drop or relabel '
+        'those rows).')
+  lesion_ids = None
+  if 'lesion_id' in columns and all(row['lesion_id'] for row in rows):
+    lesion_ids = np.array([row['lesion_id'] for row in rows])
+  return LabelledImages(np.array([_strip_suffix(row['image_id']) for row in rows]),
+                        np.array([CLASS_NAMES.index(d) for d in dx], np.int64), lesion_ids,
+                        'ham10000')
+
+
+def _isic2018_labels(rows, csv_path) -> LabelledImages:
+  labels = []
+  for row in rows:
+    try:
+      one_hot = np.array([float(row[c]) for c in ISIC2018_COLUMNS])
+    except ValueError:
+      raise ExternalDataError(f'--labels_csv {csv_path}: the row of {row["image"]} has a value '
+                              'that is not a number; ISIC 2018 ground truth holds 0.0 or 1.0 '
+                              'in every class column.') from None
+    if not (np.isin(one_hot, (0.0, 1.0)).all() and one_hot.sum() == 1.0):
+      raise ExternalDataError(f'--labels_csv {csv_path}: the row of {row["image"]} is not one-hot '
+                              f'({", ".join(row[c] for c in ISIC2018_COLUMNS)}); give each image '
+                              'exactly one 1.0.')
+    labels.append(CLASS_NAMES.index(ISIC2018_COLUMNS[int(one_hot.argmax())].lower()))
+  return LabelledImages(np.array([_strip_suffix(row['image']) for row in rows]),
+                        np.array(labels, np.int64), None, 'isic2018')
+
+
+def find_images(images_dir, image_ids) -> list[pathlib.Path]:
+  """The file of each id in `images_dir` or below it; every id must have exactly one."""
+  images_dir = pathlib.Path(images_dir).expanduser()
+  if not images_dir.is_dir():
+    raise ExternalDataError(f'--images_dir {images_dir} is not a folder; pass the folder that '
+                            'holds the images named in --labels_csv.')
+  by_id = {}
+  for path in sorted(images_dir.rglob('*')):
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+      by_id.setdefault(path.stem, path)
+  missing = [i for i in image_ids if i not in by_id]
+  if missing:
+    raise ExternalDataError(
+        f'{len(missing)} of {len(image_ids)} images named in --labels_csv are not in '
+        f'--images_dir {images_dir} (e.g. {", ".join(missing[:3])}); looked for '
+        f'<id>{"/".join(IMAGE_SUFFIXES)} in it and its subfolders. Point --images_dir at them '
+        'or drop their rows.')
+  paths = [by_id[i] for i in image_ids]
+  check_readable(paths)
+  return paths
+
+
+def collect_images(paths_or_dirs) -> list[pathlib.Path]:
+  """Files as given, and the images inside each folder given (sorted, subfolders included)."""
+  found = []
+  for item in paths_or_dirs:
+    path = pathlib.Path(item).expanduser()
+    if path.is_dir():
+      inside = sorted(p for p in path.rglob('*')
+                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+      if not inside:
+        raise ExternalDataError(f'The folder {path} holds no {"/".join(IMAGE_SUFFIXES)} images; '
+                                'pass image files or a folder of them.')
+      found += inside
+    elif path.is_file():
+      found.append(path)
+    else:
+      raise ExternalDataError(f'No such image or folder: {path}; check the path.')
+  if not found:
+    raise ExternalDataError('No images given; pass image files or folders after the flags.')
+  check_readable(found)
+  return found
+
+
+def check_readable(paths):
+  """Fails early, naming the file, rather than deep inside a pipeline worker."""
+  for path in paths:
+    try:
+      with Image.open(path) as image:
+        image.size  # noqa: B018 - the header is parsed on open; this just touches it
+    except (OSError, UnidentifiedImageError):
+      raise ExternalDataError(f'Cannot read {path} as an image; replace or remove it.') from None

@@ -1,0 +1,150 @@
+"""A finished (or running) training run, loaded to predict: config, checkpointed model, preprocessing.
+
+The model is rebuilt from the run's own W/config.json as an abstract shape and filled from the
+Orbax checkpoint, never from ImageNet weights: `config.model.init` only says how training began.
+Images go through the run's evaluation pipeline and normaliser, so predictions here match the
+trainer's own report.
+"""
+
+import dataclasses
+import json
+import pathlib
+import re
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from skinjax import checkpoint as ckpt
+from skinjax import evaluate
+from skinjax import sharding
+from skinjax import steps
+from skinjax import tta
+from skinjax.data import pipeline
+from skinjax.data.constants import CLASS_NAMES
+from skinjax.models import preprocessing
+from skinjax.models import registry
+
+
+class RunInputError(ValueError):
+  """A workdir or checkpoint that cannot be evaluated; the message says what to do instead."""
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  workdir: pathlib.Path
+  config: ml_collections.ConfigDict
+  checkpoint: str  # as asked for: 'best', 'latest' or a step number
+  step: int
+  graphdef: nnx.GraphDef  # of the model in inference mode
+  params: nnx.State
+  rest: nnx.State
+  normalise: Callable
+
+  @property
+  def num_params(self) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+  def model(self):
+    """The nnx Classifier in inference mode."""
+    return nnx.merge(self.graphdef, self.params, self.rest)
+
+
+def check_checkpoint_name(checkpoint: str):
+  if checkpoint not in ('best', 'latest') and not re.fullmatch(r'\d+', checkpoint):
+    raise RunInputError(f'--checkpoint={checkpoint!r}: use best, latest or a step number.')
+
+
+def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
+  """Restores `checkpoint` of the run in `workdir`, checking each way it could be the wrong thing."""
+  workdir = pathlib.Path(workdir).expanduser()
+  check_checkpoint_name(checkpoint)
+  train_hint = f'python -m skinjax.main --config=CONFIG --workdir={workdir}'
+  if not workdir.is_dir():
+    raise RunInputError(f'--workdir {workdir} does not exist; pass the --workdir of a training '
+                        'run (python -m skinjax.main --config=CONFIG --workdir=W).')
+  if not (workdir / 'config.json').is_file():
+    raise RunInputError(f'{workdir} has no config.json, so it is not a skinjax training run; pass '
+                        'the --workdir that python -m skinjax.main wrote.')
+  try:
+    config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  except ValueError as error:
+    raise RunInputError(f'{workdir / "config.json"} is not valid JSON ({error}); restore it from '
+                        'the training run.') from None
+  if not (workdir / 'checkpoints').is_dir():
+    raise RunInputError(f'{workdir} has no checkpoints yet; train it first: {train_hint}')
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  try:
+    try:
+      checkpoints.locate(checkpoint)
+    except FileNotFoundError as error:
+      fix = ('pass --checkpoint=best, latest or one of those steps.' if checkpoint.isdigit() else
+             f'checkpoints appear at the end of each epoch: train longer ({train_hint}) or pass '
+             '--checkpoint=latest.')
+      raise RunInputError(f'{workdir}: {error} To fix: {fix}') from None
+
+    abstract_model = nnx.eval_shape(lambda: registry.build_classifier(
+        config.model.arch, num_classes=len(CLASS_NAMES), dropout_rate=config.model.dropout_rate,
+        dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(0)))
+    abstract_model.eval()
+    graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+    _check_saved_shapes(checkpoints.saved_param_shapes(checkpoint), abstract_params, workdir,
+                        checkpoint, config.model.arch)
+    replicated = sharding.replicated(sharding.data_mesh())
+    step, params, rest = checkpoints.restore_model(
+        checkpoint, ckpt.abstract(abstract_params, replicated),
+        ckpt.abstract(abstract_rest, replicated))
+  finally:
+    checkpoints.wait_and_close()
+  return LoadedRun(workdir, config, checkpoint, step, graphdef, params, rest,
+                   preprocessing.normaliser(registry.get_spec(config.model.arch).preprocessing,
+                                            config))
+
+
+def _param_shapes(params) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path[:-1]): leaf.shape
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def _check_saved_shapes(saved: dict, abstract_params, workdir, checkpoint, arch):
+  """A clear refusal before Orbax would fail on the first mismatching array."""
+  saved_classes = saved.get('head/kernel', (0, len(CLASS_NAMES)))[-1]
+  if saved_classes != len(CLASS_NAMES):
+    raise RunInputError(
+        f'The {checkpoint} checkpoint in {workdir} has a {saved_classes}-class head, but skinjax '
+        f'evaluates the {len(CLASS_NAMES)} HAM10000 classes ({", ".join(CLASS_NAMES)}); use a '
+        f'workdir trained by skinjax on HAM10000.')
+  expected = _param_shapes(abstract_params)
+  wrong = [f'{name} {saved.get(name)} != {shape}' for name, shape in expected.items()
+           if saved.get(name) != tuple(shape)]
+  if wrong:
+    raise RunInputError(
+        f'The {checkpoint} checkpoint in {workdir} does not fit a {arch} model as config.json '
+        f'describes it ({len(wrong)} parameters differ, e.g. {wrong[0]}); was config.json '
+        'replaced? Evaluate with the config the run was trained with.')
+
+
+def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
+                   batch_size: int | None = None) -> np.ndarray:
+  """Softmax probabilities (len(indices), classes) through the run's evaluation pipeline."""
+  mesh = sharding.data_mesh()
+  devices = mesh.devices.size
+  batch_size = batch_size or run.config.train.eval_batch_size
+  batch_size = -(-batch_size // devices) * devices  # another machine may have other devices
+  predict_step = jax.jit(
+      tta.with_tta(steps.make_predict_step(run.graphdef, normalise=run.normalise), tta_mode),
+      out_shardings=sharding.batch_sharding(mesh))
+  batches = pipeline.eval_dataset(source, np.asarray(indices), image_size=run.config.data.image_size,
+                                  resize_mode=run.config.data.resize, global_batch_size=batch_size)
+  return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
+                          len(CLASS_NAMES))
+
+
+def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
+  """The uint8 image the model sees for `source[index]` (what Grad-CAM is drawn on)."""
+  transform = pipeline.EvalTransform(source, np.arange(len(source)), run.config.data.image_size,
+                                     run.config.data.resize)
+  return transform.map(index)['image']

@@ -1,0 +1,355 @@
+"""scripts/evaluate.py, predict.py, compare.py and run_study.py on tiny runs of the synthetic source.
+
+One tiny run is trained once per module, in OUT/tiny_a so that the study finds it finished; the
+study then resumes a copy of it, stopped before its report, for a third epoch by subprocess, as a
+user's command would. The two make the comparison's rows.
+"""
+
+import csv
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from sklearn import metrics as skm
+
+from skinjax import checkpoint as ckpt
+from skinjax import checkpoint_eval
+from skinjax import compare
+from skinjax import eval_metrics
+from skinjax import inference
+from skinjax import train
+from skinjax.data import augment
+from skinjax.data.constants import CLASS_NAMES
+from skinjax.models import registry
+from tests.conftest import tiny_config
+from tests.test_eval_metrics import assert_isic_submission
+from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_B = "tiny_config(**{'train.num_epochs': 3})"
+
+
+@pytest.fixture(scope='module')
+def study_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('study')
+
+
+@pytest.fixture(scope='module')
+def trained(study_dir):
+  workdir = study_dir / 'tiny_a'
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def run(trained):
+  return inference.load_run(trained, 'best')
+
+
+@pytest.fixture(scope='module')
+def external_set(tmp_path_factory):
+  """14 JPEGs of assorted sizes, two per class, labelled in both CSV formats."""
+  folder = tmp_path_factory.mktemp('external')
+  ids = [f'ISIC_{i:07d}' for i in range(14)]
+  dx = [CLASS_NAMES[i % 7] for i in range(14)]
+  write_jpegs(folder / 'images', ids, seed=5)
+  write_ham_csv(folder / 'ham.csv', ids, dx, lesions=[f'L{i // 2}' for i in range(14)])
+  write_isic_csv(folder / 'isic.csv', ids, dx)
+  return folder, ids, np.array([CLASS_NAMES.index(d) for d in dx])
+
+
+def read_predictions(path):
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  labels = np.array([CLASS_NAMES.index(r['label']) for r in rows])
+  probs = np.array([[float(r[f'prob_{c}']) for c in CLASS_NAMES] for r in rows])
+  return rows, labels, probs
+
+
+def script(name, *args, cwd=REPO):
+  return subprocess.run([sys.executable, str(REPO / 'scripts' / name), *map(str, args)], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def model_probs(run, views):
+  """The model applied by hand to uint8 views, outside the evaluation pipeline."""
+  forward = jax.jit(lambda x: jax.nn.softmax(run.model()(run.normalise(x))))
+  return np.asarray(forward(np.stack(views)))
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def test_test_split_evaluation_reproduces_the_report_and_sklearn(run, trained):
+  data = checkpoint_eval.run_split(run, 'test')
+  out = checkpoint_eval.default_out_dir(run, data, 'none')
+  assert out == trained / 'eval' / 'test-best'
+  metrics = checkpoint_eval.evaluate_checkpoint(run, data, out)
+  reported = json.loads((trained / 'report' / 'metrics.json').read_text())
+  assert metrics['step'] == reported['best_step'] and metrics['split'] == 'test'
+  for key in ('accuracy', 'balanced_accuracy', 'macro_f1', 'macro_auc', 'melanoma_recall'):
+    assert metrics[key] == pytest.approx(reported[key], abs=1e-6), key
+  for name in ('classification_report.txt', 'metrics.json', 'confusion_matrix.png', 'roc.png',
+               'reliability.png', 'predictions.csv', 'predictions_isic.csv'):
+    assert (out / name).stat().st_size > 0, name
+
+  rows, labels, probs = read_predictions(out / 'predictions.csv')
+  _, _, reported_probs = read_predictions(trained / 'report' / 'predictions.csv')
+  np.testing.assert_allclose(probs, reported_probs, atol=2e-6)
+  preds = probs.argmax(1)
+  mel = CLASS_NAMES.index('mel')
+  assert metrics['accuracy'] == pytest.approx(skm.accuracy_score(labels, preds))
+  assert metrics['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
+  assert metrics['macro_f1'] == pytest.approx(
+      skm.f1_score(labels, preds, labels=range(7), average='macro', zero_division=0))
+  assert metrics['weighted_f1'] == pytest.approx(
+      skm.f1_score(labels, preds, labels=range(7), average='weighted', zero_division=0))
+  assert metrics['melanoma_recall'] == pytest.approx(skm.recall_score(labels == mel, preds == mel))
+  aucs = [skm.roc_auc_score(labels == c, probs[:, c]) for c in range(7) if (labels == c).any()]
+  assert metrics['macro_auc'] == pytest.approx(np.mean(aucs), abs=1e-5)
+  renormalised = probs / probs.sum(1, keepdims=True)  # predictions.csv rounds to 6 decimals
+  assert metrics['loss'] == pytest.approx(skm.log_loss(labels, renormalised, labels=range(7)),
+                                          abs=1e-4)
+  precision, recall, f1, support = skm.precision_recall_fscore_support(
+      labels, preds, labels=range(7), zero_division=0)
+  for i, name in enumerate(CLASS_NAMES):
+    assert metrics['per_class'][name]['recall'] == pytest.approx(recall[i])
+    assert metrics['per_class'][name]['precision'] == pytest.approx(precision[i])
+    assert metrics['per_class'][name]['support'] == support[i]
+  # Intervals by lesion: the split's lesion ids are in predictions.csv and drive the resampling.
+  lesions = np.array([r['lesion_id'] for r in rows])
+  assert metrics['ci'] == eval_metrics.bootstrap_intervals(labels, preds, 7, mel, lesions)
+  assert metrics['ci']['unit'] == 'lesion'
+  assert_isic_submission(out / 'predictions_isic.csv', [r['image_id'] for r in rows], probs)
+
+
+@pytest.mark.parametrize('csv_name, labels_format, unit', [('ham.csv', 'ham10000', 'lesion'),
+                                                           ('isic.csv', 'isic2018', 'image')])
+def test_external_set_in_either_csv_format(run, external_set, tmp_path, csv_name, labels_format,
+                                           unit):
+  folder, ids, labels = external_set
+  data = checkpoint_eval.external_set(folder / 'images', folder / csv_name)
+  assert checkpoint_eval.default_out_dir(run, data, 'none').name == f'external-{csv_name[:-4]}-best'
+  metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path)
+  assert metrics['labels_format'] == labels_format and metrics['ci']['unit'] == unit
+  assert metrics['num_examples'] == 14
+  rows, read_labels, probs = read_predictions(tmp_path / 'predictions.csv')
+  assert [r['image_id'] for r in rows] == ids and (read_labels == labels).all()
+  assert metrics['balanced_accuracy'] == pytest.approx(
+      skm.balanced_accuracy_score(labels, probs.argmax(1)))
+  # Images of any size go through the run's own evaluation resize and normalisation.
+  size, mode = run.config.data.image_size, run.config.data.resize
+  views = [augment.eval_resize(augment.to_pil((folder / 'images' / f'{i}.jpg').read_bytes(), size),
+                               size, mode) for i in ids[:4]]
+  np.testing.assert_allclose(probs[:4], model_probs(run, views), atol=2e-6)
+  assert_isic_submission(tmp_path / 'predictions_isic.csv', ids, probs)
+
+
+def test_flip_tta_averages_the_softmax_over_flipped_images(run, external_set, tmp_path):
+  folder, ids, _ = external_set
+  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv')
+  assert checkpoint_eval.default_out_dir(run, data, 'flip').name == 'external-isic-best-tta_flip'
+  metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path, tta_mode='flip')
+  assert metrics['tta'] == 'flip'
+  _, _, probs = read_predictions(tmp_path / 'predictions.csv')
+  size, mode = run.config.data.image_size, run.config.data.resize
+  view = augment.eval_resize(augment.to_pil((folder / 'images' / f'{ids[1]}.jpg').read_bytes(), size),
+                             size, mode)
+  flipped = [view, view[:, ::-1], view[::-1], view[::-1, ::-1]]
+  np.testing.assert_allclose(probs[1], model_probs(run, flipped).mean(0), atol=2e-6)
+
+
+# ------------------------------------------------------------ refusals
+
+
+def copy_config(trained, workdir):
+  workdir.mkdir(parents=True, exist_ok=True)
+  shutil.copy(trained / 'config.json', workdir / 'config.json')
+  return workdir
+
+
+def save_checkpoint_with_head(workdir, num_classes):
+  # One narrow stage is enough: the head's class count is checked before anything else.
+  model = registry.build_classifier('small_cnn', num_classes=num_classes, dropout_rate=0.1,
+                                    rngs=nnx.Rngs(0), widths=(4,))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  checkpoints.save_best(3, params, rest, {'epoch': 1})
+  checkpoints.wait_and_close()
+
+
+@pytest.mark.parametrize('case, message', [
+    ('missing', 'does not exist; pass the --workdir of a training run'),
+    ('not_a_run', 'has no config.json'),
+    ('untrained', 'has no checkpoints yet; train it first'),
+    ('unknown_step', 'No checkpoint of step 12345 in this workdir; it keeps steps'),
+    ('bad_name', 'use best, latest or a step number'),
+    ('five_classes', 'has a 5-class head, but skinjax evaluates the 7 HAM10000 classes'),
+])
+def test_unusable_workdirs_are_refused_with_the_fix(trained, tmp_path, case, message):
+  workdir, checkpoint = tmp_path / 'w', 'best'
+  if case == 'not_a_run':
+    workdir.mkdir()
+  elif case == 'untrained':
+    copy_config(trained, workdir)
+  elif case == 'unknown_step':
+    workdir, checkpoint = trained, '12345'
+  elif case == 'bad_name':
+    workdir, checkpoint = trained, 'worst'
+  elif case == 'five_classes':
+    save_checkpoint_with_head(copy_config(trained, workdir), 5)
+  with pytest.raises(inference.RunInputError, match=message):
+    inference.load_run(workdir, checkpoint)
+
+
+def test_evaluate_script_errors_are_one_line_without_traceback(tmp_path):
+  result = script('evaluate.py', f'--workdir={tmp_path / "nope"}')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith('error: --workdir')
+  assert 'Traceback' not in result.stderr
+
+
+# ------------------------------------------------------------- scripts end to end
+
+
+def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
+  folder, ids, _ = external_set
+  result = script('evaluate.py', f'--workdir={trained}', '--checkpoint=latest', '--tta=flip_rot',
+                  f'--images_dir={folder / "images"}', f'--labels_csv={folder / "isic.csv"}',
+                  f'--out={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert 'external-isic, latest checkpoint' in result.stdout and '95% CI' in result.stdout
+  metrics = json.loads((tmp_path / 'metrics.json').read_text())
+  assert metrics['tta'] == 'flip_rot' and metrics['checkpoint'] == 'latest'
+  assert metrics['labels_format'] == 'isic2018' and metrics['num_examples'] == len(ids)
+
+
+def test_predict_script_json_and_gradcam(trained, external_set, tmp_path):
+  folder, ids, _ = external_set
+  result = script('predict.py', f'--workdir={trained}', '--json', f'--gradcam={tmp_path / "cams"}',
+                  folder / 'images' / f'{ids[3]}.jpg', folder / 'images')
+  assert result.returncode == 0, result.stderr
+  records = [json.loads(line) for line in result.stdout.splitlines()]
+  assert len(records) == 1 + len(ids)
+  assert records[0]['image'].endswith(f'{ids[3]}.jpg')
+  for record in records:
+    probs = record['probabilities']
+    assert list(probs) == list(CLASS_NAMES) and sum(probs.values()) == pytest.approx(1, abs=1e-5)
+    assert record['top_class'] == max(probs, key=probs.get)
+    with Image.open(record['gradcam']) as overlay:
+      assert overlay.mode == 'RGB' and min(overlay.size) >= 256
+  # The same file given twice gets two overlays, not one overwritten.
+  assert len({r['gradcam'] for r in records}) == len(records)
+
+
+def test_predict_script_names_a_missing_image(trained, tmp_path):
+  result = script('predict.py', f'--workdir={trained}', tmp_path / 'lesion.jpg')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  missing = tmp_path / 'lesion.jpg'
+  assert result.stderr.strip().splitlines()[-1] == (f'error: No such image or folder: {missing}; '
+                                                    'check the path.')
+
+
+# ------------------------------------------------------------- study and comparison
+
+
+def write_config(path, expression):
+  path.write_text(f'from tests.conftest import tiny_config\n\n\ndef get_config():\n'
+                  f'  return {expression}\n')
+  return path
+
+
+def markdown_rows(path):
+  lines = [line for line in path.read_text().splitlines() if line.startswith('| ')]
+  header = [cell.strip() for cell in lines[0].strip('|').split('|')]
+  return {cells[0]: dict(zip(header, cells)) for cells in
+          ([cell.strip() for cell in line.strip('|').split('|')] for line in lines[1:])}
+
+
+def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained, study_dir):
+  configs = study_dir / 'configs'
+  configs.mkdir(exist_ok=True)
+  tiny_a = write_config(configs / 'tiny_a.py', 'tiny_config()')
+  tiny_b = write_config(configs / 'tiny_b.py', TINY_B)
+  # tiny_b: stopped after tiny_a's two epochs, before its report; its config asks for three.
+  shutil.copytree(trained, study_dir / 'tiny_b', ignore=shutil.ignore_patterns('report', 'eval'))
+  result = script('run_study.py', f'--out={study_dir}', f'--configs={tiny_a},{tiny_b}',
+                  '--override', 'train.log_every_steps=3', cwd=study_dir)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert '[tiny_a] finished before; skipping.' in result.stdout
+  assert '[tiny_b] training in' in result.stdout
+  assert re.search(r'Resuming from step \d+ \(epoch 2\)', result.stdout)
+  config_b = json.loads((study_dir / 'tiny_b' / 'config.json').read_text())
+  assert config_b['train']['log_every_steps'] == 3 and config_b['train']['num_epochs'] == 3
+  assert json.loads((study_dir / 'tiny_b' / 'report' / 'metrics.json').read_text())['epochs_run'] == 3
+  assert (study_dir / 'comparison.md').exists() and (study_dir / 'comparison.png').exists()
+  assert markdown_rows(study_dir / 'comparison.md').keys() == {'tiny_a', 'tiny_b'}
+
+
+def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
+  if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
+    pytest.skip('needs the run that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
+  # tiny_a has been evaluated (by-lesion intervals); tiny_b only has its training report.
+  checkpoint_eval.evaluate_checkpoint(run, checkpoint_eval.run_split(run, 'test'),
+                                      trained / 'eval' / 'test-best')
+  result = script('compare.py', study_dir / 'tiny_a', study_dir / 'tiny_b', f'--out={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / 'comparison.png').stat().st_size > 0
+  rows = markdown_rows(tmp_path / 'comparison.md')
+  assert list(rows) == ['tiny_a', 'tiny_b']
+  for name, scores_path, epochs, size in (
+      ('tiny_a', 'eval/test-best/metrics.json', '2', '24'),
+      ('tiny_b', 'report/metrics.json', '3', '24')):
+    row, reported = rows[name], json.loads((study_dir / name / 'report' / 'metrics.json').read_text())
+    scores = json.loads((study_dir / name / scores_path).read_text())
+    assert (row['arch'], row['init'], row['epochs'], row['image size']) == ('small_cnn', 'scratch',
+                                                                            epochs, size)
+    assert row['params'] == f"{reported['num_params'] / 1e6:.2f}M"
+    assert row['train time'] == f"{reported['train_time_s']:.0f} s"
+    assert row['accuracy'] == f"{scores['accuracy']:.3f}"
+    assert row['macro AUC'] == f"{scores['macro_auc']:.3f}"
+    low, high = scores['ci']['balanced_accuracy']
+    assert row['balanced acc. [95% CI]'] == f"{scores['balanced_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+    low, high = scores['ci']['melanoma_recall']
+    assert row['melanoma recall [95% CI]'] == f"{scores['melanoma_recall']:.3f} [{low:.3f}, {high:.3f}]"
+  text = (tmp_path / 'comparison.md').read_text()
+  assert 'intervals from eval/test-best/metrics.json, resampled by lesion' in text
+  assert 'intervals from report/metrics.json, resampled by lesion' in text
+
+
+def test_compare_falls_back_to_predictions_csv(study_dir, trained, tmp_path):
+  """A report written before intervals existed: they are bootstrapped from predictions.csv."""
+  old = tmp_path / 'old_run'
+  shutil.copytree(trained / 'report', old / 'report')
+  shutil.copy(trained / 'config.json', old / 'config.json')
+  reported = json.loads((old / 'report' / 'metrics.json').read_text())
+  ci = reported.pop('ci')
+  (old / 'report' / 'metrics.json').write_text(json.dumps(reported))
+  [row] = compare.write_comparison([old], tmp_path)
+  assert row['ci_source'] == 'report/predictions.csv'
+  # The trainer's predictions.csv has no lesion ids, so this is its own per-image bootstrap.
+  assert row['ci'] == {key: ci[key] for key in eval_metrics.CI_METRICS}
+
+
+def test_compare_refuses_an_unfinished_run(tmp_path):
+  (tmp_path / 'w').mkdir()
+  with pytest.raises(compare.CompareError, match='has not finished'):
+    compare.write_comparison([tmp_path / 'w'], tmp_path)
+
+
+def test_verdict_names_the_runs_it_is_not_clearly_ahead_of():
+  def row(name, value, interval):
+    return {'name': name, 'arch': 'resnet50', 'init': 'imagenet', 'balanced_accuracy': value,
+            'ci': {'balanced_accuracy': interval}}
+
+  runs = [row('a', 0.50, [0.45, 0.56]), row('b', 0.60, [0.55, 0.65]), row('c', 0.3, [0.25, 0.35])]
+  assert compare._verdict(runs) == ('Highest balanced accuracy: b (resnet50, imagenet); its '
+                                    'interval overlaps those of a.')
