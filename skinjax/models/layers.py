@@ -1,5 +1,6 @@
 """Small helpers shared by the backbones, kept close to the Keras layers they stand in for."""
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -17,6 +18,26 @@ class Buffer(nnx.Variable):
   """
 
 
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm whose inference arithmetic is Keras' own, in float32.
+
+  Keras computes x * inv + (beta - mean * inv) with inv = gamma * rsqrt(var + eps); Flax computes
+  (x - mean) * inv + beta, and in the compute dtype. The maths is the same, the rounding is not,
+  and a deep network with far-off statistics can amplify a last-bit difference into another top-5.
+  Training mode (batch statistics, moving-average updates) is Flax's, which matches Keras' maths.
+  """
+
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    if not use_running_average:
+      return super().__call__(x, use_running_average=False, mask=mask)
+    # Keras also upcasts bfloat16 inputs here: the statistics do not survive bfloat16 rounding.
+    inv = jax.lax.rsqrt(self.var[...] + self.epsilon) * self.scale[...]
+    offset = -self.mean[...] * inv + self.bias[...]
+    return (x.astype(jnp.float32) * inv + offset).astype(self.dtype or x.dtype)
+
+
 def batch_norm(
     num_features: int,
     *,
@@ -26,7 +47,7 @@ def batch_norm(
     rngs: nnx.Rngs,
 ) -> nnx.BatchNorm:
   """BatchNorm with Keras semantics (Flax's `momentum` means the same as Keras' `momentum`)."""
-  return nnx.BatchNorm(
+  return BatchNorm(
       num_features,
       epsilon=epsilon,
       momentum=momentum,
