@@ -62,6 +62,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.backbone_lr_multiplier = 1.0
   train.log_every_steps = 10
   train.eval_batch_size = 64
+  # A step with a non-finite loss: False stops the run naming the step; True skips it (no
+  # update, statistics kept) and counts the skips in metrics.jsonl and the report.
+  train.skip_nonfinite = False
+  # Resuming a workdir with another config or dataset is refused unless this says it is meant.
+  train.allow_config_change = False
 
   train.early_stopping = es = ml_collections.ConfigDict()
   es.monitor = 'val_balanced_accuracy'  # any val_* metric of the epoch summary

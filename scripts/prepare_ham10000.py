@@ -1,12 +1,18 @@
 r"""Prepares HAM10000 from your download and writes the lesion-grouped 60/20/20 split.
 
   python scripts/prepare_ham10000.py --manual_dir=~/Downloads/ham10000 \
-      --data_dir=~/tensorflow_datasets [--image_size=256] [--split_seed=0]
+      --data_dir=~/tensorflow_datasets [--image_size=256] [--split_seed=0] \
+      [--overwrite] [--skip_bad_images]
 
 --manual_dir holds the download: the Kaggle folders, a flat folder of ISIC_*.jpg with
 HAM10000_metadata.csv, or the zip file(s) as downloaded. The script prints the class
 counts, writes splits.csv (image_id,lesion_id,dx,split) next to the prepared dataset, and
 shows how many lesions a per-image split would have leaked across splits.
+
+The dataset is built in a staging directory and renamed into place when complete, so an
+interrupted run leaves nothing that training would accept. Running it again reuses the
+prepared dataset (only splits.csv is rewritten) unless --overwrite is given; a failed
+--overwrite leaves the previous dataset as it was.
 """
 
 import os
@@ -18,28 +24,48 @@ import numpy as np
 
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
-from skinjax.data.ham10000 import Ham10000Error, load, prepare
+from skinjax.data.ham10000 import Ham10000Error, fingerprint, is_prepared, load, prepare, skipped_images_path
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder holding the HAM10000 download.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the prepared dataset.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Short side of the stored images, in pixels (never upscaled).')
 _SPLIT_SEED = flags.DEFINE_integer('split_seed', 0, 'Seed of the lesion-grouped train/val/test split.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild the dataset even if it is prepared already.')
+_SKIP_BAD_IMAGES = flags.DEFINE_bool(
+    'skip_bad_images', False, 'Leave out images that cannot be read or decoded, and list them in '
+    'skipped.csv next to the dataset, instead of stopping at the first one.')
 
 SPLITS_FILENAME = 'splits.csv'
 
 
 def main(argv):
   del argv
+  reused = is_prepared(_DATA_DIR.value, _IMAGE_SIZE.value) and not _OVERWRITE.value
   try:
-    builder = prepare(_MANUAL_DIR.value, _DATA_DIR.value, short_side=_IMAGE_SIZE.value)
+    builder = prepare(_MANUAL_DIR.value, _DATA_DIR.value, short_side=_IMAGE_SIZE.value,
+                      overwrite=_OVERWRITE.value, skip_bad_images=_SKIP_BAD_IMAGES.value)
   except Ham10000Error as e:
     sys.exit(f'error: {e}')  # The message says what to do; a traceback would only bury it.
   _, metadata = load(_DATA_DIR.value, short_side=_IMAGE_SIZE.value)
   labels, lesions = metadata['label'], metadata['lesion_id']
 
-  print(f'Prepared {len(labels)} examples (short side {_IMAGE_SIZE.value}) in {builder.data_dir}')
+  if reused:
+    print(f'HAM10000 (short side {_IMAGE_SIZE.value}) is already prepared in {builder.data_dir}: '
+          'reusing it (pass --overwrite to rebuild it).')
+  else:
+    print(f'Prepared {len(labels)} examples (short side {_IMAGE_SIZE.value}) in {builder.data_dir}')
   counts = np.bincount(labels, minlength=NUM_CLASSES)
   print('Class counts: ' + ', '.join(f'{name} {n}' for name, n in zip(CLASS_NAMES, counts)))
+  try:
+    recorded = fingerprint(_DATA_DIR.value, _IMAGE_SIZE.value)
+  except FileNotFoundError as e:  # Prepared by older code: usable, but training cannot record it.
+    print(f'warning: {e}')
+  else:
+    print(f'Metadata CSV sha256: {recorded["metadata_sha256"]}')
+    if recorded['skipped_images'] or _SKIP_BAD_IMAGES.value:
+      print(f'Skipped {recorded["skipped_images"]} unreadable images' + (
+          f', listed in {skipped_images_path(_DATA_DIR.value, _IMAGE_SIZE.value)}'
+          if recorded['skipped_images'] else ''))
 
   splits = splits_lib.make_splits(labels, lesions, seed=_SPLIT_SEED.value)
   try:
@@ -62,8 +88,9 @@ def main(argv):
   for method, method_splits in comparisons:
     report = splits_lib.leak_report(method_splits, lesions)
     pairs = ', '.join(f'{pair} {n}' for pair, n in report['shared_lesions'].items())
+    seen = report.get('test_images_with_lesion_in_train')  # None: a tiny dataset left test empty.
     print(f'  {method}: {report["shared_lesions_total"]} ({pairs}); test images whose lesion is '
-          f'in train: {report["test_images_with_lesion_in_train"]:.1%}')
+          f'in train: {"n/a (empty test split)" if seen is None else f"{seen:.1%}"}')
 
 if __name__ == '__main__':
   app.run(main)

@@ -6,11 +6,18 @@ Orbax writes each step into a temporary directory and renames it when complete, 
 mid-write never leaves a torn checkpoint that looks valid.
 """
 
+import contextlib
 import pathlib
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+  """Whether W holds a complete `latest` checkpoint (Orbax names finished steps by number)."""
+  latest = workdir / 'checkpoints' / 'latest'
+  return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
 
 
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
@@ -34,10 +41,11 @@ class RunCheckpoints:
     return self.best.latest_step()
 
   def save_latest(self, step: int, state, data_iterator, progress: dict):
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data_iter=grain.checkpoint.CheckpointSave(data_iterator),
-        progress=ocp.args.JsonSave(progress)))
+    with self._explained_write_errors(self.latest, step):
+      self.latest.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data_iter=grain.checkpoint.CheckpointSave(data_iterator),
+          progress=ocp.args.JsonSave(progress)))
 
   def restore_latest(self, abstract_state, data_iterator):
     step = self.latest.latest_step()
@@ -53,10 +61,28 @@ class RunCheckpoints:
       return None
     return self.latest.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())).progress
 
+  @staticmethod
+  @contextlib.contextmanager
+  def _explained_write_errors(manager: ocp.CheckpointManager, step: int):
+    """A failed write (a full disk) leaves Orbax's temporary directory, never a checkpoint."""
+    previous = manager.latest_step()
+    try:
+      yield
+    except OSError as error:
+      kept = (f'The previous checkpoint, step {previous} is intact'
+              if previous is not None else 'No earlier checkpoint exists')
+      raise OSError(error.errno, f'Writing checkpoint step {step} into {manager.directory} failed '
+                    f'({error.strerror or error}). {kept}: free disk space and run the same command '
+                    'again to resume.') from error
+
   def save_best(self, step: int, params, rest, summary: dict):
-    self.best.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave({'params': params, 'rest': rest}),
-        summary=ocp.args.JsonSave(summary)))
+    if step in self.best.all_steps():
+      return  # a resumed epoch that was already saved as best before the process died
+    with self._explained_write_errors(self.best, step):
+      self.best.save(step, args=ocp.args.Composite(
+          model=ocp.args.StandardSave({'params': params, 'rest': rest}),
+          summary=ocp.args.JsonSave(summary)))
+
 
   def locate(self, which: str) -> tuple[str, int]:
     """('best' or 'latest', step) of 'best', 'latest' or a step number kept by either."""

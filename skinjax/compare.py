@@ -40,6 +40,8 @@ def read_run(workdir) -> dict:
         f'its python -m skinjax.main command again (it resumes), or leave it out.')
   config = _read_json(workdir / 'config.json') if (workdir / 'config.json').is_file() else {}
   trained = _read_json(report_path)
+  timing_path = workdir / 'report' / 'timing.json'
+  timing = _read_json(timing_path) if timing_path.is_file() else {}
   evaluated_path = workdir / EVAL_SUBDIR / 'metrics.json'
   evaluated = _read_json(evaluated_path) if evaluated_path.is_file() else None
   # The evaluation scores the same best checkpoint on the same split, with intervals by lesion.
@@ -59,7 +61,8 @@ def read_run(workdir) -> dict:
       'num_params': trained.get('num_params'),
       'image_size': trained.get('image_size', config.get('data', {}).get('image_size')),
       'epochs_run': trained.get('epochs_run'),
-      'train_time_s': trained.get('train_time_s') or _epoch_time_sum(workdir / 'metrics.jsonl'),
+      'train_time_s': (timing.get('train_time_s') or trained.get('train_time_s')
+                       or _epoch_time_sum(workdir / 'metrics.jsonl')),
       'num_examples': scores.get('num_examples'),
       **{key: scores.get(key) for key, _ in METRICS},
       'ci': {key: ci.get(key) for key, _ in METRICS[:3]},

@@ -1,10 +1,9 @@
 """Checks a config and a workdir before any work starts, with messages that say what to change.
 
 ml_collections already rejects unknown keys and wrong types when a locked config is overridden
-from the command line; this catches values outside their allowed sets and incompatible workdirs.
+from the command line; this catches values outside their allowed sets and initial weights that are not there.
 """
 
-import json
 import pathlib
 
 import ml_collections
@@ -61,16 +60,3 @@ def check_init(config: ml_collections.ConfigDict):
     pretrained.find_imagenet_file(arch, include_top=False)
   else:
     pretrained.existing_path(init)
-
-
-def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict):
-  """Refuses to resume a workdir whose run trained another architecture."""
-  previous_path = workdir / 'config.json'
-  if not previous_path.exists():
-    return
-  previous = json.loads(previous_path.read_text())
-  old_arch = previous.get('model', {}).get('arch')
-  if old_arch != config.model.arch and (workdir / 'checkpoints').exists():
-    raise ValueError(
-        f'{workdir} holds checkpoints of a {old_arch} run, but config.model.arch is '
-        f'{config.model.arch!r}. Use another --workdir, or delete {workdir} to start over.')

@@ -32,8 +32,9 @@ def main(argv):
                jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as error:
-    # Bad input: say what is wrong and how to fix it; the traceback only with --verbosity=1.
+  except (ValueError, OSError, FloatingPointError) as error:
+    # Bad input or a full disk: say what is wrong and how to fix it; the traceback only with
+    # --verbosity=1.
     logging.vlog(1, 'Traceback of the error below:', exc_info=True)
     raise SystemExit(f'error: {error}') from None
 

@@ -33,8 +33,15 @@ def weighted_cross_entropy(logits, labels, mask, class_weights, label_smoothing:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     normalise: Callable, trainable_mask, class_weights: jax.Array,
-                    label_smoothing: float, dropout_key: jax.Array) -> Callable:
-  """A train step for one phase. `trainable_mask` marks the params this phase may change."""
+                    label_smoothing: float, dropout_key: jax.Array,
+                    skip_nonfinite: bool = False) -> Callable:
+  """A train step for one phase. `trainable_mask` marks the params this phase may change.
+
+  With `skip_nonfinite`, a step whose loss or gradients are not finite changes nothing (params,
+  optimiser state and BatchNorm statistics keep their values; the step counter still advances,
+  so the data and dropout stay in step) and reports `skipped=1`. optax.apply_if_finite would
+  guard only the update, not the BatchNorm statistics the bad forward pass produced.
+  """
 
   def train_step(state: TrainState, batch: dict):
     # Dropout keys derive from the step, so a resumed run draws exactly the same masks.
@@ -55,9 +62,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         state.params, state.rest)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    skipped = jnp.zeros((), jnp.int32)
+    if skip_nonfinite:
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+      params, rest, opt_state = jax.tree.map(
+          keep, (params, rest, opt_state), (state.params, state.rest, state.opt_state))
+      skipped = 1 - finite.astype(jnp.int32)
     correct = (jnp.argmax(logits, -1) == batch['label']) * batch['mask']
     metrics = {'loss': loss, 'accuracy': jnp.sum(correct) / jnp.maximum(jnp.sum(batch['mask']), 1),
-               'grad_norm': optax.tree.norm(grads)}
+               'grad_norm': grad_norm, 'skipped': skipped}
     return TrainState(state.step + 1, params, rest, opt_state), metrics
 
   return train_step

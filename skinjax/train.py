@@ -22,6 +22,7 @@ from skinjax import optim
 from skinjax import report
 from skinjax import sharding
 from skinjax import steps
+from skinjax import workdir as workdir_lib
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.data.constants import CLASS_NAMES
@@ -36,14 +37,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ setup
   workdir = pathlib.Path(workdir).expanduser()
   config_checks.validate(config)
-  if not (workdir / 'checkpoints' / 'latest').is_dir():  # A resume needs no initial weights.
+  resuming = ckpt.has_checkpoint(workdir)
+  if not resuming:  # A resume needs no initial weights.
     config_checks.check_init(config)
-  spec = registry.get_spec(config.model.arch)
-  config_checks.check_workdir(workdir, config)
+  dataset = sources.fingerprint(config)
+  workdir_lib.check_resume(workdir, config, dataset, resuming)
   is_lead = jax.process_index() == 0
+  lock = None
   if is_lead:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    workdir_lib.check_writable(workdir)
+    lock = workdir_lib.Lock(workdir)
+    lock.acquire()
+  try:
+    if is_lead:
+      workdir_lib.write_config(workdir, config, dataset)
+    return _train(config, workdir, is_lead)
+  finally:
+    if lock is not None:
+      lock.release()  # a killed trainer leaves it behind; the next run takes it over
+
+
+def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bool) -> dict:
+  spec = registry.get_spec(config.model.arch)
   checkpoints = ckpt.RunCheckpoints(workdir)
 
   # ------------------------------------------------------------------- data
@@ -115,7 +130,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       phase: jax.jit(steps.make_train_step(
           graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=trainable[phase],
           class_weights=class_weights, label_smoothing=config.train.label_smoothing,
-          dropout_key=dropout_key), donate_argnums=0, out_shardings=(replicated, replicated))
+          dropout_key=dropout_key, skip_nonfinite=config.train.skip_nonfinite),
+          donate_argnums=0, out_shardings=(replicated, replicated))
       for phase in (1, 2)}
   predict_step = jax.jit(steps.make_predict_step(graphdefs['eval'], normalise=normalise),
                          out_shardings=data_sharding)
@@ -126,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = jax.jit(lambda: init_state(phase_of(0)), out_shardings=replicated)()
     if config.model.init != 'scratch':
       state = _with_pretrained_backbone(state, config, replicated)
-    progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping()}
+    progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping(), 'nonfinite_skips': 0}
   else:
     # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
     # taken at exactly that step still holds the phase-1 layout.
@@ -142,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_log = open(workdir / 'metrics.jsonl', 'a') if is_lead else None
   bar = ProgressBar(total_steps, batch_size)
   early = progress['early_stopping']
+  skips = progress.get('nonfinite_skips', 0)  # steps skipped for a non-finite loss (skip_nonfinite)
   step = int(state.step)
   pending = []  # device metrics not yet fetched, so the host never waits on every step
   train_start = time.monotonic()
@@ -161,13 +178,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         fetched = jax.device_get(pending)
         pending = []
         for offset, m in enumerate(fetched):
-          _check_finite(m['loss'], step - len(fetched) + offset + 1)
-        losses = [float(m['loss']) for m in fetched]
+          if not config.train.skip_nonfinite:
+            _check_finite(m['loss'], step - len(fetched) + offset + 1)
+        skips += sum(int(m['skipped']) for m in fetched)
+        losses = [float(m['loss']) for m in fetched if not m['skipped']] or [float('nan')]
         epoch_losses += losses
         rate = bar.update(step, epoch, float(np.mean(losses)))
         record = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(losses)),
                   'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-                  'step_losses': losses, 'images_per_sec': rate}
+                  'step_losses': losses, 'images_per_sec': rate, 'nonfinite_skips': skips}
         _log(metrics_log, writer, record, step)
     bar.newline()
 
@@ -185,7 +204,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           + (' *best*' if improved else ''))
     if improved:
       checkpoints.save_best(step, state.params, state.rest, summary)
-    progress = {'epoch': epoch, 'early_stopping': early,
+    progress = {'epoch': epoch, 'early_stopping': early, 'nonfinite_skips': skips,
                 'train_time_s': progress.get('train_time_s', 0.0) + time.monotonic() - epoch_start}
     checkpoints.save_latest(step, state, train_iter, progress)
   if early['stopped']:
@@ -200,12 +219,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   extra = {'arch': config.model.arch, 'init': config.model.init, 'num_params': int(num_params),
            'image_size': config.data.image_size, 'split': config.data.split,
            'best_step': best_step, 'best_epoch': early['best_epoch'], 'epochs_run': progress['epoch'],
-           'train_time_s': progress.get('train_time_s')}
+           'nonfinite_skips': skips}
   metrics = {}
   if is_lead:
     metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
                                   metadata['image_id'][splits['test']], extra=extra,
                                   lesion_ids=metadata['lesion_id'][splits['test']])
+    # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
+    (workdir / 'report' / 'timing.json').write_text(
+        json.dumps({'train_time_s': progress.get('train_time_s')}) + '\n')
+    if skips:
+      print(f'{skips} steps were skipped for a non-finite loss (config.train.skip_nonfinite).')
     print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
           + (workdir / 'report' / 'classification_report.txt').read_text()
           + report.format_summary(metrics))

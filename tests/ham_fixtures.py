@@ -113,3 +113,20 @@ def _zip_bytes(files: dict[str, bytes]) -> bytes:
 
 def _write_zip(path: pathlib.Path, files: dict[str, bytes]) -> None:
   path.write_bytes(_zip_bytes(files))
+
+
+def damage_first_image_in_zip(archive: pathlib.Path) -> str:
+  """Flips bytes inside the first JPEG member's compressed data (its CRC then fails); returns its name."""
+  with zipfile.ZipFile(archive) as opened:
+    member = next(m for m in opened.infolist() if m.filename.endswith('.jpg'))
+  data = bytearray(archive.read_bytes())
+  local_header_size = 30 + len(member.filename) + len(member.extra)
+  start = member.header_offset + local_header_size + 20
+  data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])
+  archive.write_bytes(bytes(data))
+  return member.filename
+
+
+def corrupt_image(path: pathlib.Path) -> None:
+  """Cuts a JPEG short, as an interrupted download or copy leaves it."""
+  path.write_bytes(path.read_bytes()[:200])

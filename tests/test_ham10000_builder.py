@@ -9,7 +9,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 from PIL import Image
@@ -186,15 +185,36 @@ def prepare_fails(download, tmp_path, *patterns):
 
 
 def test_unknown_label(download, tmp_path):
-  rewrite_metadata(download, lambda rows: ([{**r, 'dx': 'melanoma'} if i == 3 else r
+  rewrite_metadata(download, lambda rows: ([{**r, 'dx': 'melanoma'} if i in (3, 7) else r
                                             for i, r in enumerate(rows)], ham_fixtures.METADATA_COLUMNS))
-  prepare_fails(download, tmp_path, 'HAM10000_metadata.csv', "unknown dx labels {'melanoma': 1}")
+  prepare_fails(download, tmp_path, 'HAM10000_metadata.csv', "unknown dx labels {'melanoma': 2}",
+                "'melanoma' in rows 5, 9")  # Data row i is file row i + 2: the header is row 1.
 
 
 def test_missing_column(download, tmp_path):
   columns = [c for c in ham_fixtures.METADATA_COLUMNS if c != 'dx_type']
   rewrite_metadata(download, lambda rows: (rows, columns))
   prepare_fails(download, tmp_path, 'HAM10000_metadata.csv', "lacks the columns ['dx_type']")
+
+
+def test_renamed_column(download, tmp_path):
+  columns = ['diagnosis' if c == 'dx' else c for c in ham_fixtures.METADATA_COLUMNS]
+  rewrite_metadata(download, lambda rows: ([{**r, 'diagnosis': r['dx']} for r in rows], columns))
+  prepare_fails(download, tmp_path, "lacks the columns ['dx']", "'diagnosis'", 'use the original')
+
+
+def test_semicolon_separated_metadata(download, tmp_path):
+  path = download / ham_fixtures.METADATA_NAME
+  path.write_text(path.read_text().replace(',', ';'))  # As some spreadsheet locales export it.
+  prepare_fails(download, tmp_path, 'lacks the columns', 'separated by something else than commas')
+
+
+def test_truncated_metadata_row(download, tmp_path):
+  path = download / ham_fixtures.METADATA_NAME
+  lines = path.read_text().splitlines()
+  truncated = ','.join(lines[-1].split(',')[:4])  # As a download cut off mid-line leaves it.
+  path.write_text('\n'.join(lines[:-1] + [truncated]) + '\n')
+  prepare_fails(download, tmp_path, f'row {len(lines)}: 4 fields where the header has 7')
 
 
 def test_bad_age(download, tmp_path):
@@ -205,7 +225,8 @@ def test_bad_age(download, tmp_path):
 def test_duplicate_image_id(download, tmp_path):
   rewrite_metadata(download, lambda rows: (rows + rows[4:5], ham_fixtures.METADATA_COLUMNS))
   duplicate = ham_fixtures.make_fake_metadata(num_lesions=7, images_per_lesion=2)[4]['image_id']
-  prepare_fails(download, tmp_path, 'lists 1 image_id values more than once', duplicate)
+  prepare_fails(download, tmp_path, 'lists 1 image_id values more than once',
+                f"'{duplicate}' in rows 6, 16", 'remove the duplicated rows')
 
 
 def test_missing_images_are_named_and_counted(download, tmp_path):
@@ -243,14 +264,8 @@ def test_damaged_zip_member_is_named(tmp_path):
   download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2,
                                              layout='zip')
   archive = download / 'archive.zip'
-  with zipfile.ZipFile(archive) as opened:
-    member = next(m for m in opened.infolist() if m.filename.endswith('.jpg'))
-  data = bytearray(archive.read_bytes())
-  local_header_size = 30 + len(member.filename) + len(member.extra)
-  start = member.header_offset + local_header_size + 20
-  data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])
-  archive.write_bytes(bytes(data))
-  prepare_fails(download, tmp_path, f'Cannot read {archive}:{member.filename}')
+  member = ham_fixtures.damage_first_image_in_zip(archive)
+  prepare_fails(download, tmp_path, f'Cannot read the image {archive}:{member}')
 
 
 def test_images_missing_from_the_metadata_only_warn(download, tmp_path, caplog):

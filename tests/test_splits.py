@@ -1,9 +1,11 @@
 import csv
 
 from hypothesis import given, settings, strategies as st
+import ml_collections
 import numpy as np
 import pytest
 
+from skinjax.data import sources
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
 
@@ -138,6 +140,18 @@ def test_check_every_class_present_names_split_and_classes():
     splits_lib.check_every_class_present(complete, labels, num_classes=NUM_CLASSES)
 
 
+def test_trainer_refuses_a_split_that_lacks_a_class():
+  # Prepare only warns (the fractions are the trainer's choice); the trainer must stop, as
+  # per-class recall and balanced accuracy are undefined on a split without some class.
+  config = ml_collections.ConfigDict({'data': {
+      'split': 'lesion_grouped', 'split_fractions': (0.6, 0.2, 0.2), 'split_seed': 0}})
+  labels, groups = lesion_dataset(60)
+  groups[labels == 3] = 'one_df_lesion'  # Every df image belongs to one lesion: one split gets it.
+  with pytest.raises(ValueError, match=r"split '(val|test)' \(\d+ images\) has no images of class 3.*"
+                                       r'too small for these split fractions'):
+    sources.split_indices(config, {'label': labels, 'lesion_id': groups})
+
+
 # ---------------------------------------------------------------------------------------
 # Properties over random lesion tables and fractions.
 
@@ -178,6 +192,40 @@ def test_grouped_split_properties(table, fractions, seed):
     np.testing.assert_array_equal(splits[name], again[name])
 
 
+# Lesions whose images do not all share one label (a few in HAM10000 do not).
+mixed_lesion_tables = st.lists(st.lists(st.integers(0, NUM_CLASSES - 1), min_size=1, max_size=5),
+                               min_size=1, max_size=100)
+
+
+@settings(max_examples=100, deadline=None)
+@given(table=mixed_lesion_tables, fractions=fraction_triples, seed=st.integers(0, 2**31),
+       order_seed=st.integers(0, 2**31))
+def test_grouped_split_properties_with_mixed_label_lesions(table, fractions, seed, order_seed):
+  order = np.random.default_rng(order_seed).permutation(sum(map(len, table)))  # Images in any order.
+  labels = np.concatenate(table)[order]
+  groups = np.repeat([f'L{i}' for i in range(len(table))], [len(images) for images in table])[order]
+  splits = splits_lib.make_splits(labels, groups, fractions=fractions, seed=seed)
+  assert_partition(splits, len(labels))
+  assert splits_lib.leak_report(splits, groups)['shared_lesions_total'] == 0
+
+  # A lesion is stratified by its majority label (ties: the lower one), so the images of the
+  # lesions of one majority label are split by the fractions within their largest lesion.
+  split_of_image = np.empty(len(labels), dtype=int)
+  for i, indices in enumerate(splits.values()):
+    split_of_image[indices] = i
+  majority = {f'L{i}': np.bincount(images).argmax() for i, images in enumerate(table)}
+  majority_of_image = np.array([majority[group] for group in groups])
+  for label in set(majority.values()):
+    of_label = majority_of_image == label
+    largest_lesion = max(len(images) for i, images in enumerate(table) if majority[f'L{i}'] == label)
+    for i, fraction in enumerate(fractions):
+      assert abs(np.sum(split_of_image[of_label] == i) - fraction * of_label.sum()) <= largest_lesion + 1e-6
+
+  again = splits_lib.make_splits(labels, groups, fractions=fractions, seed=seed)
+  for name in splits:
+    np.testing.assert_array_equal(splits[name], again[name])
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31))
 def test_random_image_split_differs_from_grouped(seed):
@@ -186,3 +234,6 @@ def test_random_image_split_differs_from_grouped(seed):
   per_image = splits_lib.make_splits(labels, groups, seed=seed, method='random_image')
   assert_partition(per_image, len(labels))
   assert any(not np.array_equal(grouped[name], per_image[name]) for name in grouped)
+  again = splits_lib.make_splits(labels, groups, seed=seed, method='random_image')
+  for name in per_image:  # Deterministic for a seed, like the grouped split.
+    np.testing.assert_array_equal(per_image[name], again[name])

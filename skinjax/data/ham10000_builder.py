@@ -7,7 +7,12 @@ at prepare time so that training decodes small JPEGs.
 
 It reads any of the layouts that people actually download (see `MANUAL_DOWNLOAD_INSTRUCTIONS`),
 checks the metadata against the images, and fails with a `Ham10000Error` that names the
-file and says what to do, before anything half-written is left behind.
+file and says what to do, before anything half-written is left behind. With
+`skip_bad_images=True` an unreadable image is left out instead, and listed in `skipped.csv`.
+
+What it read is recorded in the DatasetInfo metadata (`metadata.json`, see `CONTENTS_KEYS`):
+the sha256 of the metadata CSV and the number of examples per class, so that a trainer can
+tell two prepared datasets apart without reading their images.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import re
@@ -39,6 +45,11 @@ JPEG_QUALITY = 95
 # Written next to the ArrayRecord files once they are final: image_id, lesion_id, dx and
 # label in source order, so that computing splits never has to read the images.
 METADATA_FILENAME = 'metadata.csv'
+# Images left out with skip_bad_images, written next to the ArrayRecord files: image_id, path, reason.
+SKIPPED_FILENAME = 'skipped.csv'
+# What `_generate_examples` records in `builder.info.metadata` (TFDS writes it as metadata.json,
+# inside its incomplete dir: it becomes visible together with the data, never without it).
+CONTENTS_KEYS = ('metadata_sha256', 'class_counts', 'skipped_images')
 
 _METADATA_NAME = re.compile(r'ham10000_metadata(\.csv|\.tab)?', re.IGNORECASE)
 _IMAGE_NAME = re.compile(r'(ISIC_\d+)\.jpe?g', re.IGNORECASE)
@@ -67,6 +78,19 @@ Put the files in the manual directory in one of these layouts:
 
 class Ham10000Error(ValueError):
   """The manual download is missing, incomplete or inconsistent; the message says how to fix it."""
+
+
+class BadImageError(Ham10000Error):
+  """One image cannot be read or decoded: fatal, unless the builder skips bad images."""
+
+  def __init__(self, location: str, action: str, error: Exception):
+    super().__init__(
+        f'Cannot {action} the image {location}: {error}. The file is corrupt or truncated: '
+        'download it again (or the image part that holds it), or prepare with --skip_bad_images '
+        'to leave such images out (they are then listed in skipped.csv).'
+    )
+    self.location = location
+    self.reason = f'cannot {action} it: {error}'  # For skipped.csv, which has the path already.
 
 
 @dataclasses.dataclass(eq=False)
@@ -109,10 +133,13 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
     # but declares only for Python < 3.9 (tensorflow/datasets#11212): use the file directly.
     return epath.Path(__file__)
 
-  def __init__(self, **kwargs):
+  def __init__(self, *, skip_bad_images: bool = False, **kwargs):
     # ArrayRecord gives random access for grain, and needs no TensorFlow to write or read.
     kwargs.setdefault('file_format', tfds.core.FileFormat.ARRAY_RECORD)
     super().__init__(**kwargs)
+    # Only generation looks at it, so pickled copies (which TFDS rebuilds from the
+    # constructor's TFDS arguments) may well lose it.
+    self.skip_bad_images = skip_bad_images
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text
@@ -129,6 +156,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
             'localization': text(),
         }),
         supervised_keys=('image', 'label'),
+        metadata=tfds.core.MetadataDict(),  # CONTENTS_KEYS, filled in by _generate_examples.
         homepage='https://doi.org/10.7910/DVN/DBW86T',
         citation="""\
 @article{tschandl2018ham10000,
@@ -150,6 +178,8 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, manual_dir: str):
     short_side = self.builder_config.short_side
+    class_counts = collections.Counter()
+    skipped: list[tuple[str, str, str]] = []  # (image_id, location, reason)
     with contextlib.ExitStack() as open_files:
       download = scan_manual_dir(manual_dir, open_files)
       records = read_metadata(download.metadata_text, download.metadata_location)
@@ -157,11 +187,27 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
       for record in records:
         image_file = download.images[record['image_id']]
         try:
-          data = image_file.read()
-        except (OSError, zipfile.BadZipFile, zlib.error) as e:  # Bad CRC, truncated member...
-          raise _unreadable(image_file.location, e) from None
-        image = encode_for_storage(data, short_side, image_file.location)
+          image = encode_for_storage(read_image(image_file), short_side, image_file.location)
+        except BadImageError as e:
+          if not self.skip_bad_images:
+            raise
+          logging.warning('Leaving out %s: %s', e.location, e.reason)
+          skipped.append((record['image_id'], e.location, e.reason))
+          continue
+        class_counts[record['dx']] += 1
         yield record['image_id'], {**record, 'image': image, 'label': record['dx']}
+    if not class_counts:
+      raise Ham10000Error(f'None of the {len(records)} images in {manual_dir} could be read: the '
+                          'download is damaged. Download it again.')
+    # Still inside TFDS's incomplete dir: these become visible together with the data.
+    self.info.metadata.update({
+        'metadata_sha256': download.metadata_sha256,
+        'class_counts': {name: class_counts[name] for name in CLASS_NAMES},
+        'skipped_images': len(skipped),
+    })
+    if skipped:
+      write_csv_atomically(os.path.join(os.fspath(self.data_dir), SKIPPED_FILENAME),
+                           ('image_id', 'path', 'reason'), skipped)
 
   def _post_download_and_prepare_hook(self) -> None:
     write_metadata_file(self)
@@ -181,6 +227,7 @@ class ImageFile:
 class ManualDownload:
   metadata_location: str
   metadata_text: str
+  metadata_sha256: str  # Of the file's bytes as downloaded.
   images: dict[str, ImageFile]  # image_id -> file
   layouts: list[str]
 
@@ -253,10 +300,11 @@ def scan_manual_dir(manual_dir: str | os.PathLike, open_files: contextlib.ExitSt
     raise Ham10000Error(f'Found {missing} in {manual_dir}. It contains: {found}.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}')
   if ignored_duplicates:
     logging.info('Ignored %d duplicate image files (same image_id in two places).', ignored_duplicates)
-  metadata_location, metadata_text = _choose_metadata(metadata_files)
+  metadata_location, metadata_bytes = _choose_metadata(metadata_files)
   logging.info('Reading HAM10000 from %s (%s): %d images, metadata %s',
                manual_dir, ', '.join(layouts), len(images), metadata_location)
-  return ManualDownload(metadata_location, metadata_text, images, layouts)
+  return ManualDownload(metadata_location, _decode_metadata(metadata_bytes, metadata_location),
+                        hashlib.sha256(metadata_bytes).hexdigest(), images, layouts)
 
 
 def _open_zip(file, location: str, open_files: contextlib.ExitStack) -> zipfile.ZipFile:
@@ -267,6 +315,13 @@ def _open_zip(file, location: str, open_files: contextlib.ExitStack) -> zipfile.
         f'{location} is not a readable zip file ({e}). It is probably an incomplete download: '
         'download it again, or remove it from the manual directory.'
     ) from None
+
+
+def read_image(image_file: ImageFile) -> bytes:
+  try:
+    return image_file.read()
+  except (OSError, zipfile.BadZipFile, zlib.error) as e:  # Bad CRC, truncated member...
+    raise BadImageError(image_file.location, 'read', e) from None
 
 
 def _unreadable(location: str, error: Exception) -> Ham10000Error:
@@ -285,7 +340,7 @@ def _read_file(path: str) -> bytes:
     return f.read()
 
 
-def _choose_metadata(metadata_files: Sequence[tuple[str, Callable[[], bytes]]]) -> tuple[str, str]:
+def _choose_metadata(metadata_files: Sequence[tuple[str, Callable[[], bytes]]]) -> tuple[str, bytes]:
   """Several copies are fine (e.g. the CSV next to the zip and inside it) as long as they agree."""
   contents = {location: read() for location, read in metadata_files}
   if len(set(contents.values())) > 1:
@@ -293,9 +348,12 @@ def _choose_metadata(metadata_files: Sequence[tuple[str, Callable[[], bytes]]]) 
         'Found several different metadata files: ' + ', '.join(contents) +
         '. Keep only the original HAM10000_metadata.csv in the manual directory.'
     )
-  location, content = next(iter(contents.items()))
+  return next(iter(contents.items()))
+
+
+def _decode_metadata(content: bytes, location: str) -> str:
   try:
-    return location, content.decode('utf-8-sig')  # Tolerate the BOM that spreadsheet tools add.
+    return content.decode('utf-8-sig')  # Tolerate the BOM that spreadsheet tools add.
   except UnicodeDecodeError as e:
     raise Ham10000Error(
         f'{location} is not a UTF-8 text file ({e}). Use the original HAM10000_metadata.csv.'
@@ -314,13 +372,22 @@ def read_metadata(text: str, location: str) -> list[dict]:
   columns = [c.strip() for c in reader.fieldnames or []]
   missing = [c for c in METADATA_COLUMNS if c not in columns]
   if missing:
+    hint = ''
+    if len(columns) == 1 and any(sep in columns[0] for sep in ';\t'):
+      hint = ' It looks separated by something else than commas (a spreadsheet export?).'
     raise Ham10000Error(
-        f'{location} lacks the columns {missing}; its header is {columns}. Expected the columns '
+        f'{location} lacks the columns {missing}; its header is {columns}.{hint} Expected the columns '
         f'{list(METADATA_COLUMNS)}: use the original HAM10000_metadata.csv from the download.'
     )
   reader.fieldnames = columns
-  records, problems = [], []
+  records, row_numbers, problems = [], [], []
   for row_number, row in enumerate(reader, start=2):  # Row 1 is the header.
+    # DictReader pads a short row with None and gathers the fields of a long one under None:
+    # both mean the columns are shifted, e.g. a truncated download or an unquoted comma.
+    if None in row or None in row.values():
+      num_fields = len(columns) - list(row.values()).count(None) + len(row.get(None) or ())
+      problems.append(f'row {row_number}: {num_fields} fields where the header has {len(columns)}')
+      continue
     record = {c: (row[c] or '').strip() for c in METADATA_COLUMNS}
     if not record['image_id'] or not record['lesion_id']:
       problems.append(f'row {row_number}: empty image_id or lesion_id')
@@ -330,6 +397,7 @@ def read_metadata(text: str, location: str) -> list[dict]:
     except ValueError:
       problems.append(f'row {row_number}: age {age!r} is not a number')
     records.append(record)
+    row_numbers.append(row_number)
   if problems:
     raise Ham10000Error(
         f'{location} has {len(problems)} malformed rows: ' + '; '.join(problems[:_EXAMPLES_IN_ERRORS]) +
@@ -338,21 +406,41 @@ def read_metadata(text: str, location: str) -> list[dict]:
   if not records:
     raise Ham10000Error(f'{location} has a header but no rows. Use the original HAM10000_metadata.csv.')
 
-  unknown = collections.Counter(r['dx'] for r in records if r['dx'] not in CLASS_NAMES)
+  rows_of_dx = _rows_by(records, row_numbers, 'dx')
+  unknown = {dx: rows for dx, rows in rows_of_dx.items() if dx not in CLASS_NAMES}
   if unknown:
     raise Ham10000Error(
-        f'{location} has unknown dx labels {dict(unknown)}; the HAM10000 labels are '
-        f'{list(CLASS_NAMES)}. Fix or remove those rows, or use the original metadata file.'
+        f'{location} has unknown dx labels {dict((dx, len(rows)) for dx, rows in unknown.items())} '
+        f'({_where(unknown)}); the HAM10000 labels are {list(CLASS_NAMES)}. Fix or remove those '
+        'rows, or use the original metadata file.'
     )
-  counts = collections.Counter(r['image_id'] for r in records)
-  duplicates = sorted(image_id for image_id, n in counts.items() if n > 1)
+  duplicates = {image_id: rows for image_id, rows in _rows_by(records, row_numbers, 'image_id').items()
+                if len(rows) > 1}
   if duplicates:
     raise Ham10000Error(
-        f'{location} lists {len(duplicates)} image_id values more than once, e.g. '
-        f'{duplicates[:_EXAMPLES_IN_ERRORS]}. Each image must have exactly one row: remove the '
-        'duplicated rows, or use the original metadata file.'
+        f'{location} lists {len(duplicates)} image_id values more than once: {_where(duplicates)}. '
+        'Each image must have exactly one row: remove the duplicated rows, or use the original '
+        'metadata file.'
     )
   return records
+
+
+def _rows_by(records: Sequence[dict], row_numbers: Sequence[int], key: str) -> dict[str, list[int]]:
+  rows = collections.defaultdict(list)
+  for record, row_number in zip(records, row_numbers):
+    rows[record[key]].append(row_number)
+  return rows
+
+
+def _where(rows_of_value: dict[str, list[int]]) -> str:
+  """Where the first few values are, e.g. `'x' in rows 3, 9; 'y' in row 5`, for error messages."""
+  shown = []
+  for value, rows in sorted(rows_of_value.items())[:_EXAMPLES_IN_ERRORS]:
+    numbers = ', '.join(map(str, rows[:_EXAMPLES_IN_ERRORS]))
+    numbers += ', ...' if len(rows) > _EXAMPLES_IN_ERRORS else ''
+    shown.append(f'{value!r} in row{"s" if len(rows) > 1 else ""} {numbers}')
+  more = len(rows_of_value) - len(shown)
+  return '; '.join(shown) + (f'; and {more} more' if more > 0 else '')
 
 
 def check_images_match_metadata(records: Sequence[dict], images: dict[str, ImageFile], manual_dir: str) -> None:
@@ -389,10 +477,7 @@ def encode_for_storage(data: bytes, short_side: int, location: str) -> bytes:
         return data
       image = image.convert('RGB')
   except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-    raise Ham10000Error(
-        f'Cannot decode the image {location}: {e}. The file is corrupt or truncated: download '
-        'it again (or the image part that holds it).'
-    ) from None
+    raise BadImageError(location, 'decode', e) from None
   width, height = image.size
   if min(width, height) > short_side:
     scale = short_side / min(width, height)
@@ -422,11 +507,18 @@ def write_metadata_file(builder: tfds.core.DatasetBuilder) -> None:
   source = builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
   metadata = metadata_from_source(source)
   path = os.path.join(os.fspath(builder.data_dir), METADATA_FILENAME)
-  temporary = path + '.incomplete'  # Readers never see a half-written file.
+  write_csv_atomically(path, list(metadata), zip(*metadata.values()))
+
+
+def write_csv_atomically(path: str, header: Sequence[str], rows) -> None:
+  """Readers see the old file or the whole new one, never a half-written one."""
+  temporary = path + '.incomplete'
   with open(temporary, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(list(metadata))
-    writer.writerows(zip(*metadata.values()))
+    writer.writerow(header)
+    writer.writerows(rows)
+    f.flush()
+    os.fsync(f.fileno())  # A crash right after the rename must not leave an empty file.
   os.replace(temporary, path)
 
 

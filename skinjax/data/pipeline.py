@@ -4,8 +4,11 @@ Both read any random-access source whose items are dicts with `image` (JPEG byte
 array) and `label`: the prepared TFDS ArrayRecord source or the synthetic one.
 """
 
+import ctypes
 import dataclasses
 import functools
+import signal
+import sys
 
 from absl import flags
 import grain
@@ -137,7 +140,8 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
     # grain's workers read absl flags; outside an absl app (tests, notebooks) use their defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+                        worker_init_fn=die_with_parent)
   return ds
 
 
@@ -152,3 +156,15 @@ def eval_dataset(source, indices: np.ndarray, *, image_size: int, resize_mode: s
   ds = ds.map(EvalTransform(source, np.asarray(indices), image_size, resize_mode))
   ds = ds.batch(global_batch_size // process_count)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
+
+
+def die_with_parent(worker_index: int, worker_count: int):
+  """Runs in each grain worker: the kernel kills it when the trainer dies, even by SIGKILL.
+
+  Otherwise a killed trainer leaves its workers behind, blocked on a full queue, holding memory
+  (and the pipes of whoever started the trainer) until someone kills them by hand.
+  """
+  del worker_index, worker_count
+  if sys.platform.startswith('linux'):
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -5,7 +5,7 @@ import numpy as np
 
 from skinjax.data import splits as splits_lib
 from skinjax.data import synthetic
-from skinjax.data.constants import NUM_CLASSES
+from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
 
 
 def open_source(config: ml_collections.ConfigDict):
@@ -19,11 +19,23 @@ def open_source(config: ml_collections.ConfigDict):
   raise ValueError(f"config.data.source={config.data.source!r}: use 'ham10000' or 'synthetic'.")
 
 
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """What identifies the training data, cheaply; W/config.json records it to guard resumes."""
+  if config.data.source == 'synthetic':
+    return {'source': 'synthetic', 'num_examples': config.data.synthetic_examples,
+            'seed': config.seed}
+  if config.data.source == 'ham10000':
+    from skinjax.data import ham10000
+    return {'source': 'ham10000',
+            **ham10000.fingerprint(config.data.data_dir, config.data.prepared_size)}
+  raise ValueError(f"config.data.source={config.data.source!r}: use 'ham10000' or 'synthetic'.")
+
+
 def split_indices(config: ml_collections.ConfigDict, metadata: dict) -> dict[str, np.ndarray]:
   splits = splits_lib.make_splits(metadata['label'], metadata['lesion_id'],
                                   fractions=tuple(config.data.split_fractions),
                                   seed=config.data.split_seed, method=config.data.split)
-  splits_lib.check_every_class_present(splits, metadata['label'], NUM_CLASSES)
+  splits_lib.check_every_class_present(splits, metadata['label'], NUM_CLASSES, CLASS_NAMES)
   return splits
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -125,10 +126,13 @@ def write_splits_csv(path, metadata: Mapping[str, np.ndarray], splits: Mapping[s
     split_of_image[indices] = name
   if np.any(split_of_image == ''):
     raise ValueError(f'{np.sum(split_of_image == "")} images are in no split; splits must cover all images')
-  with open(path, 'w', newline='') as f:
+  path = os.fspath(path)
+  temporary = path + '.incomplete'  # Readers see the old file or the whole new one.
+  with open(temporary, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['image_id', 'lesion_id', 'dx', 'split'])
     writer.writerows(zip(metadata['image_id'], metadata['lesion_id'], metadata['dx'], split_of_image))
+  os.replace(temporary, path)
 
 
 def check_every_class_present(splits: Mapping[str, np.ndarray], labels, num_classes: int,
@@ -143,4 +147,5 @@ def check_every_class_present(splits: Mapping[str, np.ndarray], labels, num_clas
       problems.append(f'split {name!r} ({len(indices)} images) has no images of class {", ".join(shown)}')
   if problems:
     raise ValueError('; '.join(problems) + '. The dataset is too small for these split fractions: '
-                     'use more images, or larger fractions for the splits that lack classes.')
+                     'use more images, or larger fractions (config.data.split_fractions) for the splits that lack '
+                     'classes.')

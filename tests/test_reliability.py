@@ -1,0 +1,241 @@
+"""Exact resume after SIGKILL anywhere, the workdir lock, resume guards and bad-run inputs."""
+
+import errno
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from skinjax import checkpoint as ckpt
+from skinjax import train
+from skinjax import workdir as workdir_lib
+from skinjax.data import sources
+from tests.conftest import REPO, tiny_config
+
+KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs')
+
+
+def run_wrapper(point, workdir):
+  env = {**os.environ, 'PYTHONPATH': str(REPO)}
+  return subprocess.run([sys.executable, 'tests/kill_during.py', point, str(workdir)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_grain_workers_die_with_a_killed_trainer(tmp_path):
+  # Workers that outlived the trainer would also hold its stdout open: run() would never return.
+  killed = run_wrapper('train_step', tmp_path)
+  assert killed.returncode == -9
+
+
+def latest_state(workdir):
+  step = max(int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir()
+             if p.name.isdigit())
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore((workdir / 'checkpoints' / 'latest' / str(step) / 'state')
+                                 .absolute())
+  return step, state
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = run_wrapper('none', workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.parametrize('point', KILL_POINTS)
+def test_sigkill_anywhere_then_rerun_equals_the_uninterrupted_run(point, uninterrupted, tmp_path):
+  killed = run_wrapper(point, tmp_path)
+  assert killed.returncode == -9, f'the run was not killed at {point}: {killed.stderr[-2000:]}'
+  assert not (tmp_path / 'report').exists()
+  assert (tmp_path / workdir_lib.LOCK_NAME).exists(), 'SIGKILL leaves the lock behind'
+
+  rerun = run_wrapper('none', tmp_path)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert 'Taking over the stale lock' in rerun.stdout
+  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
+  # The whole report, metrics with their bootstrap intervals included, is the same.
+  assert (json.loads((tmp_path / 'report' / 'metrics.json').read_text())
+          == json.loads((uninterrupted / 'report' / 'metrics.json').read_text()))
+  step, state = latest_state(tmp_path)
+  expected_step, expected = latest_state(uninterrupted)
+  assert step == expected_step
+  for ours, theirs in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- lock
+
+
+def write_lock(workdir, **holder):
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / workdir_lib.LOCK_NAME).write_text(json.dumps(holder))
+
+
+def test_a_live_trainer_keeps_its_workdir(tmp_path):
+  other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:
+    write_lock(tmp_path, pid=other.pid, host=socket.gethostname(), started='earlier')
+    with pytest.raises(workdir_lib.WorkdirError, match=f'Another trainer \\(pid {other.pid}'):
+      train.train_and_evaluate(tiny_config(), str(tmp_path))
+  finally:
+    other.kill()
+    other.wait()
+  assert json.loads((tmp_path / workdir_lib.LOCK_NAME).read_text())['pid'] == other.pid
+  assert not (tmp_path / 'checkpoints').exists(), 'nothing may be written beside a live trainer'
+
+
+def test_a_lock_from_another_host_is_not_guessed_at(tmp_path):
+  write_lock(tmp_path, pid=1, host='some-other-host', started='earlier')
+  with pytest.raises(workdir_lib.WorkdirError, match='some-other-host.*delete'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+def test_a_stale_lock_is_taken_over_and_released_at_the_end(tmp_path, capsys):
+  dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+  dead.wait()
+  write_lock(tmp_path, pid=dead.pid, host=socket.gethostname(), started='earlier')
+  train.train_and_evaluate(tiny_config(**{'train.num_epochs': 1}), str(tmp_path))
+  assert f'stale lock of pid {dead.pid}' in capsys.readouterr().out
+  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
+
+
+def test_two_trainers_cannot_both_take_the_lock(tmp_path):
+  first = workdir_lib.Lock(tmp_path)
+  first.acquire()
+  other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+  try:  # pretend the lock is another live process's
+    write_lock(tmp_path, pid=other.pid, host=socket.gethostname(), started='now')
+    with pytest.raises(workdir_lib.WorkdirError, match='Another trainer'):
+      workdir_lib.Lock(tmp_path).acquire()
+  finally:
+    other.kill()
+    other.wait()
+
+
+# ------------------------------------------------------------------------ resume guards
+
+
+@pytest.fixture(scope='module')
+def two_epoch_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('two_epochs')
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  return workdir
+
+
+def copy_run(source, destination):
+  subprocess.run(['cp', '-r', str(source), str(destination)], check=True)
+  return destination
+
+
+def test_config_json_records_the_dataset(two_epoch_run):
+  saved = json.loads((two_epoch_run / 'config.json').read_text())
+  assert saved['dataset'] == sources.fingerprint(tiny_config())
+  assert saved['model']['arch'] == 'small_cnn'
+
+
+def test_resuming_with_another_config_is_refused_then_allowed(two_epoch_run, tmp_path, capsys):
+  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+  (workdir / 'report').rename(workdir / 'old_report')  # unfinished, as far as resuming goes
+  before = (workdir / 'config.json').read_text()
+  more_epochs = tiny_config(**{'train.num_epochs': 3})
+  with pytest.raises(workdir_lib.WorkdirError, match=r'train\.num_epochs: 2 -> 3'):
+    train.train_and_evaluate(more_epochs, str(workdir))
+  assert (workdir / 'config.json').read_text() == before, 'a refusal must not touch the run'
+
+  more_epochs.train.allow_config_change = True
+  metrics = train.train_and_evaluate(more_epochs, str(workdir))
+  assert metrics['epochs_run'] == 3
+  assert 'Resuming from step' in capsys.readouterr().out
+  assert json.loads((workdir / 'config.json').read_text())['train']['num_epochs'] == 3
+
+
+def test_resuming_on_another_dataset_is_refused(two_epoch_run, tmp_path):
+  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+  with pytest.raises(workdir_lib.WorkdirError, match='the dataset'):
+    train.train_and_evaluate(tiny_config(**{'data.synthetic_examples': 300}), str(workdir))
+
+
+def test_harmless_changes_resume_without_asking(two_epoch_run, tmp_path):
+  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+  metrics = train.train_and_evaluate(tiny_config(**{'train.log_every_steps': 5}), str(workdir))
+  assert metrics['epochs_run'] == 2
+
+
+def test_a_workdir_that_cannot_be_written(tmp_path):
+  not_a_dir = tmp_path / 'file'
+  not_a_dir.write_text('x')
+  with pytest.raises(workdir_lib.WorkdirError, match='Cannot write to the workdir'):
+    train.train_and_evaluate(tiny_config(), str(not_a_dir / 'run'))
+  assert not_a_dir.read_text() == 'x'
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+  config = tiny_config(**{'train.num_epochs': 3})
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler
+  handler = json_checkpoint_handler.JsonCheckpointHandler
+  original = handler.async_save
+  saves = {'n': 0}
+
+  async def full_disk(self, directory, *args, **kwargs):
+    saves['n'] += 1
+    if saves['n'] == 3:  # latest(1) and best(1) fit, the second epoch's latest does not
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return await original(self, directory, *args, **kwargs)
+
+  monkeypatch.setattr(handler, 'async_save', full_disk)
+  workdir = tmp_path / 'run'
+  with pytest.raises(OSError, match=r'No space left on device.*step \d+ is intact'):
+    train.train_and_evaluate(config, str(workdir))
+  monkeypatch.setattr(handler, 'async_save', original)
+  assert ckpt.has_checkpoint(workdir)
+  resumed = train.train_and_evaluate(config, str(workdir))
+  assert resumed == reference
+
+
+# ------------------------------------------------------------------------ non-finite loss
+
+
+def poisoned_class_weights(monkeypatch, class_index=3):
+  """A NaN weight for one class: every batch holding it has a NaN loss."""
+  original = sources.class_weights
+
+  def weights(*args, **kwargs):
+    values = np.array(original(*args, **kwargs), np.float32)
+    values[class_index] = np.nan
+    return values
+  monkeypatch.setattr(sources, 'class_weights', weights)
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
+  poisoned_class_weights(monkeypatch)
+  with pytest.raises(FloatingPointError, match=r'at step \d+\. Lower config\.train\.learning_rate'):
+    train.train_and_evaluate(tiny_config(), str(tmp_path))
+  assert not (tmp_path / 'report').exists()
+
+
+def test_skip_nonfinite_skips_and_counts(tmp_path, monkeypatch):
+  poisoned_class_weights(monkeypatch)
+  metrics = train.train_and_evaluate(tiny_config(**{'train.skip_nonfinite': True}),
+                                     str(tmp_path))
+  skips = metrics['nonfinite_skips']
+  assert skips > 0
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert max(r.get('nonfinite_skips', 0) for r in records) == skips
+  _, state = latest_state(tmp_path)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['rest']))
+  assert np.isfinite(metrics['balanced_accuracy'])
