@@ -1,0 +1,30 @@
+"""The benchmark scripts run and report what they promise (tiny sizes: no timing is judged here)."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def run_json(*args):
+  result = subprocess.run([sys.executable, *args, '--json'], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_benchmark_train_reports_rate_flops_and_mfu():
+  result = run_json('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32',
+                    '--batch_size=4', '--steps=1', '--rounds=1')
+  assert result['images_per_sec'] > 0 and result['compile_s'] > 0
+  assert result['flops_per_step'] > 0 and 0 < result['mfu'] < 1
+  assert result['matmul_peak_flops_per_sec'] > 0
+
+
+def test_benchmark_input_reports_rate_and_input_wait():
+  result = run_json('scripts/benchmark_input.py', '--config.data.source=synthetic',
+                    '--image_size=32', '--batch_size=8', '--workers=0', '--batches=3',
+                    '--with_step=small_cnn')
+  assert result['images_per_sec'] > 0 and result['step_images_per_sec'] > 0
+  assert 0 <= result['input_wait_fraction'] <= 1
