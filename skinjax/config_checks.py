@@ -4,7 +4,6 @@ ml_collections already rejects unknown keys and wrong types when a locked config
 from the command line; this catches values outside their allowed sets and initial weights that are not there.
 """
 
-import pathlib
 
 import ml_collections
 

@@ -6,7 +6,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import pathlib
 import subprocess
 import sys

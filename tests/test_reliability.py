@@ -3,7 +3,6 @@
 import errno
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys

@@ -17,7 +17,6 @@ os.environ.setdefault('KERAS_BACKEND', 'jax')  # Must precede the first keras im
 
 import h5py
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
