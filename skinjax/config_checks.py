@@ -1,9 +1,9 @@
-"""Checks a config and a workdir before any work starts, with messages that say what to change.
+"""Checks a config before any work starts, with messages that say what to change.
 
 ml_collections already rejects unknown keys and wrong types when a locked config is overridden
-from the command line; this catches values outside their allowed sets and initial weights that are not there.
+from the command line; this catches values outside their allowed sets and initial weights that
+are not there. The workdir's own guards are in skinjax/workdir.py.
 """
-
 
 import ml_collections
 
