@@ -315,7 +315,7 @@ def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
     assert (row['arch'], row['init'], row['epochs'], row['image size']) == ('small_cnn', 'scratch',
                                                                             epochs, size)
     assert row['params'] == f"{reported['num_params'] / 1e6:.2f}M"
-    timing = json.loads((workdir / 'report' / 'timing.json').read_text())
+    timing = json.loads((study_dir / name / 'report' / 'timing.json').read_text())
     assert row['train time'] == f"{timing['train_time_s']:.0f} s"
     assert row['accuracy'] == f"{scores['accuracy']:.3f}"
     assert row['macro AUC'] == f"{scores['macro_auc']:.3f}"
