@@ -167,6 +167,14 @@ def table_to_arrays(table):
   return labels, groups
 
 
+def split_number_per_image(splits, num_images: int) -> np.ndarray:
+  """Image index -> the position of its split in `splits` (train 0, val 1, test 2)."""
+  split_of_image = np.empty(num_images, dtype=int)
+  for i, indices in enumerate(splits.values()):
+    split_of_image[indices] = i
+  return split_of_image
+
+
 @settings(max_examples=150, deadline=None)
 @given(table=lesion_tables, fractions=fraction_triples, seed=st.integers(0, 2**31))
 def test_grouped_split_properties(table, fractions, seed):
@@ -177,9 +185,7 @@ def test_grouped_split_properties(table, fractions, seed):
 
   # Stratification: each split holds its fraction of each class, give or take the class's
   # largest lesion (every lesion here has one label, so lesion class = image class).
-  split_of_image = np.empty(len(labels), dtype=int)
-  for i, indices in enumerate(splits.values()):
-    split_of_image[indices] = i
+  split_of_image = split_number_per_image(splits, len(labels))
   for label in np.unique(labels):
     of_class = labels == label
     largest_lesion = max(size for lab, size in table if lab == label)
@@ -210,9 +216,7 @@ def test_grouped_split_properties_with_mixed_label_lesions(table, fractions, see
 
   # A lesion is stratified by its majority label (ties: the lower one), so the images of the
   # lesions of one majority label are split by the fractions within their largest lesion.
-  split_of_image = np.empty(len(labels), dtype=int)
-  for i, indices in enumerate(splits.values()):
-    split_of_image[indices] = i
+  split_of_image = split_number_per_image(splits, len(labels))
   majority = {f'L{i}': np.bincount(images).argmax() for i, images in enumerate(table)}
   majority_of_image = np.array([majority[group] for group in groups])
   for label in set(majority.values()):

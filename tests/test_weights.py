@@ -271,7 +271,7 @@ def test_live_keras_model_converts_like_its_h5_file(keras_h5_file):
   live = mapping.keras_to_flax(arch, model, keras_h5.from_keras_model(keras_model(arch, False)),
                                source='model')
   assert from_file.keys() == live.keys() == {
-      p for p, v in pretrained._flat_variables(model).items()}
+      p for p, v in mapping.variables_by_path(model).items()}
   for path in from_file:
     np.testing.assert_array_equal(from_file[path], live[path], err_msg=str(path))
   converted = pretrained.model_from_keras(arch, keras_model(arch, False))
@@ -284,7 +284,7 @@ def test_top_file_can_initialise_a_backbone(keras_h5_file):
   arch = 'vgg16'  # its top is three layers: fc1, fc2, predictions
   from_top, _ = pretrained.load(arch, str(keras_h5_file(arch, True)), include_top=False)
   model = pretrained.abstract_model(arch, include_top=False)
-  assert from_top.keys() == set(pretrained._flat_variables(model))
+  assert from_top.keys() == set(mapping.variables_by_path(model))
   np.testing.assert_array_equal(
       from_top[('block1', 'conv1', 'kernel')],
       keras_model(arch, True).get_layer('block1_conv1').kernel.numpy())

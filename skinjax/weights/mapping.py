@@ -188,10 +188,13 @@ def keras_to_flax(arch: str, model: nnx.Module, layers: list[KerasLayer], *,
   return values
 
 
+def variables_by_path(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
+  return {tuple(map(str, p)): v for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)}
+
+
 def fill(model: nnx.Module, values: dict[tuple[str, ...], np.ndarray]) -> nnx.Module:
   """Sets every variable of `model` from `values` (path -> array), in place; all must be there."""
-  variables = {tuple(map(str, p)): v for p, v in nnx.iter_graph(model)
-               if isinstance(v, nnx.Variable)}
+  variables = variables_by_path(model)
   missing = sorted('/'.join(p) for p in variables.keys() - values.keys())
   extra = sorted('/'.join(p) for p in values.keys() - variables.keys())
   if missing or extra:

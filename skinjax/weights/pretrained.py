@@ -176,15 +176,11 @@ def load_ported(directory: pathlib.Path, arch: str, *, include_top: bool) -> Val
                           f'1000-class model needs {_keras_weights(arch).file_name}.')
   stored = abstract_model(arch, include_top=manifest['include_top'])
   target = _nested({path: jax.ShapeDtypeStruct(v.shape, v.dtype)
-                    for path, v in _flat_variables(stored).items()})
+                    for path, v in mapping.variables_by_path(stored).items()})
   with ocp.StandardCheckpointer() as checkpointer:
     values = _flat(checkpointer.restore((directory / VARIABLES).absolute(), target))
-  wanted = _flat_variables(abstract_model(arch, include_top=include_top))
+  wanted = mapping.variables_by_path(abstract_model(arch, include_top=include_top))
   return {path: value for path, value in values.items() if path in wanted}
-
-
-def _flat_variables(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
-  return {tuple(map(str, p)): v for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)}
 
 
 def load_model(arch: str, init: str, *, include_top: bool, dtype=None) -> nnx.Module:
