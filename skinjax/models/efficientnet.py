@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
 from skinjax.models.layers import Buffer, batch_norm, correct_pad, global_average_pool, zero_pad_2d
 
 # Verbatim from Keras; `filters_*`/`repeats` are B0's and get scaled by the coefficients.
@@ -75,7 +76,8 @@ def _conv(in_features, out_features, kernel_size, *, strides=1, padding='SAME', 
           dtype, rngs, **kwargs) -> nnx.Conv:
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
                   padding=padding, use_bias=use_bias, kernel_init=CONV_KERNEL_INIT, dtype=dtype,
-                  param_dtype=jnp.float32, rngs=rngs, **kwargs)
+                  param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated,
+                  rngs=rngs, **kwargs)
 
 
 class Normalization(nnx.Module):
@@ -160,7 +162,8 @@ class MBConvBlock(nnx.Module):
     self.dwconv = nnx.Conv(
         filters, filters, (kernel_size, kernel_size), strides=strides,
         padding='VALID' if strides == 2 else 'SAME', feature_group_count=filters, use_bias=False,
-        kernel_init=DEPTHWISE_KERNEL_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        kernel_init=DEPTHWISE_KERNEL_INIT, dtype=dtype, param_dtype=jnp.float32,
+        conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs)
     self.bn = batch_norm(filters, dtype=dtype, rngs=rngs)
     if 0 < se_ratio <= 1:
       # The squeeze width comes from the block *input* filters, not the expanded ones.

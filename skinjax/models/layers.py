@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
+
 # Keras' BatchNormalization defaults. Flax's own epsilon is 1e-5, so it is always passed explicitly.
 KERAS_BN_EPSILON = 1e-3
 KERAS_BN_MOMENTUM = 0.99
@@ -94,7 +96,8 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int 
   """Keras `Conv2D` defaults: glorot-uniform kernel, zero bias, float32 parameters."""
   return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
                   padding=padding, use_bias=use_bias, kernel_init=GLOROT_UNIFORM, dtype=dtype,
-                  param_dtype=jnp.float32, rngs=rngs)
+                  param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated,
+                  rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
@@ -116,7 +119,7 @@ class SeparableConv(nnx.Module):
     self.depthwise = nnx.Conv(
         in_features, in_features, (kernel_size, kernel_size), padding='SAME',
         feature_group_count=in_features, use_bias=False, kernel_init=GLOROT_UNIFORM, dtype=dtype,
-        param_dtype=jnp.float32, rngs=rngs)
+        param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs)
     self.pointwise = conv(in_features, out_features, 1, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:

@@ -1,0 +1,68 @@
+"""The CPU fast paths compute what lax.conv_general_dilated computes, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from skinjax.models import cpu_conv
+
+NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _random(shape, seed, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _both(lhs, rhs, strides, padding, groups):
+  def run(conv):
+    def loss(x, w):
+      y = conv(x, w, strides, padding, dimension_numbers=NHWC_HWIO, feature_group_count=groups)
+      return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
+    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(lhs, rhs)
+    return y, grads
+  return run(cpu_conv.conv_general_dilated), run(lax.conv_general_dilated)
+
+
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+@pytest.mark.parametrize('padding', ['SAME', 'VALID', ((1, 0), (0, 1))])
+def test_pointwise_conv_matches_lax(strides, padding):
+  lhs, rhs = _random((2, 9, 8, 5), 0), _random((1, 1, 5, 7), 1)
+  (y, grads), (want_y, want_grads) = _both(lhs, rhs, strides, padding, 1)
+  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+  for grad, want in zip(grads, want_grads):
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel', [3, 5])
+@pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
+@pytest.mark.parametrize('padding', ['SAME', 'VALID', ((0, 1), (0, 1))])
+def test_depthwise_conv_matches_lax(kernel, strides, padding):
+  lhs, rhs = _random((2, 11, 10, 6), 2), _random((kernel, kernel, 1, 6), 3)
+  (y, grads), (want_y, want_grads) = _both(lhs, rhs, strides, padding, 6)
+  assert y.shape == want_y.shape
+  np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+  for grad, want in zip(grads, want_grads):
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_depthwise_accumulates_like_the_convolution():
+  lhs, rhs = _random((1, 16, 16, 8), 4, jnp.bfloat16), _random((5, 5, 1, 8), 5, jnp.bfloat16)
+  y = cpu_conv.conv_general_dilated(lhs, rhs, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO,
+                                    feature_group_count=8)
+  exact = lax.conv_general_dilated(lhs.astype(jnp.float32), rhs.astype(jnp.float32), (1, 1),
+                                   'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=8)
+  assert y.dtype == jnp.bfloat16
+  # One bfloat16 rounding of the float32 sum, not 25 of them.
+  np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -8, atol=1e-2)
+
+
+def test_other_convolutions_are_left_to_lax():
+  lhs, rhs = _random((1, 8, 8, 4), 6), _random((3, 3, 2, 6), 7)  # grouped, not depthwise
+  jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=2))(lhs, rhs)
+  assert 'conv_general_dilated' in str(jaxpr)
+  pointwise = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO))(lhs, _random((1, 1, 4, 6), 8))
+  assert 'conv_general_dilated' not in str(pointwise) and 'dot_general' in str(pointwise)
