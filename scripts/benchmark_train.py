@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from skinjax import compilation_cache
 from skinjax import steps
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.models import preprocessing
@@ -140,6 +141,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
+  cache = compilation_cache.enable()  # as the trainer does; SKINJAX_COMPILATION_CACHE=off for cold
   batch = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
   ours = SkinjaxStep(_ARCH.value, batch, _DTYPE.value)
   theirs = KerasStep(_ARCH.value, batch, _IMAGE_SIZE.value) if _COMPARE.value == 'keras' else None
@@ -162,6 +164,7 @@ def main(argv):
       'matmul_peak_flops_per_sec': peak,
       'mfu': ours.flops_per_step * images_per_sec / _BATCH_SIZE.value / peak,
       'peak_memory_bytes': peak_memory_bytes(),
+      'compilation_cache': str(cache) if cache else None,
   }
   if theirs is not None:
     keras_rate = images / float(np.median(their_times))

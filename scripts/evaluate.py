@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from skinjax import compilation_cache
 from skinjax import checkpoint_eval
 from skinjax import inference
 from skinjax import report
@@ -43,6 +44,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
+  compilation_cache.enable()
   try:
     if bool(_IMAGES_DIR.value) != bool(_LABELS_CSV.value):
       raise ValueError('An external set needs both --images_dir and --labels_csv.')

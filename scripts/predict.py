@@ -19,6 +19,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from skinjax import compilation_cache
 from skinjax import external
 from skinjax import gradcam
 from skinjax import inference
@@ -37,6 +38,7 @@ _JSON = flags.DEFINE_bool('json', False, 'One JSON object per line instead of te
 def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  compilation_cache.enable()
   try:
     paths = external.collect_images(argv[1:])
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)

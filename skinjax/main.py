@@ -6,13 +6,17 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from skinjax import compilation_cache
+from skinjax import distributed
 from skinjax import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
 config_flags.DEFINE_config_file('config', None, 'A config file from configs/.', lock_config=True)
 flags.DEFINE_bool('multihost', False,
-                  'Call jax.distributed.initialize() (auto-detected on SLURM, TPU pods, ...).')
+                  'Force jax.distributed.initialize() with auto-detected settings. Not needed under '
+                  'SLURM or Open MPI with more than one task, nor on multi-host TPU slices: those '
+                  'are detected.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for explicit multi-host.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes, for explicit multi-host.')
 flags.DEFINE_integer('process_id', None, 'This process index, for explicit multi-host.')
@@ -24,10 +28,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-  if FLAGS.multihost or FLAGS.coordinator_address:
-    # CPU hosts need an explicit cross-process collectives backend; GPUs and TPUs ignore this.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         force=FLAGS.multihost)
+  compilation_cache.enable()
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:

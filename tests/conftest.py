@@ -40,3 +40,13 @@ def tiny_config(**overrides):
       node = node[key]
     node[leaf] = value
   return config
+
+
+@pytest.fixture(scope='session', autouse=True)
+def isolated_compilation_cache(tmp_path_factory):
+  """The CLIs' persistent compilation cache (on by default) goes to a fresh folder per session,
+  so that tests neither read nor fill the user's ~/.cache."""
+  patch = pytest.MonkeyPatch()
+  patch.setenv('SKINJAX_COMPILATION_CACHE', str(tmp_path_factory.mktemp('jax-compilation')))
+  yield
+  patch.undo()

@@ -8,6 +8,9 @@ import sys
 import time
 
 import numpy as np
+import pytest
+
+from skinjax import distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',
@@ -99,3 +102,20 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   assert len(two) == len(one) > 3
   np.testing.assert_allclose(two[:3], one[:3], rtol=1e-5)
   assert (tmp_path / 'two' / 'report' / 'metrics.json').exists()
+
+
+@pytest.mark.parametrize('env, expected', [
+    ({}, False),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, False),  # one task: stay a single process
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}, True),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4(x2)'}, True),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+    ({'TPU_WORKER_HOSTNAMES': 'host-0'}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'host-0,host-1'}, True),
+])
+def test_multi_process_launchers_are_detected(monkeypatch, env, expected):
+  for name in ('SLURM_JOB_ID', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  assert distributed.launched_as_many_processes() is expected
