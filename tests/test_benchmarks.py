@@ -1,15 +1,18 @@
 """The benchmark scripts run and report what they promise (tiny sizes: no timing is judged here)."""
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
 
-def run_json(*args):
+def run_json(*args, env=None):
   result = subprocess.run([sys.executable, *args, '--json'], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -20,6 +23,16 @@ def test_benchmark_train_reports_rate_flops_and_mfu():
   assert result['images_per_sec'] > 0 and result['compile_s'] > 0
   assert result['flops_per_step'] > 0 and 0 < result['mfu'] < 1
   assert result['matmul_peak_flops_per_sec'] > 0
+
+
+def test_benchmark_train_counts_the_flops_of_all_devices():
+  """XLA's cost analysis of a partitioned step covers one device's share; the script scales it."""
+  args = ('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32', '--batch_size=4',
+          '--steps=1', '--rounds=1')
+  one = run_json(*args)
+  two = run_json(*args, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  assert (one['num_devices'], two['num_devices']) == (1, 2)
+  assert two['flops_per_step'] == pytest.approx(one['flops_per_step'], rel=0.05)
 
 
 def test_benchmark_input_reports_rate_and_input_wait():

@@ -100,8 +100,13 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
 
   two, one = losses(tmp_path / 'two'), losses(tmp_path / 'one')
   assert len(two) == len(one) > 3
-  np.testing.assert_allclose(two[:3], one[:3], rtol=1e-5)
-  assert (tmp_path / 'two' / 'report' / 'metrics.json').exists()
+  # Both run the same 2-way partitioned program; only the collectives differ (gloo between
+  # processes, in-process between devices), so the whole epoch agrees, not just its start.
+  np.testing.assert_allclose(two, one, rtol=1e-4)
+  final = {name: json.loads((tmp_path / name / 'report' / 'metrics.json').read_text())
+           for name in ('one', 'two')}
+  for key in ('accuracy', 'balanced_accuracy', 'macro_f1'):
+    assert final['two'][key] == pytest.approx(final['one'][key], abs=1e-6), key
 
 
 @pytest.mark.parametrize('env, expected', [
