@@ -1,22 +1,29 @@
 r"""Measures the real skinjax train step (classifier head, optimiser, donation) and, optionally, Keras.
 
   python scripts/benchmark_train.py --arch=resnet50 --image_size=224 --batch_size=16 \
-      [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] [--compare=keras] [--json]
+      [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] [--compare=keras[,keras_torch]] \
+      [--torch_python=PYTHON] [--json]
 
 It reports steady-state images/s (after a warm-up, timed with block_until_ready), trace and
 compile time (the persistent compilation cache is on, as in training; set
 SKINJAX_COMPILATION_CACHE=off for a cold compile), peak memory, FLOPs per step from XLA's cost
 analysis, and MFU against the float32 matmul peak measured in the same run. The batch is split
 over all devices as in training (virtual CPU devices:
-XLA_FLAGS=--xla_force_host_platform_device_count=8). --compare=keras builds the same architecture
-with the same head, loss (sparse cross-entropy) and Adam in Keras 3 on JAX (jit_compile=True,
-train_on_batch) and alternates timed rounds of the two, so that machine noise hits both alike; the ratio is
-skinjax images/s over Keras images/s.
+XLA_FLAGS=--xla_force_host_platform_device_count=8).
+
+--compare=keras builds the same architecture with the same head, loss (sparse cross-entropy) and
+Adam in Keras 3 on JAX (jit_compile=True, train_on_batch) in this process; keras_torch does the
+same in Keras 3 on PyTorch, in a worker process (scripts/keras_step.py) run by --torch_python, an
+interpreter with torch and keras installed. Timed rounds of all of them alternate, so that machine
+noise hits each alike; each ratio is skinjax images/s over theirs.
 """
 
 import json
 import os
+import pathlib
 import resource
+import subprocess
+import sys
 import time
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')  # Must precede any keras import.
@@ -37,17 +44,22 @@ from skinjax.data.constants import NUM_CLASSES
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
+from keras_step import KERAS_APPLICATIONS, KerasStep, synthetic_images_and_labels  # noqa: E402
+
 _ARCH = flags.DEFINE_enum('arch', 'resnet50', registry.ARCHITECTURES, 'Architecture.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Global batch size.')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (alternating with Keras).')
-_COMPARE = flags.DEFINE_enum('compare', 'none', ['none', 'keras'], 'Also time Keras 3 on JAX.')
+_COMPARE = flags.DEFINE_list(
+    'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), e.g. '
+    '--compare=keras,keras_torch.')
+_TORCH_PYTHON = flags.DEFINE_string(
+    'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
-KERAS_APPLICATIONS = {'vgg16': 'VGG16', 'xception': 'Xception', 'resnet50': 'ResNet50',
-                      **{f'efficientnetb{i}': f'EfficientNetB{i}' for i in range(8)}}
+KERAS_STEP_SCRIPT = pathlib.Path(__file__).with_name('keras_step.py')
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -69,10 +81,8 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def synthetic_batch(batch_size: int, image_size: int) -> dict:
-  rng = np.random.default_rng(0)
-  return {'image': jnp.asarray(rng.integers(0, 256, (batch_size, image_size, image_size, 3),
-                                            dtype=np.uint8)),
-          'label': jnp.asarray(rng.integers(0, NUM_CLASSES, batch_size), jnp.int32),
+  images, labels = synthetic_images_and_labels(batch_size, image_size, NUM_CLASSES)
+  return {'image': jnp.asarray(images), 'label': jnp.asarray(labels),
           'mask': jnp.ones(batch_size, jnp.float32)}
 
 
@@ -118,30 +128,33 @@ class SkinjaxStep:
     jax.block_until_ready((self.state, metrics))
 
 
-class KerasStep:
-  """The same architecture, head, loss and Adam in Keras 3 (JAX backend, jit_compile=True)."""
+class KerasWorkerStep:
+  """Keras 3 on another backend, in a worker process (scripts/keras_step.py) driven over pipes."""
 
-  def __init__(self, arch: str, batch: dict, image_size: int):
-    import keras
-    backbone = getattr(keras.applications, KERAS_APPLICATIONS[arch])(
-        weights=None, include_top=False, input_shape=(image_size, image_size, 3), pooling='avg')
-    outputs = keras.layers.Dense(NUM_CLASSES)(backbone.output)
-    self.model = keras.Model(backbone.input, outputs)
-    self.model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                       jit_compile=True)
-    module = arch if arch in ('vgg16', 'xception', 'resnet50') else 'efficientnet'
-    preprocess = getattr(keras.applications, module).preprocess_input
-    self.images = preprocess(np.asarray(batch['image'], np.float32))
-    self.labels = np.asarray(batch['label'])
-    start = time.perf_counter()
-    self.run(1)
-    self.compile_s = time.perf_counter() - start
-    self.run(1)  # warm-up
+  def __init__(self, python: str, backend: str, arch: str, image_size: int, batch_size: int):
+    command = [python, str(KERAS_STEP_SCRIPT), f'--arch={arch}', f'--image_size={image_size}',
+               f'--batch_size={batch_size}', f'--num_classes={NUM_CLASSES}']
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True,
+                                    env=dict(os.environ, KERAS_BACKEND=backend))
+    ready = self.process.stdout.readline()
+    if not ready:
+      error = self.process.stderr.read().strip().splitlines()[-1:] or ['no output']
+      raise app.UsageError(
+          f'The Keras {backend} worker ({python}) failed: {error[0]}. --torch_python must name an '
+          f'interpreter with torch and keras, e.g. a venv made with `pip install torch keras`.')
+    self.info = json.loads(ready)
+    self.compile_s = self.info['compile_s']
 
   def run(self, n: int):
-    for _ in range(n):
-      self.model.train_on_batch(self.images, self.labels)
+    self.process.stdin.write(f'{n}\n')
+    self.process.stdin.flush()
+    if self.process.stdout.readline().strip() != 'done':
+      raise RuntimeError(f'The Keras worker died: {self.process.stderr.read()[-2000:]}')
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait(timeout=60)
 
 
 def timed(step, n: int) -> float:
@@ -162,18 +175,35 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
   cache = compilation_cache.enable()  # as the trainer does; SKINJAX_COMPILATION_CACHE=off for cold
+  compared = [name for name in _COMPARE.value if name != 'none']
+  if unknown := set(compared) - {'keras', 'keras_torch'}:
+    raise app.UsageError(f'--compare: unknown {", ".join(sorted(unknown))}; use keras, keras_torch '
+                         'or both, comma-separated.')
+  if compared and _ARCH.value not in KERAS_APPLICATIONS:
+    raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare one of '
+                         f'{", ".join(KERAS_APPLICATIONS)}.')
   batch = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
-  ours = SkinjaxStep(_ARCH.value, batch, _DTYPE.value)
-  theirs = KerasStep(_ARCH.value, batch, _IMAGE_SIZE.value) if _COMPARE.value == 'keras' else None
-  our_times, their_times = [], []
-  for _ in range(_ROUNDS.value):  # alternate, so slow phases of the machine hit both
-    our_times.append(timed(ours, _STEPS.value))
-    if theirs is not None:
-      their_times.append(timed(theirs, _STEPS.value))
+  # The worker first: a --torch_python without torch fails before any long compile.
+  torch_worker = (KerasWorkerStep(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
+                                  _BATCH_SIZE.value) if 'keras_torch' in compared else None)
+  steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value)}
+  if torch_worker is not None:
+    steps_timed['keras_torch'] = torch_worker
+  if 'keras' in compared:
+    steps_timed['keras'] = KerasStep(_ARCH.value, np.asarray(batch['image']),
+                                     np.asarray(batch['label']), NUM_CLASSES, jit_compile=True)
+  round_times = {name: [] for name in steps_timed}
+  for _ in range(_ROUNDS.value):  # alternate, so slow phases of the machine hit all alike
+    for name, step in steps_timed.items():
+      round_times[name].append(timed(step, _STEPS.value))
+  if torch_worker is not None:
+    torch_worker.close()
   peak = matmul_peak_flops()
   images = _BATCH_SIZE.value * _STEPS.value
   # The median round: robust to one round that a noisy neighbour slowed down.
-  images_per_sec = images / float(np.median(our_times))
+  rates = {name: images / float(np.median(times)) for name, times in round_times.items()}
+  images_per_sec = rates['skinjax']
+  ours = steps_timed['skinjax']
   result = {
       'arch': _ARCH.value, 'image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH_SIZE.value,
       'dtype': _DTYPE.value, 'device': str(jax.devices()[0].device_kind),
@@ -185,11 +215,14 @@ def main(argv):
       'mfu': ours.flops_per_step * images_per_sec / _BATCH_SIZE.value / peak,
       'peak_memory_bytes': peak_memory_bytes(),
       'compilation_cache': str(cache) if cache else None,
+      'round_seconds': round_times,
   }
-  if theirs is not None:
-    keras_rate = images / float(np.median(their_times))
-    result.update(keras_images_per_sec=keras_rate, keras_compile_s=theirs.compile_s,
-                  speedup_vs_keras=images_per_sec / keras_rate)
+  for name in compared:
+    result.update({f'{name}_images_per_sec': rates[name],
+                   f'{name}_compile_s': steps_timed[name].compile_s,
+                   f'speedup_vs_{name}': images_per_sec / rates[name]})
+  if torch_worker is not None:
+    result['torch_version'] = torch_worker.info['backend_version']
   if _JSON.value:
     print(json.dumps(result))
     return
@@ -199,9 +232,10 @@ def main(argv):
         f"{ours.compile_s:.1f} s, "
         f"{result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s = MFU {result['mfu']:.1%} of the "
         f"measured {peak / 1e9:.0f} GFLOP/s matmul peak")
-  if theirs is not None:
-    print(f"Keras 3 (JAX): {result['keras_images_per_sec']:.2f} images/s, compile "
-          f"{theirs.compile_s:.1f} s; skinjax / Keras = {result['speedup_vs_keras']:.2f}x")
+  for name, label in (('keras', 'Keras 3 on JAX'), ('keras_torch', 'Keras 3 on PyTorch')):
+    if name in compared:
+      print(f"{label}: {rates[name]:.2f} images/s, first step {steps_timed[name].compile_s:.1f} s; "
+            f"skinjax / {label} = {result[f'speedup_vs_{name}']:.2f}x")
 
 
 if __name__ == '__main__':

@@ -41,3 +41,41 @@ def test_benchmark_input_reports_rate_and_input_wait():
                     '--with_step=small_cnn')
   assert result['images_per_sec'] > 0 and result['step_images_per_sec'] > 0
   assert 0 <= result['input_wait_fraction'] <= 1
+
+
+def run_failing(*args):
+  result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode != 0
+  return result.stderr
+
+
+def test_benchmark_train_compares_with_keras_in_alternating_rounds():
+  result = run_json('scripts/benchmark_train.py', '--arch=vgg16', '--image_size=32',
+                    '--batch_size=2', '--steps=1', '--rounds=2', '--compare=keras')
+  assert result['keras_images_per_sec'] > 0 and result['keras_compile_s'] > 0
+  assert result['speedup_vs_keras'] == pytest.approx(
+      result['images_per_sec'] / result['keras_images_per_sec'])
+  assert [len(result['round_seconds'][name]) for name in ('skinjax', 'keras')] == [2, 2]
+
+
+@pytest.mark.skipif(not os.environ.get('SKINJAX_TORCH_PYTHON'),
+                    reason='set SKINJAX_TORCH_PYTHON to an interpreter with torch and keras')
+def test_benchmark_train_compares_with_keras_on_pytorch_in_a_worker():
+  result = run_json('scripts/benchmark_train.py', '--arch=vgg16', '--image_size=32',
+                    '--batch_size=2', '--steps=1', '--rounds=2', '--compare=keras_torch',
+                    f'--torch_python={os.environ["SKINJAX_TORCH_PYTHON"]}')
+  assert result['keras_torch_images_per_sec'] > 0 and result['torch_version']
+  assert result['speedup_vs_keras_torch'] == pytest.approx(
+      result['images_per_sec'] / result['keras_torch_images_per_sec'])
+
+
+def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=small_cnn', '--compare=keras')
+  assert 'Keras Applications has no small_cnn' in stderr
+  no_torch = tmp_path / 'python'  # an interpreter that cannot import torch
+  no_torch.write_text('#!/bin/sh\necho "ModuleNotFoundError: No module named torch" >&2\nexit 1\n')
+  no_torch.chmod(0o755)
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=vgg16', '--compare=keras_torch',
+                       f'--torch_python={no_torch}')
+  assert 'No module named torch' in stderr and '--torch_python must name' in stderr
