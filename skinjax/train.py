@@ -161,7 +161,6 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   skips = progress.get('nonfinite_skips', 0)  # steps skipped for a non-finite loss (skip_nonfinite)
   step = int(state.step)
   pending = []  # device metrics not yet fetched, so the host never waits on every step
-  train_start = time.monotonic()
   while step < total_steps and not early['stopped']:
     epoch_start, epoch = time.monotonic(), step // steps_per_epoch + 1
     epoch_losses = []

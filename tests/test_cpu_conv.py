@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax import lax
 
 from skinjax.models import cpu_conv
@@ -66,3 +67,23 @@ def test_other_convolutions_are_left_to_lax():
   pointwise = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO))(lhs, _random((1, 1, 4, 6), 8))
   assert 'conv_general_dilated' not in str(pointwise) and 'dot_general' in str(pointwise)
+
+
+@pytest.mark.parametrize('window, strides, padding', [
+    ((2, 2), (2, 2), 'VALID'),  # small_cnn, VGG16
+    ((3, 3), (2, 2), 'VALID'),  # ResNet50, after its ZeroPadding
+    ((3, 3), (2, 2), 'SAME'),  # Xception
+    ((3, 3), (1, 1), 'SAME'),
+])
+def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
+  x = _random((2, 11, 10, 3), 6)  # odd sizes: SAME pads, VALID drops a border
+  cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 7)
+
+  def run(pool):
+    y, backward = jax.vjp(pool, x)
+    return y, backward(cotangent)[0]
+
+  y, grad = run(lambda x: cpu_conv.max_pool(x, window, strides, padding))
+  want_y, want_grad = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
+  np.testing.assert_array_equal(y, want_y)  # a maximum is exact
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)

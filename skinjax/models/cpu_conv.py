@@ -14,10 +14,16 @@ weights are unaffected. Other convolutions, other layouts and every non-CPU back
 TPU compiler have fast kernels for these) go to lax.conv_general_dilated unchanged.
 
 Flax's nnx.Conv takes the function as its `conv_general_dilated` argument; see layers.conv.
+
+`max_pool` does the same for max-pooling, whose gradient XLA's CPU backend computes with a slow
+select-and-scatter: as an elementwise maximum of the window's strided slices it gives the same
+values, and its gradient is 5-10x faster (small_cnn's and VGG16's 2x2 pools, ResNet50's and
+Xception's 3x3 ones).
 """
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax import lax
 
 # The layout nnx.Conv uses for 2-D inputs: NHWC activations, HWIO kernels.
@@ -56,8 +62,19 @@ def _has_fast_path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batc
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_HWIO
 
 
-def _padded(x, kernel_hw, strides, padding):
-  """The input zero-padded as the convolution would pad it ('SAME', 'VALID' or explicit pairs)."""
+def max_pool(x, window_shape, strides, padding='VALID'):
+  """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
+  if jax.default_backend() != 'cpu' or x.ndim != 4:
+    return nnx.max_pool(x, window_shape, strides=strides, padding=padding)
+  padded = _padded(x, window_shape, strides, padding, value=-jnp.inf)
+  out = None
+  for _, _, window_slice in _taps(padded, window_shape, strides):
+    out = window_slice if out is None else jnp.maximum(out, window_slice)
+  return out
+
+
+def _padded(x, kernel_hw, strides, padding, value=0.0):
+  """The input padded with `value` as the convolution would pad it ('SAME', 'VALID' or pairs)."""
   pads = padding
   if isinstance(padding, str):
     pads = lax.padtype_to_pads(x.shape[1:3], kernel_hw, strides, padding)
@@ -65,7 +82,7 @@ def _padded(x, kernel_hw, strides, padding):
     raise ValueError(f'negative convolution padding {pads} is not supported')
   if all(low == high == 0 for low, high in pads):
     return x
-  return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=jnp.asarray(value, x.dtype))
 
 
 def _taps(x, kernel_hw, strides):

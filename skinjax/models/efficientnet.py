@@ -8,7 +8,6 @@ Normalization, which Keras names automatically ('normalization', 'normalization_
 
 import math
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 

@@ -8,6 +8,7 @@ epsilon is 1.001e-5, not Keras' default 1e-3. Keras names its layers 'conv2_bloc
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
 from skinjax.models.layers import batch_norm, conv, dense, global_average_pool, zero_pad_2d
 
 RESNET_BN_EPSILON = 1.001e-5
@@ -41,7 +42,7 @@ class Stem(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = nnx.relu(self.bn(self.conv(zero_pad_2d(x, ((3, 3), (3, 3))))))
     # Zero padding (not -inf) is what Keras does; after the relu it cannot win the max anyway.
-    return nnx.max_pool(zero_pad_2d(x, ((1, 1), (1, 1))), (3, 3), strides=(2, 2))
+    return cpu_conv.max_pool(zero_pad_2d(x, ((1, 1), (1, 1))), (3, 3), strides=(2, 2))
 
 
 class Bottleneck(nnx.Module):

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
 from skinjax.models.layers import batch_norm
 
 
@@ -26,7 +27,7 @@ class ConvStage(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = nnx.relu(self.bn1(self.conv1(x)))
     x = nnx.relu(self.bn2(self.conv2(x)))
-    return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
+    return cpu_conv.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class SmallCNN(nnx.Module):

@@ -7,6 +7,7 @@ Joining a module path with '_' gives the Keras layer name: ('block1', 'conv1') -
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
 from skinjax.models.layers import conv, dense
 
 # (filters, number of 3x3 convs) per block; each block ends in a 2x2/2 max-pool.
@@ -23,7 +24,7 @@ class VGGBlock(nnx.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     for i in range(self.num_convs):
       x = nnx.relu(getattr(self, f'conv{i + 1}')(x))
-    return nnx.max_pool(x, (2, 2), strides=(2, 2))
+    return cpu_conv.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class VGG16(nnx.Module):

@@ -9,6 +9,7 @@ so the weight port matches them by their order in the file.
 import jax.numpy as jnp
 from flax import nnx
 
+from skinjax.models import cpu_conv
 from skinjax.models.layers import SeparableConv, batch_norm, conv, dense, global_average_pool
 
 # (block, input filters, filters of each separable conv); blocks 5-12 are the middle flow.
@@ -54,7 +55,7 @@ class DownsamplingBlock(nnx.Module):
     x = nnx.relu(inputs) if self.leading_relu else inputs
     x = nnx.relu(self.sepconv1_bn(self.sepconv1(x)))
     x = self.sepconv2_bn(self.sepconv2(x))
-    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding='SAME') + residual
+    return cpu_conv.max_pool(x, (3, 3), strides=(2, 2), padding='SAME') + residual
 
 
 class MiddleBlock(nnx.Module):
