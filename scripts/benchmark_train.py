@@ -2,7 +2,7 @@ r"""Measures the real skinjax train step (classifier head, optimiser, donation) 
 
   python scripts/benchmark_train.py --arch=resnet50 --image_size=224 --batch_size=16 \
       [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] [--compare=keras[,keras_torch]] \
-      [--torch_python=PYTHON] [--json]
+      [--torch_python=PYTHON] [--nodonate] [--json]
 
 It reports steady-state images/s (after a warm-up, timed with block_until_ready), trace and
 compile time (the persistent compilation cache is on, as in training; set
@@ -57,6 +57,8 @@ _COMPARE = flags.DEFINE_list(
     '--compare=keras,keras_torch.')
 _TORCH_PYTHON = flags.DEFINE_string(
     'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch.')
+_DONATE = flags.DEFINE_bool('donate', True, 'Donate the train state to the step, as the trainer '
+                            'does (--nodonate: measure what donation saves).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 KERAS_STEP_SCRIPT = pathlib.Path(__file__).with_name('keras_step.py')
@@ -89,7 +91,7 @@ def synthetic_batch(batch_size: int, image_size: int) -> dict:
 class SkinjaxStep:
   """The trainer's own jitted step (steps.make_train_step), all parameters trainable, Adam."""
 
-  def __init__(self, arch: str, batch: dict, dtype: str):
+  def __init__(self, arch: str, batch: dict, dtype: str, donate: bool = True):
     model = registry.build_classifier(arch, num_classes=NUM_CLASSES, dropout_rate=0.0,
                                       dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
     model.train()
@@ -110,7 +112,8 @@ class SkinjaxStep:
         steps.TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params)), replicated)
     self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
     start = time.perf_counter()
-    lowered = jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated)).lower(
+    lowered = jax.jit(step, donate_argnums=0 if donate else (),
+                      out_shardings=(replicated, replicated)).lower(
         self.state, self.batch)
     self.trace_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -186,7 +189,7 @@ def main(argv):
   # The worker first: a --torch_python without torch fails before any long compile.
   torch_worker = (KerasWorkerStep(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
                                   _BATCH_SIZE.value) if 'keras_torch' in compared else None)
-  steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value)}
+  steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value)}
   if torch_worker is not None:
     steps_timed['keras_torch'] = torch_worker
   if 'keras' in compared:
@@ -206,7 +209,7 @@ def main(argv):
   ours = steps_timed['skinjax']
   result = {
       'arch': _ARCH.value, 'image_size': _IMAGE_SIZE.value, 'batch_size': _BATCH_SIZE.value,
-      'dtype': _DTYPE.value, 'device': str(jax.devices()[0].device_kind),
+      'dtype': _DTYPE.value, 'donate': _DONATE.value, 'device': str(jax.devices()[0].device_kind),
       'num_devices': jax.device_count(),
       'images_per_sec': images_per_sec, 'trace_s': ours.trace_s, 'compile_s': ours.compile_s,
       'flops_per_step': ours.flops_per_step,
