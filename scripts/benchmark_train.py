@@ -24,6 +24,7 @@ import pathlib
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')  # Must precede any keras import.
@@ -137,12 +138,14 @@ class KerasWorkerStep:
   def __init__(self, python: str, backend: str, arch: str, image_size: int, batch_size: int):
     command = [python, str(KERAS_STEP_SCRIPT), f'--arch={arch}', f'--image_size={image_size}',
                f'--batch_size={batch_size}', f'--num_classes={NUM_CLASSES}']
+    # stderr to a file, not a pipe: a chatty worker would block on a full pipe nobody reads.
+    self.stderr = tempfile.TemporaryFile('w+')
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True,
+                                    stderr=self.stderr, text=True,
                                     env=dict(os.environ, KERAS_BACKEND=backend))
     ready = self.process.stdout.readline()
     if not ready:
-      error = self.process.stderr.read().strip().splitlines()[-1:] or ['no output']
+      error = self._stderr_tail().splitlines()[-1:] or ['no output']
       raise app.UsageError(
           f'The Keras {backend} worker ({python}) failed: {error[0]}. --torch_python must name an '
           f'interpreter with torch and keras, e.g. a venv made with `pip install torch keras`.')
@@ -153,7 +156,12 @@ class KerasWorkerStep:
     self.process.stdin.write(f'{n}\n')
     self.process.stdin.flush()
     if self.process.stdout.readline().strip() != 'done':
-      raise RuntimeError(f'The Keras worker died: {self.process.stderr.read()[-2000:]}')
+      raise RuntimeError(f'The Keras worker died: {self._stderr_tail()}')
+
+  def _stderr_tail(self) -> str:
+    self.process.wait(timeout=60)
+    self.stderr.seek(0)
+    return self.stderr.read()[-2000:].strip()
 
   def close(self):
     self.process.stdin.close()
