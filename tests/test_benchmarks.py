@@ -23,6 +23,7 @@ def test_benchmark_train_reports_rate_flops_and_mfu():
   assert result['images_per_sec'] > 0 and result['compile_s'] > 0
   assert result['flops_per_step'] > 0 and 0 < result['mfu'] < 1
   assert result['matmul_peak_flops_per_sec'] > 0
+  assert result['donate'] is True  # as in training; --nodonate measures what it saves
 
 
 def test_benchmark_train_counts_the_flops_of_all_devices():

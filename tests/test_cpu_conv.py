@@ -87,3 +87,19 @@ def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
   want_y, want_grad = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
   np.testing.assert_array_equal(y, want_y)  # a maximum is exact
   np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('window, strides, padding', [((2, 2), (2, 2), 'VALID'),
+                                                      ((3, 3), (2, 2), 'SAME')])
+def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, strides, padding):
+  """After a ReLU whole windows tie; the gradient must go to one pixel, not split or vanish."""
+  x = jnp.asarray(np.random.default_rng(8).integers(0, 3, (2, 8, 8, 3)), jnp.float32)
+  cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 9)
+
+  def grad(pool):
+    return jax.vjp(pool, x)[1](cotangent)[0]
+
+  ours = grad(lambda x: cpu_conv.max_pool(x, window, strides, padding))
+  flax_grad = grad(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
+  np.testing.assert_allclose(jnp.sum(ours), jnp.sum(cotangent), rtol=1e-5)  # nothing lost
+  np.testing.assert_allclose(ours, flax_grad, rtol=1e-6, atol=1e-6)

@@ -21,6 +21,8 @@ values, and its gradient is 5-10x faster (small_cnn's and VGG16's 2x2 pools, Res
 Xception's 3x3 ones).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -66,11 +68,41 @@ def max_pool(x, window_shape, strides, padding='VALID'):
   """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
   if jax.default_backend() != 'cpu' or x.ndim != 4:
     return nnx.max_pool(x, window_shape, strides=strides, padding=padding)
+  return _cpu_max_pool(x, tuple(window_shape), tuple(strides), padding)
+
+
+def _windows(x, window_shape, strides, padding):
+  """(window positions, N, out_h, out_w, C): every pixel each output's window covers."""
   padded = _padded(x, window_shape, strides, padding, value=-jnp.inf)
-  out = None
-  for _, _, window_slice in _taps(padded, window_shape, strides):
-    out = window_slice if out is None else jnp.maximum(out, window_slice)
-  return out
+  return jnp.stack([window_slice for _, _, window_slice in _taps(padded, window_shape, strides)])
+
+
+# A custom gradient, because differentiating the maximum itself is fragile: JAX's rule compares
+# each input with the maximum, and XLA may recompute either side in different fusions with
+# different rounding, so a window's gradient could land nowhere or twice, and differently for
+# each partitioning of the batch. Instead the forward pass records which position won, and the
+# backward pass routes the whole gradient there: the first maximum, as XLA's select-and-scatter.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _cpu_max_pool(x, window_shape, strides, padding):
+  return jnp.max(_windows(x, window_shape, strides, padding), axis=0)
+
+
+def _cpu_max_pool_forward(x, window_shape, strides, padding):
+  windows = _windows(x, window_shape, strides, padding)
+  winner = jnp.argmax(windows, axis=0)
+  return jnp.take_along_axis(windows, winner[None], axis=0)[0], (x, winner)
+
+
+def _cpu_max_pool_backward(window_shape, strides, padding, residuals, grad):
+  x, winner = residuals
+  positions = jnp.arange(window_shape[0] * window_shape[1]).reshape(-1, 1, 1, 1, 1)
+  per_window = jnp.where(positions == winner[None], grad[None], jnp.zeros((), grad.dtype))
+  # _windows is linear in x (pads and slices), so its transpose scatters the gradients back.
+  _, scatter = jax.vjp(lambda x: _windows(x, window_shape, strides, padding), x)
+  return scatter(per_window)
+
+
+_cpu_max_pool.defvjp(_cpu_max_pool_forward, _cpu_max_pool_backward)
 
 
 def _padded(x, kernel_hw, strides, padding, value=0.0):
