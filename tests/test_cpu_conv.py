@@ -74,6 +74,7 @@ def test_other_convolutions_are_left_to_lax():
     ((3, 3), (2, 2), 'VALID'),  # ResNet50, after its ZeroPadding
     ((3, 3), (2, 2), 'SAME'),  # Xception
     ((3, 3), (1, 1), 'SAME'),
+    ((3, 3), (2, 2), [(1, 1), (1, 1)]),  # explicit pads, as a list
 ])
 def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
   x = _random((2, 11, 10, 3), 6)  # odd sizes: SAME pads, VALID drops a border

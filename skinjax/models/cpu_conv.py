@@ -68,7 +68,9 @@ def max_pool(x, window_shape, strides, padding='VALID'):
   """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
   if jax.default_backend() != 'cpu' or x.ndim != 4:
     return nnx.max_pool(x, window_shape, strides=strides, padding=padding)
-  return _cpu_max_pool(x, tuple(window_shape), tuple(strides), padding)
+  # Static arguments of the custom gradient must be hashable: explicit pads become tuples.
+  pads = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+  return _cpu_max_pool(x, tuple(window_shape), tuple(strides), pads)
 
 
 def _windows(x, window_shape, strides, padding):
