@@ -79,11 +79,12 @@ def _windows(x, window_shape, strides, padding):
   return jnp.stack([window_slice for _, _, window_slice in _taps(padded, window_shape, strides)])
 
 
-# A custom gradient, because differentiating the maximum itself is fragile: JAX's rule compares
-# each input with the maximum, and XLA may recompute either side in different fusions with
-# different rounding, so a window's gradient could land nowhere or twice, and differently for
-# each partitioning of the batch. Instead the forward pass records which position won, and the
-# backward pass routes the whole gradient there: the first maximum, as XLA's select-and-scatter.
+# A custom gradient, because differentiating the maximum itself proved fragile: JAX's rule
+# compares each input with the maximum, and in a whole train step that gradient changed with the
+# compilation (1- and 8-device steps differed by up to 78% of an update), presumably as XLA
+# recomputed the compared values in other fusions with other rounding. Instead the forward pass
+# records which position won, and the backward pass routes the whole gradient there: the first
+# maximum, as XLA's select-and-scatter does.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _cpu_max_pool(x, window_shape, strides, padding):
   return jnp.max(_windows(x, window_shape, strides, padding), axis=0)
@@ -99,7 +100,7 @@ def _cpu_max_pool_backward(window_shape, strides, padding, residuals, grad):
   x, winner = residuals
   positions = jnp.arange(window_shape[0] * window_shape[1]).reshape(-1, 1, 1, 1, 1)
   per_window = jnp.where(positions == winner[None], grad[None], jnp.zeros((), grad.dtype))
-  # _windows is linear in x (pads and slices), so its transpose scatters the gradients back.
+  # _windows only pads and slices x, so its vjp scatters each window's gradient back in place.
   _, scatter = jax.vjp(lambda x: _windows(x, window_shape, strides, padding), x)
   return scatter(per_window)
 
