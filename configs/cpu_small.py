@@ -19,8 +19,8 @@ split (see the ablation below).
 Figures (2-core CPU, HAM10000 at 200x150, best checkpoint = epoch 19 of 20 by validation
 balanced accuracy 0.635; test split 2,003 images; 95% CIs: 1000 bootstrap resamples by lesion,
 from scripts/evaluate.py). Caveat: these runs trained with the first version of the CPU max-pool
-fast path, whose gradient could lose or double a window's gradient when XLA recomputed its inputs
-with other rounding; the current one sends it to the first maximum, as XLA's own pool does. The
+fast path, whose gradient changed with the compilation (1- and 8-device steps differed); the
+current one sends each window's gradient to its first maximum, as XLA's own pool does. The
 recipe has not been re-run with it yet (README, Performance).
 
   split                    bal. acc.            macro-F1             mel. recall          macro AUC  acc.
