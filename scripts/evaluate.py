@@ -5,8 +5,9 @@ r"""Evaluates a trained run's checkpoint: its own test split, another split or a
 
 The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
 and --labels_csv it evaluates an external labelled set instead of a split; the CSV is either
-HAM10000-style (image_id,dx[,lesion_id]) or the ISIC 2018 Task 3 ground truth
-(image,MEL,NV,BCC,AKIEC,BKL,DF,VASC). It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or
+HAM10000-style (image_id,dx[,lesion_id]), the ISIC 2018 Task 3 ground truth
+(image,MEL,NV,BCC,AKIEC,BKL,DF,VASC) or the ISIC 2019 one (image,MEL,NV,BCC,AK,...,SCC,UNK, with
+no SCC or UNK rows). It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or
 --out): the training report's files plus roc.png, reliability.png, ECE and 95% bootstrap
 intervals in metrics.json, and predictions_isic.csv for the ISIC challenge scorer.
 """
@@ -30,7 +31,7 @@ _SPLIT = flags.DEFINE_enum('split', 'test', checkpoint_eval.SPLITS,
                            "Which split of the run's own dataset to evaluate.")
 _IMAGES_DIR = flags.DEFINE_string('images_dir', None, 'Folder of an external labelled test set.')
 _LABELS_CSV = flags.DEFINE_string('labels_csv', None,
-                                  'Its labels: image_id,dx[,lesion_id] or the ISIC 2018 ground truth.')
+                                  'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019 ground truth.')
 _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
                          'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<checkpoint>.')

@@ -1,8 +1,10 @@
 """Images from outside the prepared dataset: an external labelled test set, or files to predict.
 
-Labels come from one of two CSV formats:
+Labels come from one of three CSV formats:
   HAM10000 metadata style  image_id,dx[,lesion_id,...]   (dx in akiec, bcc, bkl, df, mel, nv, vasc)
   ISIC 2018 Task 3 truth   image,MEL,NV,BCC,AKIEC,BKL,DF,VASC   (one-hot floats)
+  ISIC 2019 truth          image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK   (one-hot; AK is akiec, and
+                           SCC/UNK rows, which have no HAM10000 class, must be dropped first)
 Images are found by id in a folder (and its subfolders) as <id>.jpg, .jpeg or .png, any size: the
 evaluation pipeline resizes them exactly as it does the run's own evaluation images.
 """
@@ -14,11 +16,13 @@ import pathlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS
+from skinjax.data.constants import (CLASS_NAMES, ISIC2018_COLUMNS, ISIC2019_COLUMNS,
+                                    ISIC2019_TO_CLASS)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
-_FORMATS_HELP = ('image_id,dx[,lesion_id] (HAM10000 metadata) or '
-                 f'image,{",".join(ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth)')
+_FORMATS_HELP = ('image_id,dx[,lesion_id] (HAM10000 metadata), '
+                 f'image,{",".join(ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth) or '
+                 f'image,{",".join(ISIC2019_COLUMNS)} (ISIC 2019 ground truth)')
 
 
 class ExternalDataError(ValueError):
@@ -45,7 +49,7 @@ class LabelledImages:
   image_ids: np.ndarray
   labels: np.ndarray
   lesion_ids: np.ndarray | None  # known for HAM10000-style CSVs with a lesion_id column
-  csv_format: str  # 'ham10000' or 'isic2018'
+  csv_format: str  # 'ham10000', 'isic2018' or 'isic2019'
 
 
 def read_labels(csv_path) -> LabelledImages:
@@ -65,7 +69,11 @@ def read_labels(csv_path) -> LabelledImages:
   if {'image_id', 'dx'} <= columns:
     labelled = _ham10000_labels(rows, columns, csv_path)
   elif {'image', *ISIC2018_COLUMNS} <= columns:
-    labelled = _isic2018_labels(rows, csv_path)
+    labelled = _one_hot_labels(rows, {c: c.lower() for c in ISIC2018_COLUMNS}, 'isic2018',
+                               csv_path)
+  elif {'image', *ISIC2019_COLUMNS} <= columns:
+    labelled = _one_hot_labels(rows, ISIC2019_TO_CLASS, 'isic2019', csv_path,
+                               extra_columns=ISIC2019_COLUMNS[len(ISIC2019_TO_CLASS):])
   else:
     raise ExternalDataError(f'--labels_csv {csv_path} has columns {sorted(columns)}; expected '
                             f'{_FORMATS_HELP}.')
@@ -97,22 +105,35 @@ def _ham10000_labels(rows, columns, csv_path) -> LabelledImages:
                         'ham10000')
 
 
-def _isic2018_labels(rows, csv_path) -> LabelledImages:
-  labels = []
+def _one_hot_labels(rows, column_to_class, csv_format, csv_path,
+                    extra_columns=()) -> LabelledImages:
+  """ISIC-style one-hot ground truth; `extra_columns` are classes outside HAM10000's seven."""
+  columns = (*column_to_class, *extra_columns)
+  labels, outside = [], []
   for row in rows:
     try:
-      one_hot = np.array([float(row[c]) for c in ISIC2018_COLUMNS])
+      one_hot = np.array([float(row[c]) for c in columns])
     except ValueError:
       raise ExternalDataError(f'--labels_csv {csv_path}: the row of {row["image"]} has a value '
-                              'that is not a number; ISIC 2018 ground truth holds 0.0 or 1.0 '
+                              'that is not a number; ISIC ground truth holds 0.0 or 1.0 '
                               'in every class column.') from None
     if not (np.isin(one_hot, (0.0, 1.0)).all() and one_hot.sum() == 1.0):
       raise ExternalDataError(f'--labels_csv {csv_path}: the row of {row["image"]} is not one-hot '
-                              f'({", ".join(row[c] for c in ISIC2018_COLUMNS)}); give each image '
+                              f'({", ".join(row[c] for c in columns)}); give each image '
                               'exactly one 1.0.')
-    labels.append(CLASS_NAMES.index(ISIC2018_COLUMNS[int(one_hot.argmax())].lower()))
+    column = columns[int(one_hot.argmax())]
+    if column in extra_columns:
+      outside.append(f'{row["image"]} ({column})')
+    else:
+      labels.append(CLASS_NAMES.index(column_to_class[column]))
+  if outside:
+    # Refused rather than skipped: silently scoring a subset would misstate the set's size.
+    raise ExternalDataError(
+        f'--labels_csv {csv_path}: {len(outside)} images are labelled with a class that '
+        f'HAM10000 lacks, which the model cannot predict: {", ".join(outside[:3])}. Drop the '
+        f'rows with a 1.0 in {"/".join(extra_columns)} and evaluate the rest.')
   return LabelledImages(np.array([_strip_suffix(row['image']) for row in rows]),
-                        np.array(labels, np.int64), None, 'isic2018')
+                        np.array(labels, np.int64), None, csv_format)
 
 
 def find_images(images_dir, image_ids) -> list[pathlib.Path]:

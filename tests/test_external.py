@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from skinjax import external
-from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS
+from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS, ISIC2019_COLUMNS
 
 
 def write_jpegs(folder, names, seed=0):
@@ -52,6 +52,28 @@ def test_isic2018_csv_maps_columns_by_name(tmp_path):
   assert [CLASS_NAMES[label] for label in labelled.labels] == DX
 
 
+def test_isic2019_csv_maps_ak_to_akiec(tmp_path):
+  # The ISIC 2019 ground truth, column order and float spelling as published.
+  isic2019_dx = ['AK', 'BCC', 'BKL', 'DF', 'MEL', 'NV', 'VASC']
+  lines = ['image,' + ','.join(ISIC2019_COLUMNS)]
+  for image_id, d in zip(IDS, isic2019_dx):
+    lines.append(image_id + ',' + ','.join('1.0' if c == d else '0.0' for c in ISIC2019_COLUMNS))
+  (tmp_path / 'gt.csv').write_text('\n'.join(lines) + '\n')
+  labelled = external.read_labels(tmp_path / 'gt.csv')
+  assert labelled.csv_format == 'isic2019' and labelled.lesion_ids is None
+  assert list(labelled.image_ids) == IDS
+  assert [CLASS_NAMES[label] for label in labelled.labels] == DX
+
+
+def test_isic2019_classes_outside_ham10000_are_refused_by_name(tmp_path):
+  header = 'image,' + ','.join(ISIC2019_COLUMNS)
+  (tmp_path / 'gt.csv').write_text(f'{header}\nISIC_1,1,0,0,0,0,0,0,0,0\n'
+                                   f'ISIC_2,0,0,0,0,0,0,0,1,0\nISIC_3,0,0,0,0,0,0,0,0,1\n')
+  with pytest.raises(external.ExternalDataError,
+                     match=r'2 images .* ISIC_2 \(SCC\), ISIC_3 \(UNK\)\. Drop the rows'):
+    external.read_labels(tmp_path / 'gt.csv')
+
+
 def test_image_ids_with_a_suffix_and_images_in_subfolders(tmp_path):
   write_jpegs(tmp_path / 'images' / 'part_1', IDS[:3])
   write_jpegs(tmp_path / 'images' / 'part_2', IDS[3:])
@@ -63,7 +85,7 @@ def test_image_ids_with_a_suffix_and_images_in_subfolders(tmp_path):
 
 @pytest.mark.parametrize('content, message', [
     ('image_id,dx\nISIC_1,melanoma\nISIC_2,nv\n', "outside the 7 HAM10000 classes: 'melanoma'"),
-    ('name,label\na,mel\n', 'expected image_id,dx'),
+    ('name,label\na,mel\n', 'expected image_id,dx.*ISIC 2019'),
     ('image_id,dx\n', 'has no rows'),
     ('image_id,dx\nISIC_1,mel\nISIC_1,nv\n', 'more than once: ISIC_1'),
     ('image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_1,0.5,0.5,0,0,0,0,0\n', 'not one-hot'),

@@ -7,6 +7,11 @@ MELANOMA = 'mel'
 
 # The ISIC 2018 Task 3 column order (ground truth and submissions); map to CLASS_NAMES by name.
 ISIC2018_COLUMNS = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL', 'DF', 'VASC')
+# ISIC 2019 ground truth: AK is HAM10000's akiec; SCC (invasive squamous cell carcinoma) and UNK
+# have no HAM10000 class, so a model trained on it cannot be scored on them.
+ISIC2019_COLUMNS = ('MEL', 'NV', 'BCC', 'AK', 'BKL', 'DF', 'VASC', 'SCC', 'UNK')
+ISIC2019_TO_CLASS = {'MEL': 'mel', 'NV': 'nv', 'BCC': 'bcc', 'AK': 'akiec', 'BKL': 'bkl',
+                     'DF': 'df', 'VASC': 'vasc'}
 
 METADATA_COLUMNS = ('lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex', 'localization')
 
