@@ -30,8 +30,8 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step 
 _SPLIT = flags.DEFINE_enum('split', 'test', checkpoint_eval.SPLITS,
                            "Which split of the run's own dataset to evaluate.")
 _IMAGES_DIR = flags.DEFINE_string('images_dir', None, 'Folder of an external labelled test set.')
-_LABELS_CSV = flags.DEFINE_string('labels_csv', None,
-                                  'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019 ground truth.')
+_LABELS_CSV = flags.DEFINE_string(
+    'labels_csv', None, 'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019 ground truth.')
 _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
                          'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<checkpoint>.')
