@@ -73,7 +73,8 @@ def read_labels(csv_path) -> LabelledImages:
                                csv_path)
   elif {'image', *ISIC2019_COLUMNS} <= columns:
     labelled = _one_hot_labels(rows, ISIC2019_TO_CLASS, 'isic2019', csv_path,
-                               extra_columns=ISIC2019_COLUMNS[len(ISIC2019_TO_CLASS):])
+                               extra_columns=tuple(c for c in ISIC2019_COLUMNS
+                                                   if c not in ISIC2019_TO_CLASS))
   else:
     raise ExternalDataError(f'--labels_csv {csv_path} has columns {sorted(columns)}; expected '
                             f'{_FORMATS_HELP}.')
