@@ -69,12 +69,10 @@ def read_labels(csv_path) -> LabelledImages:
   if {'image_id', 'dx'} <= columns:
     labelled = _ham10000_labels(rows, columns, csv_path)
   elif {'image', *ISIC2018_COLUMNS} <= columns:
-    labelled = _one_hot_labels(rows, {c: c.lower() for c in ISIC2018_COLUMNS}, 'isic2018',
-                               csv_path)
+    labelled = _one_hot_labels(rows, ISIC2018_COLUMNS, {c: c.lower() for c in ISIC2018_COLUMNS},
+                               'isic2018', csv_path)
   elif {'image', *ISIC2019_COLUMNS} <= columns:
-    labelled = _one_hot_labels(rows, ISIC2019_TO_CLASS, 'isic2019', csv_path,
-                               extra_columns=tuple(c for c in ISIC2019_COLUMNS
-                                                   if c not in ISIC2019_TO_CLASS))
+    labelled = _one_hot_labels(rows, ISIC2019_COLUMNS, ISIC2019_TO_CLASS, 'isic2019', csv_path)
   else:
     raise ExternalDataError(f'--labels_csv {csv_path} has columns {sorted(columns)}; expected '
                             f'{_FORMATS_HELP}.')
@@ -106,10 +104,9 @@ def _ham10000_labels(rows, columns, csv_path) -> LabelledImages:
                         'ham10000')
 
 
-def _one_hot_labels(rows, column_to_class, csv_format, csv_path,
-                    extra_columns=()) -> LabelledImages:
-  """ISIC-style one-hot ground truth; `extra_columns` are classes outside HAM10000's seven."""
-  columns = (*column_to_class, *extra_columns)
+def _one_hot_labels(rows, columns, column_to_class, csv_format, csv_path) -> LabelledImages:
+  """ISIC-style one-hot ground truth; columns missing from `column_to_class` lack a HAM class."""
+  extra_columns = [c for c in columns if c not in column_to_class]
   labels, outside = [], []
   for row in rows:
     try:
