@@ -10,6 +10,11 @@ HAM10000-style (image_id,dx[,lesion_id]), the ISIC 2018 Task 3 ground truth
 no SCC or UNK rows). It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or
 --out): the training report's files plus roc.png, reliability.png, ECE and 95% bootstrap
 intervals in metrics.json, and predictions_isic.csv for the ISIC challenge scorer.
+
+For an ISIC ground truth it also reports the official score, as isic-challenge-scoring computes
+it from that predictions_isic.csv: rows weighted by the truth's score_weight column, and
+ISIC_0035068 (a duplicate in the ISIC 2018 test set) given weight 0. Rows of weight 0 are named
+and left out of every metric; their predictions are still written.
 """
 
 import pathlib

@@ -28,6 +28,9 @@ class EvalData:
   image_ids: np.ndarray
   lesion_ids: np.ndarray | None
   description: dict  # recorded in metrics.json
+  # For ISIC ground truths: the official scorer's row weights; rows of weight 0 are left out of
+  # the metrics (but keep their predictions) and named in the report.
+  score_weights: np.ndarray | None = None
 
 
 def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None) -> EvalData:
@@ -52,7 +55,8 @@ def external_set(images_dir, labels_csv) -> EvalData:
                   external.ImageFiles(paths, labelled.labels), np.arange(len(paths)),
                   labelled.labels, labelled.image_ids, labelled.lesion_ids,
                   {'split': 'external', 'images_dir': str(images_dir),
-                   'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format})
+                   'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format},
+                  labelled.score_weights)
 
 
 def default_out_dir(run: inference.LoadedRun, data: EvalData, tta_mode: str) -> pathlib.Path:
@@ -70,4 +74,5 @@ def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathl
            'num_params': run.num_params, 'image_size': config.data.image_size,
            'checkpoint': run.checkpoint, 'step': run.step, 'tta': tta_mode, **data.description}
   return report.write_report(pathlib.Path(out_dir), data.labels, probs, data.image_ids,
-                             extra=extra, lesion_ids=data.lesion_ids, bootstrap_seed=bootstrap_seed)
+                             extra=extra, lesion_ids=data.lesion_ids, bootstrap_seed=bootstrap_seed,
+                             score_weights=data.score_weights)

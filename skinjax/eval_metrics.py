@@ -5,7 +5,10 @@ bars; comparing backbones without them over-reads differences of a point or two.
 lesion are not independent, so when lesion ids are known whole lesions are resampled.
 """
 
+import warnings
+
 import numpy as np
+from sklearn import metrics as skm
 
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
@@ -91,3 +94,23 @@ def bootstrap_intervals(labels: np.ndarray, preds: np.ndarray, num_classes: int,
     intervals[name] = (None if finite.size == 0
                        else [float(v) for v in np.percentile(finite, [tail, 100 - tail])])
   return {'level': level, 'resamples': num_resamples, 'seed': seed, 'unit': unit, **intervals}
+
+
+def isic_balanced_accuracy(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+  """The ISIC 2018 Task 3 score as isic-challenge-scoring 5.6 computes it.
+
+  Its metrics.balanced_multiclass_accuracy: the mean over the classes with weight in the ground
+  truth of (weighted true positives) / (weighted support), the weights being the ground truth's
+  score_weight. It labels a prediction by its highest probability but calls a row whose highest
+  value is shared by two classes 'undecided', which counts as wrong; here such a row gets the
+  class -1. Pass `probs` as the submission file holds them (report.isic_probabilities), since
+  rounding can make or break a tie.
+  """
+  probs = np.asarray(probs)
+  tied = (probs == probs.max(-1, keepdims=True)).sum(-1) > 1
+  preds = np.where(tied, -1, probs.argmax(-1))
+  with warnings.catch_warnings():
+    # Expected here: -1, and classes present only in rows of weight 0, have no support and are
+    # left out of the mean, as the scorer leaves out their NaN.
+    warnings.filterwarnings('ignore', message='y_pred contains classes not in y_true')
+    return float(skm.balanced_accuracy_score(labels, preds, sample_weight=weights))

@@ -7,6 +7,10 @@ Labels come from one of three CSV formats:
                            SCC/UNK rows, which have no HAM10000 class, must be dropped first)
 Images are found by id in a folder (and its subfolders) as <id>.jpg, .jpeg or .png, any size: the
 evaluation pipeline resizes them exactly as it does the run's own evaluation images.
+
+The ISIC ground truths also carry the rows' weights as the official scorer, isic-challenge-scoring,
+reads them (its load_csv.parse_truth_csv): an optional score_weight column (1.0 when absent), and
+weight 0 for ISIC_0035068 whatever the file says.
 """
 
 import csv
@@ -14,12 +18,16 @@ import dataclasses
 import pathlib
 
 import numpy as np
+from absl import logging
 from PIL import Image, UnidentifiedImageError
 
 from skinjax.data.constants import (CLASS_NAMES, ISIC2018_COLUMNS, ISIC2019_COLUMNS,
                                     ISIC2019_TO_CLASS)
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+# isic-challenge-scoring sets this image's weight to 0 in every ground truth it reads: a duplicate
+# within the ISIC 2018 Task 3 test set.
+ISIC_SCORER_EXCLUDED = ('ISIC_0035068',)
 _FORMATS_HELP = ('image_id,dx[,lesion_id] (HAM10000 metadata), '
                  f'image,{",".join(ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth) or '
                  f'image,{",".join(ISIC2019_COLUMNS)} (ISIC 2019 ground truth)')
@@ -50,6 +58,8 @@ class LabelledImages:
   labels: np.ndarray
   lesion_ids: np.ndarray | None  # known for HAM10000-style CSVs with a lesion_id column
   csv_format: str  # 'ham10000', 'isic2018' or 'isic2019'
+  # ISIC ground truths only: 1.0 for a scored row, 0.0 for one the official scorer leaves out.
+  score_weights: np.ndarray | None = None
 
 
 def read_labels(csv_path) -> LabelledImages:
@@ -107,8 +117,9 @@ def _ham10000_labels(rows, columns, csv_path) -> LabelledImages:
 def _one_hot_labels(rows, columns, column_to_class, csv_format, csv_path) -> LabelledImages:
   """ISIC-style one-hot ground truth; columns missing from `column_to_class` lack a HAM class."""
   extra_columns = [c for c in columns if c not in column_to_class]
-  labels, outside = [], []
+  labels, outside, weights = [], [], []
   for row in rows:
+    weights.append(_score_weight(row, csv_path))
     try:
       one_hot = np.array([float(row[c]) for c in columns])
     except ValueError:
@@ -130,8 +141,33 @@ def _one_hot_labels(rows, columns, column_to_class, csv_format, csv_path) -> Lab
         f'--labels_csv {csv_path}: {len(outside)} images are labelled with a class that '
         f'HAM10000 lacks, which the model cannot predict: {", ".join(outside[:3])}. Drop the '
         f'rows with a 1.0 in {"/".join(extra_columns)} and evaluate the rest.')
-  return LabelledImages(np.array([_strip_suffix(row['image']) for row in rows]),
-                        np.array(labels, np.int64), None, csv_format)
+  image_ids = np.array([_strip_suffix(row['image']) for row in rows])
+  weights = np.where(np.isin(image_ids, ISIC_SCORER_EXCLUDED), 0.0, np.array(weights))
+  if not weights.any():
+    raise ExternalDataError(f'--labels_csv {csv_path}: every row has score_weight 0, so nothing '
+                            'would be scored; give the rows to score weight 1.')
+  if not weights.all() and list(image_ids) != sorted(image_ids):
+    # isic-challenge-scoring 5.6 sorts the truth's rows by image but not its weights
+    # (ClassificationScore.from_stream), so on such a file it scores with misplaced weights.
+    logging.warning('--labels_csv %s is not sorted by image and leaves rows out: the official '
+                    'scorer would weight the wrong rows and give another figure; sort the file '
+                    'by image to compare with it.', csv_path)
+  return LabelledImages(image_ids, np.array(labels, np.int64), None, csv_format, weights)
+
+
+def _score_weight(row, csv_path) -> float:
+  """The row's score_weight (1.0 without the column), which must say in (1) or out (0)."""
+  value = row.get('score_weight', '1')
+  try:
+    weight = float(value)
+  except ValueError:
+    weight = None
+  if weight not in (0.0, 1.0):
+    # The official scorer would weight a row by any number, but every ISIC ground truth uses 0
+    # or 1, and a report of fractional weights would need every other metric reweighted too.
+    raise ExternalDataError(f'--labels_csv {csv_path}: the score_weight of {row["image"]} is '
+                            f'{value!r}; use 1 to score the row or 0 to leave it out.')
+  return weight
 
 
 def find_images(images_dir, image_ids) -> list[pathlib.Path]:

@@ -70,18 +70,48 @@ def format_summary(m: dict) -> str:
   return '\n'.join(lines)
 
 
+def format_isic_challenge(score: dict) -> str:
+  """The official scorer's figure and the rows it leaves out, by name (classification_report.txt,
+  which scripts/evaluate.py prints)."""
+  excluded = score['excluded_images']
+  left_out = (f"left out (weight 0): {', '.join(excluded)}" if excluded
+              else 'no rows left out')
+  return (f"isic-challenge-scoring balanced accuracy {score['balanced_accuracy']:.5f} on "
+          f"{score['num_scored']} of {score['num_scored'] + len(excluded)} images; {left_out}")
+
+
 def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, image_ids,
                  class_names=CLASS_NAMES, extra: dict | None = None, lesion_ids=None,
                  bootstrap_seed: int = 0,
-                 bootstrap_resamples: int = eval_metrics.BOOTSTRAP_RESAMPLES) -> dict:
+                 bootstrap_resamples: int = eval_metrics.BOOTSTRAP_RESAMPLES,
+                 score_weights=None) -> dict:
   """Writes the report files and returns the metrics.json content.
 
   classification_report.txt, metrics.json (with ECE and 95% bootstrap CIs, resampled by lesion
   when `lesion_ids` are given), confusion_matrix.png, roc.png, reliability.png, predictions.csv
   and predictions_isic.csv (the ISIC 2018 Task 3 submission format).
+
+  `score_weights` (an ISIC ground truth's, 0 or 1 per row) add `isic_challenge` to metrics.json:
+  the official scorer's balanced accuracy and the images of weight 0. Those rows are left out of
+  every metric and plot, as the scorer leaves them out, and keep their rows in the predictions.
   """
   out_dir.mkdir(parents=True, exist_ok=True)
-  labels = np.asarray(labels)
+  labels, probs = np.asarray(labels), np.asarray(probs)
+  all_ids, all_labels, all_probs, all_lesion_ids = image_ids, labels, probs, lesion_ids
+  isic_challenge = None
+  if score_weights is not None:
+    score_weights = np.asarray(score_weights, np.float64)
+    scored = score_weights > 0
+    isic_challenge = {
+        'balanced_accuracy': eval_metrics.isic_balanced_accuracy(
+            labels, isic_probabilities(probs), score_weights),
+        'num_scored': int(scored.sum()),
+        'excluded_images': [str(i) for i in np.asarray(image_ids)[~scored]],
+        'rules': 'isic-challenge-scoring 5.6: score_weight column, ISIC_0035068 weight 0, '
+                 'a tie for the highest probability in predictions_isic.csv counts as wrong',
+    }
+    labels, probs = labels[scored], probs[scored]
+    lesion_ids = None if lesion_ids is None else np.asarray(lesion_ids)[scored]
   metrics = compute_metrics(labels, probs, class_names)
   preds = probs.argmax(-1)
   metrics['ece'] = eval_metrics.expected_calibration_error(labels, probs)
@@ -90,30 +120,43 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
     metrics['ci'] = eval_metrics.bootstrap_intervals(
         labels, preds, len(class_names), list(class_names).index(MELANOMA), lesion_ids,
         num_resamples=bootstrap_resamples, seed=bootstrap_seed)
+  if isic_challenge is not None:
+    metrics['isic_challenge'] = isic_challenge
   metrics.update(extra or {})
   classes = list(range(len(class_names)))
   table = skm.classification_report(labels, preds, labels=classes, target_names=list(class_names),
                                     digits=4, zero_division=0)
+  official = '' if isic_challenge is None else format_isic_challenge(isic_challenge) + '\n'
   (out_dir / 'classification_report.txt').write_text(
-      table + f"\nbalanced accuracy {metrics['balanced_accuracy']:.4f}\n")
+      table + f"\nbalanced accuracy {metrics['balanced_accuracy']:.4f}\n" + official)
   (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
   plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=classes), class_names,
                         out_dir / 'confusion_matrix.png')
   plot_roc(labels, probs, class_names, out_dir / 'roc.png')
   plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
                    out_dir / 'reliability.png')
+  # Every row, scored or not: the official scorer wants a prediction for each ground-truth row.
   with open(out_dir / 'predictions.csv', 'w', newline='') as f:
     writer = csv.writer(f)
-    lesion_column = [] if lesion_ids is None else ['lesion_id']
+    lesion_column = [] if all_lesion_ids is None else ['lesion_id']
     writer.writerow(['image_id', *lesion_column, 'label', 'pred',
                      *[f'prob_{name}' for name in class_names]])
-    for i, (image_id, label, pred, row) in enumerate(zip(image_ids, labels, preds, probs)):
-      lesion = [] if lesion_ids is None else [lesion_ids[i]]
-      writer.writerow([image_id, *lesion, class_names[label], class_names[pred],
+    for i, (image_id, label, row) in enumerate(zip(all_ids, all_labels, all_probs)):
+      lesion = [] if all_lesion_ids is None else [all_lesion_ids[i]]
+      writer.writerow([image_id, *lesion, class_names[label], class_names[row.argmax()],
                        *[f'{p:.6f}' for p in row]])
   if set(c.lower() for c in ISIC2018_COLUMNS) == set(class_names):
-    write_isic_predictions(out_dir / 'predictions_isic.csv', image_ids, probs, class_names)
+    write_isic_predictions(out_dir / 'predictions_isic.csv', all_ids, all_probs, class_names)
   return metrics
+
+
+def isic_probabilities(probs: np.ndarray) -> np.ndarray:
+  """The probabilities as predictions_isic.csv holds them, 8 decimals, as the scorer reads them.
+
+  Each is the float64 nearest n / 1e8, which is also what '{:.8f}' prints and a CSV reader
+  parses back, so a tie in the file is a tie here.
+  """
+  return np.round(np.asarray(probs, np.float64), 8)
 
 
 def write_isic_predictions(path: pathlib.Path, image_ids, probs: np.ndarray,
@@ -127,8 +170,8 @@ def write_isic_predictions(path: pathlib.Path, image_ids, probs: np.ndarray,
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['image', *ISIC2018_COLUMNS])
-    for image_id, row in zip(image_ids, probs):
-      writer.writerow([image_id, *[f'{float(row[i]):.8f}' for i in order]])
+    for image_id, row in zip(image_ids, isic_probabilities(probs)):
+      writer.writerow([image_id, *[f'{row[i]:.8f}' for i in order]])
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):

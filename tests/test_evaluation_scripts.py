@@ -7,6 +7,7 @@ user's command would. The two make the comparison's rows.
 
 import csv
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -32,8 +33,12 @@ from skinjax.models import registry
 from tests.conftest import tiny_config
 from tests.test_eval_metrics import assert_isic_submission
 from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs
+from tests.test_isic_scorer import official_score, write_truth
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The development part of the ISIC 2018 Task 3 test set (images/ and the official ground truth);
+# .ci/run sets it to ../shared/data/isic2018_test_dev.
+ISIC2018_DIR = os.environ.get('SKINJAX_ISIC2018_DIR')
 TINY_B = "tiny_config(**{'train.num_epochs': 3})"
 
 
@@ -221,15 +226,49 @@ def test_evaluate_script_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
-  folder, ids, _ = external_set
+  """An ISIC 2018 ground truth as the official scorer reads it: a score_weight column that
+  leaves one row out, and ISIC_0035068, which the scorer always leaves out."""
+  folder, ids, labels = external_set
+  images = tmp_path / 'set' / 'images'
+  images.mkdir(parents=True)
+  for image_id in ids:
+    (images / f'{image_id}.jpg').symlink_to(folder / 'images' / f'{image_id}.jpg')
+  write_jpegs(images, ['ISIC_0035068'], seed=9)
+  weights = [0.0 if image_id == ids[3] else 1.0 for image_id in ids] + [1.0]
+  truth = tmp_path / 'set' / 'isic.csv'
+  write_truth(truth, [*ids, 'ISIC_0035068'], [*labels, CLASS_NAMES.index('nv')], weights)
+  out = tmp_path / 'out'
   result = script('evaluate.py', f'--workdir={trained}', '--checkpoint=latest', '--tta=flip_rot',
-                  f'--images_dir={folder / "images"}', f'--labels_csv={folder / "isic.csv"}',
-                  f'--out={tmp_path}')
+                  f'--images_dir={images}', f'--labels_csv={truth}', f'--out={out}')
   assert result.returncode == 0, result.stderr
   assert 'external-isic, latest checkpoint' in result.stdout and '95% CI' in result.stdout
-  metrics = json.loads((tmp_path / 'metrics.json').read_text())
+  left_out = f'left out (weight 0): {ids[3]}, ISIC_0035068'
+  assert f'on {len(ids) - 1} of {len(ids) + 1} images; {left_out}' in result.stdout
+  assert left_out in (out / 'classification_report.txt').read_text()
+  metrics = json.loads((out / 'metrics.json').read_text())
   assert metrics['tta'] == 'flip_rot' and metrics['checkpoint'] == 'latest'
-  assert metrics['labels_format'] == 'isic2018' and metrics['num_examples'] == len(ids)
+  assert metrics['labels_format'] == 'isic2018' and metrics['num_examples'] == len(ids) - 1
+  assert metrics['isic_challenge']['excluded_images'] == [ids[3], 'ISIC_0035068']
+  assert len(read_predictions(out / 'predictions.csv')[0]) == len(ids) + 1  # every row predicted
+  official = official_score(truth, out / 'predictions_isic.csv')
+  assert abs(metrics['isic_challenge']['balanced_accuracy'] - official.overall) <= 1e-9
+
+
+def test_real_isic2018_test_dev_matches_the_official_scorer(run, tmp_path):
+  """The real images and official ground truth (453 of the 1,512; ISIC_0035068 is not among
+  them, the test above covers it). The tiny synthetic model makes the figure meaningless as a
+  result, but the files, their format and the parity with the scorer are the real ones."""
+  if not ISIC2018_DIR:
+    pytest.skip('SKINJAX_ISIC2018_DIR not set: point it at a folder with images/ and '
+                'ISIC2018_Task3_Test_GroundTruth.csv (.ci/run uses ../shared/data/isic2018_test_dev)')
+  folder = pathlib.Path(ISIC2018_DIR)
+  truth = folder / 'ISIC2018_Task3_Test_GroundTruth.csv'
+  data = checkpoint_eval.external_set(folder / 'images', truth)
+  metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path)
+  official = official_score(truth, tmp_path / 'predictions_isic.csv')
+  assert metrics['num_examples'] == metrics['isic_challenge']['num_scored'] == 453
+  assert metrics['isic_challenge']['excluded_images'] == []
+  assert abs(metrics['isic_challenge']['balanced_accuracy'] - official.overall) <= 1e-9
 
 
 def test_predict_script_json_and_gradcam(trained, external_set, tmp_path):

@@ -83,7 +83,29 @@ def test_image_ids_with_a_suffix_and_images_in_subfolders(tmp_path):
   assert [p.stem for p in paths] == IDS and paths[4].parent.name == 'part_2'
 
 
+def test_isic_ground_truth_weights_as_the_official_scorer_reads_them(tmp_path):
+  # No score_weight column: every row 1, but ISIC_0035068 (a duplicate) 0, as the scorer has it.
+  write_isic_csv(tmp_path / 'gt.csv', IDS + ['ISIC_0035068'], DX + ['nv'])
+  assert list(external.read_labels(tmp_path / 'gt.csv').score_weights) == [1.0] * 7 + [0.0]
+  # A score_weight column (and validation_weight, which the headline score ignores) is read.
+  header = 'image,' + ','.join(ISIC2018_COLUMNS) + ',score_weight,validation_weight'
+  (tmp_path / 'w.csv').write_text(f'{header}\nISIC_1,1,0,0,0,0,0,0,0.0,1.0\n'
+                                  f'ISIC_2,0,1,0,0,0,0,0,1.0,0.0\nISIC_0035068,0,1,0,0,0,0,0,1,1\n')
+  assert list(external.read_labels(tmp_path / 'w.csv').score_weights) == [0.0, 1.0, 0.0]
+  # HAM10000-style CSVs are not the scorer's format and carry no weights.
+  write_ham_csv(tmp_path / 'l.csv', IDS, DX)
+  assert external.read_labels(tmp_path / 'l.csv').score_weights is None
+
+
+_WEIGHTED_HEADER = 'image,MEL,NV,BCC,AKIEC,BKL,DF,VASC,score_weight\n'
+
+
 @pytest.mark.parametrize('content, message', [
+    (_WEIGHTED_HEADER + 'ISIC_1,1,0,0,0,0,0,0,0.5\n',
+     "score_weight of ISIC_1 is '0.5'; use 1 to score the row or 0 to leave it out"),
+    (_WEIGHTED_HEADER + 'ISIC_1,1,0,0,0,0,0,0,\n', "score_weight of ISIC_1 is ''"),
+    (_WEIGHTED_HEADER + 'ISIC_1,1,0,0,0,0,0,0,0\nISIC_0035068,1,0,0,0,0,0,0,1\n',
+     'every row has score_weight 0'),
     ('image_id,dx\nISIC_1,melanoma\nISIC_2,nv\n', "outside the 7 HAM10000 classes: 'melanoma'"),
     ('name,label\na,mel\n', 'expected image_id,dx.*ISIC 2019'),
     ('image_id,dx\n', 'has no rows'),
