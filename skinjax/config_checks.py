@@ -8,7 +8,7 @@ are not there. The workdir's own guards are in skinjax/workdir.py.
 import ml_collections
 
 from skinjax.models import registry
-from skinjax.weights import pretrained
+from skinjax.weights import lite_pretrained, pretrained
 
 CHOICES = {
     'data.source': ('ham10000', 'synthetic'),
@@ -50,6 +50,9 @@ def check_init(config: ml_collections.ConfigDict):
   """
   init, arch = config.model.init, config.model.arch
   if init == 'scratch':
+    return
+  if lite_pretrained.is_lite(arch) or init.endswith('.pth'):
+    lite_pretrained.check_init(arch, init)
     return
   if registry.get_spec(arch).keras_weights is None:
     raise ValueError(f'config.model.init={init!r}: {arch} has no ImageNet weights; use '

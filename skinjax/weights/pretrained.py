@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from skinjax.models import registry
-from skinjax.weights import keras_h5, mapping
+from skinjax.weights import keras_h5, lite_pretrained, mapping
 from skinjax.weights.keras_h5 import WeightFileError
 
 WEIGHTS_DIR_ENV = 'SKINJAX_WEIGHTS_DIR'
@@ -89,6 +89,9 @@ def file_has_top(arch: str, layers: list[keras_h5.KerasLayer]) -> bool:
 
 def load(arch: str, init: str, *, include_top: bool) -> tuple[Values, str]:
   """Variable path -> value for `arch` (with or without its top), and where they came from."""
+  if lite_pretrained.is_lite(arch) or init.endswith('.pth'):  # EfficientNet-Lite's .pth weights
+    return lite_pretrained.load(arch, init, include_top=include_top,
+                                abstract_model=abstract_model, load_ported=load_ported)
   _keras_weights(arch)
   path = (find_imagenet_file(arch, include_top=include_top) if init == 'imagenet'
           else existing_path(init))
