@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from skinjax.weights.keras_h5 import WeightFileError
+from skinjax.weights.mapping import variables_by_path
 
 Values = dict[tuple[str, ...], np.ndarray]
 
@@ -49,15 +50,6 @@ _BLOCK_KEY = re.compile(r'_blocks\.(\d+)\.(\w+)\.(\w+)$')
 _TOP_LEVEL_KEY = re.compile(r'(\w+)\.(\w+)$')
 
 
-def _converted(module: str, value: np.ndarray) -> np.ndarray:
-  if module.endswith('conv') or module.endswith('conv_stem') or module.endswith('conv_head'):
-    # OIHW -> HWIO; a depthwise (C, 1, kh, kw) becomes the grouped (kh, kw, 1, C).
-    return np.transpose(value, (2, 3, 1, 0)) if value.ndim == 4 else value
-  if module == '_fc' and value.ndim == 2:
-    return value.T  # (out, in) -> (in, out)
-  return value
-
-
 def _params_of(module: str) -> dict[str, str]:
   if module == '_fc':
     return LINEAR_PARAMS
@@ -66,8 +58,17 @@ def _params_of(module: str) -> dict[str, str]:
   return CONV_PARAMS
 
 
-def flax_path(key: str, block_names: tuple[str, ...]) -> tuple[str, ...] | None:
-  """The Flax variable path of a reference state-dict key; None if the tables do not know it."""
+def _converted(module: str, param: str, value: np.ndarray) -> np.ndarray:
+  if _params_of(module) is CONV_PARAMS and value.ndim == 4:
+    # OIHW -> HWIO; a depthwise (C, 1, kh, kw) becomes the grouped (kh, kw, 1, C) the same way.
+    return np.transpose(value, (2, 3, 1, 0))
+  if module == '_fc' and param == 'weight' and value.ndim == 2:
+    return value.T  # (out, in) -> (in, out)
+  return value
+
+
+def _parsed(key: str, block_names: tuple[str, ...]) -> tuple[str, str, tuple[str, ...]] | None:
+  """(reference module, parameter, Flax variable path) of a state-dict key; None if unknown."""
   match = _BLOCK_KEY.match(key)
   if match:
     index, module, param = int(match[1]), match[2], match[3]
@@ -81,7 +82,7 @@ def flax_path(key: str, block_names: tuple[str, ...]) -> tuple[str, ...] | None:
     module, param = match[1], match[2]
     prefix = TOP_LEVEL_MODULES[module]
   name = _params_of(module).get(param)
-  return None if name is None else (*prefix, name)
+  return None if name is None else (module, param, (*prefix, name))
 
 
 def _listing(items, limit=6) -> str:
@@ -96,20 +97,18 @@ def state_dict_to_flax(arch: str, model: nnx.Module, state_dict: dict[str, np.nd
 
   Without the top, the file's `_fc` is left out (that is the notop use); everything else must fit.
   """
-  from skinjax.weights.mapping import variables_by_path
-
   wanted = {path: tuple(v.shape) for path, v in variables_by_path(model).items()}
   include_top = getattr(model, 'include_top', False)
   values, unknown, misfits = {}, [], []
   for key, value in state_dict.items():
     if key.rsplit('.', 1)[-1] in SKIPPED_PARAMS or (not include_top and key.startswith('_fc.')):
       continue
-    path = flax_path(key, model.block_names)
-    if path is None or path not in wanted:
+    parsed = _parsed(key, model.block_names)
+    if parsed is None or parsed[2] not in wanted:
       unknown.append(key)
       continue
-    module = key.rsplit('.', 1)[0].rsplit('.', 1)[-1] if key.startswith('_blocks.') else key.split('.')[0]
-    converted = _converted(module, np.asarray(value))
+    module, param, path = parsed
+    converted = _converted(module, param, np.asarray(value))
     if converted.shape != wanted[path]:
       misfits.append(f'{key} {tuple(np.shape(value))}')
       continue
