@@ -267,6 +267,8 @@ def test_logits_equal_the_reference_on_real_images(arch):
   assert lite_pretrained.md5(pth) == str(golden['pth_md5'])
   values, source = pretrained.load(arch, 'imagenet', include_top=True)
   assert 'md5 ' + str(golden['pth_md5']) in source
+  from_path, _ = pretrained.load(arch, str(pth), include_top=True)  # config.model.init=FILE.pth
+  assert all(np.array_equal(from_path[path], value) for path, value in values.items())
   model = mapping.fill(abstract(arch), values)
   model.eval()
   size = int(golden['image_size'])
