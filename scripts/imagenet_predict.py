@@ -33,7 +33,8 @@ _KERAS_H5 = flags.DEFINE_string('keras_h5', None, 'Keras weight file with the Im
 _WEIGHTS = flags.DEFINE_string('weights', None, 'Directory from scripts/port_weights.py.')
 _SAVE_PROBS = flags.DEFINE_string('save_probs', None,
                                   'Write the (images, 1000) float32 probabilities to this .npy.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object per image.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object: arch, weights, num_params and '
+                          'the top-5 of each image.')
 flags.mark_flags_as_mutual_exclusive(['keras_h5', 'weights'], required=True)
 
 CLASS_INDEX_FILE = 'imagenet_class_index.json'
@@ -59,9 +60,8 @@ def class_names() -> list[str] | None:
   return None
 
 
-def predict(arch: str, weights: str, images: np.ndarray) -> np.ndarray:
+def predict(model, arch: str, images: np.ndarray) -> np.ndarray:
   """(N, H, W, 3) uint8 -> (N, 1000) float32 ImageNet probabilities."""
-  model = pretrained.load_model(arch, weights, include_top=True)
   model.eval()
   mode = registry.get_spec(arch).preprocessing
 
@@ -83,23 +83,31 @@ def main(argv):
   size = registry.get_spec(arch).default_image_size
   try:
     images = np.stack([load_image(p, size) for p in paths])
-    probs = predict(arch, _KERAS_H5.value or _WEIGHTS.value, images)
+    values, source = pretrained.load(arch, _KERAS_H5.value or _WEIGHTS.value, include_top=True)
+    model = pretrained.model_with(arch, values, include_top=True)
+    probs = predict(model, arch, images)
   except (ValueError, OSError) as error:  # WeightFileError is a ValueError
     sys.exit(f'error: {error}')
+  print(f'Weights: {source}', file=sys.stderr)
   if _SAVE_PROBS.value:
     np.save(pathlib.Path(_SAVE_PROBS.value).expanduser(), probs.astype(np.float32))
   names = class_names()
+  results = []
   for path, p in zip(paths, probs):
     top5 = [int(i) for i in np.argsort(-p, kind='stable')[:5]]
-    entries = [{'index': i, 'class': names[i] if names else None, 'probability': float(p[i])}
-               for i in top5]
-    if _JSON.value:
-      print(json.dumps({'image': path, 'top5': entries}))
-    else:
-      print(path)
-      for e in entries:
-        label = f'{e["class"]} ({e["index"]})' if names else f'class {e["index"]}'
-        print(f'  {e["probability"]:.4f}  {label}')
+    results.append({'image': path, 'top5': [
+        {'index': i, 'class': names[i] if names else None, 'probability': float(p[i])}
+        for i in top5]})
+  if _JSON.value:
+    num_params = int(sum(np.size(v) for v in values.values()))
+    print(json.dumps({'arch': arch, 'weights': source, 'num_params': num_params,
+                      'images': results}))
+    return
+  for result in results:
+    print(result['image'])
+    for e in result['top5']:
+      label = f'{e["class"]} ({e["index"]})' if names else f'class {e["index"]}'
+      print(f'  {e["probability"]:.4f}  {label}')
 
 
 if __name__ == '__main__':

@@ -135,6 +135,10 @@ class Stem(nnx.Module):
 class MBConvBlock(nnx.Module):
   """Keras `efficientnet.block`: inverted residual with squeeze-excite and drop-connect."""
 
+  # Optional layers (expand_*, se_*) are None in the blocks that lack them.
+  KERAS_LAYER_ORDER = ('expand_conv', 'expand_bn', 'dwconv', 'bn', 'se_reduce', 'se_expand',
+                       'project_conv', 'project_bn')
+
   def __init__(
       self,
       *,
@@ -271,6 +275,16 @@ class EfficientNet(nnx.Module):
 
   def layer_groups(self) -> list[str]:
     return ['stem', *self.block_names, 'top'] + (['predictions'] if self.include_top else [])
+
+  def keras_layer_order(self) -> list[tuple[str, ...]]:
+    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry)."""
+    order = [('stem', 'normalization'), ('stem', 'conv'), ('stem', 'bn')]
+    for name in self.block_names:
+      block = getattr(self, name)
+      order += [(name, layer) for layer in MBConvBlock.KERAS_LAYER_ORDER
+                if getattr(block, layer) is not None]
+    order += [('top', 'conv'), ('top', 'bn')]
+    return order + ([('predictions',)] if self.include_top else [])
 
   def __call__(self, images: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     x = self.stem(images)

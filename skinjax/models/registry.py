@@ -27,6 +27,10 @@ class KerasWeights:
   url_base: str  # + file name = the URL Keras downloads from (into ~/.keras/models/)
   # The top's layers (those the `_notop` file lacks), in Keras naming.
   top_layers: tuple[str, ...] = ('predictions',)
+  # keras.applications' `file_hash` of the two files (top, notop): recognises them.
+  md5: tuple[str, str] = ('', '')
+  # Other published releases of the same files that skinjax loads: md5 -> what the file is.
+  other_releases: tuple[tuple[str, str], ...] = ()
 
   def url(self, include_top: bool) -> str:
     return self.url_base + (self.file_name if include_top else self.notop_file_name)
@@ -36,6 +40,22 @@ def _tf_kernels(name: str, subdir: str, **kwargs) -> KerasWeights:
   return KerasWeights(f'{name}_weights_tf_dim_ordering_tf_kernels.h5',
                       f'{name}_weights_tf_dim_ordering_tf_kernels_notop.h5',
                       f'{_KERAS_APPLICATIONS_URL}{subdir}/', **kwargs)
+
+
+# keras.applications.efficientnet's WEIGHTS_HASHES: variant -> md5 of (top, notop).
+_EFFICIENTNET_MD5 = {
+    'b0': ('902e53a9f72be733fc0bcb005b3ebbac', '50bc09e76180e00e4465e1a485ddc09d'),
+    'b1': ('1d254153d4ab51201f1646940f018540', '74c4e6b3e1f6a1eea24c589628592432'),
+    'b2': ('b15cce36ff4dcbd00b6dd88e7857a6ad', '111f8e2ac8aa800a7a99e3239f7bfb39'),
+    'b3': ('ffd1fdc53d0ce67064dc6a9c7960ede0', 'af6d107764bb5b1abb91932881670226'),
+    'b4': ('18c95ad55216b8f92d7e70b3a046e2fc', 'ebc24e6d6c33eaebbd558eafbeedf1ba'),
+    'b5': ('ace28f2a6363774853a83a0b21b9421a', '38879255a25d3c92d5e44e04ae6cec6f'),
+    'b6': ('165f6e37dce68623721b423839de8be5', '9ecce42647a20130c1f39a5d4cb75743'),
+    'b7': ('8c03f828fec3ef71311cd463b6759d99', 'cbcfe4450ddf6f3ad90b1b398090fe4a'),
+}
+# The same file names from fchollet/deep-learning-models' v0.2 release (Keras 1 names, another
+# layer order; Keras 3 cannot load them, skinjax does through their names).
+_RESNET50_V02 = "the deep-learning-models v0.2 release of Keras' ImageNet weights for resnet50"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +93,10 @@ class ModelSpec:
   preprocessing: str
   # (*, include_top=False, num_classes=1000, dtype, rngs) -> module with `num_features`,
   # `layer_groups()` and `__call__(images, *, rngs=None)` returning an NHWC feature map (or logits
-  # with the top).
+  # with the top). Models with Keras weights also hold Keras' layer order: `keras_layer_order()`
+  # lists the module paths of Keras' weighted layers in `keras.Model.layers` order, the order in
+  # which Keras pairs them with a weight file's layers (tests/test_weights.py checks it against
+  # keras.applications).
   build_backbone: Callable[..., nnx.Module]
   keras_weights: KerasWeights | None = None  # None: no ImageNet weights (from-scratch only)
   lite_weights: LiteWeights | None = None  # EfficientNet-Lite's, instead of Keras' ones
@@ -84,14 +107,23 @@ class ModelSpec:
 _SPECS = {spec.name: spec for spec in (
     ModelSpec('small_cnn', 224, 'unit', SmallCNN),
     ModelSpec('vgg16', 224, 'caffe', VGG16,
-              _tf_kernels('vgg16', 'vgg16', top_layers=('fc1', 'fc2', 'predictions'))),
-    ModelSpec('xception', 299, 'tf', Xception, _tf_kernels('xception', 'xception')),
-    ModelSpec('resnet50', 224, 'caffe', ResNet50, _tf_kernels('resnet50', 'resnet'),
+              _tf_kernels('vgg16', 'vgg16', top_layers=('fc1', 'fc2', 'predictions'),
+                          md5=('64373286793e3c8b2b4e3219cbf3544b',
+                               '6d6bbae143d832006294945121d1f1fc'))),
+    ModelSpec('xception', 299, 'tf', Xception,
+              _tf_kernels('xception', 'xception', md5=('0a58e3b7378bc2990ea3b43d5981f1f6',
+                                                       'b0042744bf5b25fce3cb969f33bebb97'))),
+    ModelSpec('resnet50', 224, 'caffe', ResNet50,
+              _tf_kernels('resnet50', 'resnet', md5=('2cb95161c43110f7111970584f804107',
+                                                     '4d473c1dd8becc155b73f8504c6f6626'),
+                          other_releases=(
+                              ('a7b3fe01876f51b976af0dea6bc144eb', _RESNET50_V02 + ' (top)'),
+                              ('a268eb855778b3df3c7506639542a6af', _RESNET50_V02 + ' (notop)'))),
               bn_epsilon=RESNET_BN_EPSILON),
     *(ModelSpec(f'efficientnet{variant}', image_size, 'raw',
                 functools.partial(efficientnet.build, variant),
                 KerasWeights(f'efficientnet{variant}.h5', f'efficientnet{variant}_notop.h5',
-                             _KERAS_EFFICIENTNET_URL))
+                             _KERAS_EFFICIENTNET_URL, md5=_EFFICIENTNET_MD5[variant]))
       for variant, (_, _, image_size, _) in efficientnet.VARIANTS.items()),
     *(ModelSpec(f'efficientnet_{variant}', image_size, 'lite',
                 functools.partial(efficientnet_lite.build, variant),

@@ -46,6 +46,12 @@ class Stem(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
+  # Keras' graph order: the main branch's first two convs, then the shortcut and the last conv
+  # side by side (both feed the add). `conv2_block1_0_conv` and `_3_conv` have the same shape in
+  # stage 2, so a wrong order here would swap them silently.
+  KERAS_LAYER_ORDER = ('conv1', 'bn1', 'conv2', 'bn2', 'shortcut_conv', 'conv3', 'shortcut_bn',
+                       'bn3')
+
   def __init__(self, in_features: int, filters: int, *, strides: int, conv_shortcut: bool,
                dtype, rngs: nnx.Rngs):
     if conv_shortcut:
@@ -95,6 +101,13 @@ class ResNet50(nnx.Module):
 
   def layer_groups(self) -> list[str]:
     return ['conv1', *self.block_names] + (['predictions'] if self.include_top else [])
+
+  def keras_layer_order(self) -> list[tuple[str, ...]]:
+    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry)."""
+    blocks = [(b, layer) for b in self.block_names for layer in Bottleneck.KERAS_LAYER_ORDER
+              if getattr(getattr(self, b), layer) is not None]
+    return [('conv1', 'conv'), ('conv1', 'bn'), *blocks] + (
+        [('predictions',)] if self.include_top else [])
 
   def __call__(self, images: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     del rngs  # ResNet50 has no dropout or drop-connect.

@@ -53,6 +53,11 @@ class VGG16(nnx.Module):
   def layer_groups(self) -> list[str]:
     return [*self.block_names] + (['fc1', 'fc2', 'predictions'] if self.include_top else [])
 
+  def keras_layer_order(self) -> list[tuple[str, ...]]:
+    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry)."""
+    convs = [(b, f'conv{i + 1}') for b in self.block_names for i in range(getattr(self, b).num_convs)]
+    return convs + ([('fc1',), ('fc2',), ('predictions',)] if self.include_top else [])
+
   def __call__(self, images: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     del rngs  # VGG16 has no dropout or drop-connect.
     x = images

@@ -3,7 +3,7 @@
 Joining a module path with '_' gives the Keras layer name: ('block2', 'sepconv1_bn') ->
 'block2_sepconv1_bn'. The exceptions are the strided residual convs and their BatchNorms
 (`residual_conv`, `residual_bn`): Keras leaves them unnamed ('conv2d_3', 'batch_normalization_3'),
-so the weight port matches them by their order in the file.
+so only their position tells them apart. `Xception.keras_layer_order` is that position.
 """
 
 import jax.numpy as jnp
@@ -22,6 +22,8 @@ EXIT_BLOCK = ('block13', 728, (728, 1024))
 class Block1(nnx.Module):
   """Two 'valid' 3x3 convs (the first strided), each followed by BN and relu."""
 
+  KERAS_LAYER_ORDER = ('conv1', 'conv1_bn', 'conv2', 'conv2_bn')
+
   def __init__(self, *, dtype, rngs: nnx.Rngs):
     self.conv1 = conv(3, 32, 3, strides=2, padding='VALID', use_bias=False, dtype=dtype, rngs=rngs)
     self.conv1_bn = batch_norm(32, dtype=dtype, rngs=rngs)
@@ -38,6 +40,10 @@ class DownsamplingBlock(nnx.Module):
 
   Block2 follows block1's relu directly, so it has no leading relu; blocks 3, 4 and 13 do.
   """
+
+  # Keras creates the residual branch first but lists it after the main branch (graph order).
+  KERAS_LAYER_ORDER = ('sepconv1', 'sepconv1_bn', 'sepconv2', 'sepconv2_bn', 'residual_conv',
+                       'residual_bn')
 
   def __init__(self, in_features: int, filters: tuple[int, int], *, leading_relu: bool, dtype,
                rngs: nnx.Rngs):
@@ -61,6 +67,8 @@ class DownsamplingBlock(nnx.Module):
 class MiddleBlock(nnx.Module):
   """Three (relu -> sepconv -> BN) at 728 channels with an identity residual."""
 
+  KERAS_LAYER_ORDER = tuple(f'sepconv{i}{bn}' for i in (1, 2, 3) for bn in ('', '_bn'))
+
   def __init__(self, *, dtype, rngs: nnx.Rngs):
     for i in (1, 2, 3):
       setattr(self, f'sepconv{i}', SeparableConv(728, 728, 3, dtype=dtype, rngs=rngs))
@@ -75,6 +83,8 @@ class MiddleBlock(nnx.Module):
 
 class Block14(nnx.Module):
   """sepconv -> BN -> relu -> sepconv -> BN -> relu: the 2048-channel feature map."""
+
+  KERAS_LAYER_ORDER = ('sepconv1', 'sepconv1_bn', 'sepconv2', 'sepconv2_bn')
 
   def __init__(self, *, dtype, rngs: nnx.Rngs):
     self.sepconv1 = SeparableConv(1024, 1536, 3, dtype=dtype, rngs=rngs)
@@ -114,6 +124,11 @@ class Xception(nnx.Module):
 
   def layer_groups(self) -> list[str]:
     return [*self.block_names] + (['predictions'] if self.include_top else [])
+
+  def keras_layer_order(self) -> list[tuple[str, ...]]:
+    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry)."""
+    layers = [(b, layer) for b in self.block_names for layer in getattr(self, b).KERAS_LAYER_ORDER]
+    return layers + ([('predictions',)] if self.include_top else [])
 
   def __call__(self, images: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     del rngs  # Xception has no dropout or drop-connect.

@@ -1,14 +1,17 @@
-"""Maps Keras layers onto a skinjax model's variables, checking that everything fits.
+"""Pairs a Keras weight file's layers with a skinjax model's variables, as Keras' own loader does.
 
-Every weight-holding module of the Flax model is one Keras layer (a `Slot`). Its Keras name comes
-from the module path by the table below; Keras' weight order within a layer is fixed by the layer
-type. Layers Keras names automatically (Xception's residual convs, EfficientNet's Normalization:
-'conv2d_3', 'normalization_1', numbered per session) are matched by their order in the file, as
-Keras itself loads these files. Every target variable must be filled and every source weight used
-with the same shape; otherwise the error lists what does not fit.
+Keras' legacy-h5 loader never matches names: it pairs the file's weighted layers, in the order of
+its 'layer_names', one to one with the model's weighted layers in `keras.Model.layers` order, and
+checks shapes. The published files need exactly that, since three Keras generations named their
+layers differently (Xception's are auto-named 'convolution2d_N', VGG16's weights 'block1_conv1_W_1').
+So each model holds Keras' layer order (`keras_layer_order()`, proven against keras.applications
+by the tests) and every `Slot` below is one Keras layer in that order. Every shape is checked, and
+every weight's role where its name tells it (legacy_names). Names otherwise serve the error
+messages only; the v0.2 ResNet50 file, whose order differs from Keras', is put in order by its own.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +20,10 @@ from flax import nnx
 
 from skinjax.models import efficientnet, registry, resnet
 from skinjax.models.layers import SeparableConv
+from skinjax.weights import legacy_names
 from skinjax.weights.keras_h5 import KerasLayer, WeightFileError
+
+_MAX_PROBLEMS = 8  # listed in an error; a file of another model would give hundreds
 
 
 def _to_grouped_depthwise(kernel: np.ndarray) -> np.ndarray:
@@ -31,8 +37,6 @@ _BATCH_NORM: tuple[WeightMap, ...] = (
     ('moving_mean', ('mean',), None), ('moving_variance', ('var',), None))
 _NORMALIZATION: tuple[WeightMap, ...] = (
     ('mean', ('mean',), None), ('variance', ('variance',), None), ('count', ('count',), None))
-_KNOWN_KERAS_NAMES = {'kernel', 'bias', 'depthwise_kernel', 'pointwise_kernel', 'gamma', 'beta',
-                      'moving_mean', 'moving_variance', 'mean', 'variance', 'count'}
 # Keras 3 renamed DepthwiseConv2D's 'depthwise_kernel' (the published files) to 'kernel'.
 _ALSO_ACCEPTED = {'depthwise_kernel': {'kernel'}}
 
@@ -57,7 +61,7 @@ def _module_weights(module) -> tuple[WeightMap, ...] | None:
   return None
 
 
-# Module path -> Keras layer name (None: named automatically by Keras, matched by order).
+# Module path -> Keras 3's layer name, for messages (None: Keras names it automatically).
 def _joined(path):
   return '_'.join(path)
 
@@ -89,20 +93,22 @@ class Slot:
   weights: tuple[WeightMap, ...]
   shapes: tuple[tuple[int, ...], ...]  # Keras-layout shapes the file must hold
 
+  @property
+  def display_name(self) -> str:
+    return self.keras_name or f'the unnamed {"/".join(self.path)}'
+
 
 def layer_slots(arch: str, model: nnx.Module) -> list[Slot]:
-  """The model's Keras layers, in model order (`layer_groups()`, then module order)."""
+  """The model's Keras layers, in Keras' order (`model.keras_layer_order()`)."""
   if registry.get_spec(arch).keras_weights is None:
     raise ValueError(f'{arch} has no Keras ImageNet weights; architectures with them: '
                      f'{", ".join(registry.PRETRAINED_ARCHITECTURES)}.')
   naming = _keras_naming(arch)
   modules = {tuple(map(str, path)): m for path, m in nnx.iter_modules(model)}
-  separable = [p for p, m in modules.items() if isinstance(m, SeparableConv)]
   slots = []
-  for path, module in modules.items():
+  for path in model.keras_layer_order():
+    module = modules[path]
     weights = _module_weights(module)
-    if weights is None or any(path[:len(s)] == s and path != s for s in separable):
-      continue  # not a layer, or the inner conv of a SeparableConv
     shapes = []
     for _, var_path, transform in weights:
       variable = module
@@ -111,12 +117,7 @@ def layer_slots(arch: str, model: nnx.Module) -> list[Slot]:
       shape = tuple(variable.shape)
       shapes.append(shape if transform is None else (*shape[:2], shape[3], shape[2]))
     slots.append(Slot(naming(path), path, weights, tuple(shapes)))
-  group_order = {name: i for i, name in enumerate(model.layer_groups())}
-  return sorted(slots, key=lambda s: group_order[s.path[0]])  # stable: keeps module order within
-
-
-def _weight_basename(name: str) -> str:
-  return name.split('/')[-1].split(':')[0]  # 'block1_conv1/kernel:0' -> 'kernel'
+  return slots
 
 
 def _listing(names, limit=8) -> str:
@@ -125,66 +126,83 @@ def _listing(names, limit=8) -> str:
   return shown + (f', ... ({len(names)} in all)' if len(names) > limit else '')
 
 
+@functools.cache
+def keras_layer_count(arch: str, *, include_top: bool) -> int:
+  """How many weighted layers Keras' `arch` has (how a file with the top is told from one without)."""
+  model = nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=include_top,
+                                                         rngs=nnx.Rngs(0)))
+  return len(model.keras_layer_order())
+
+
+def file_has_top(arch: str, layers: list[KerasLayer]) -> bool:
+  return len(layers) == keras_layer_count(arch, include_top=True)
+
+
+def in_keras_order(arch: str, layers: list[KerasLayer]) -> list[KerasLayer]:
+  """The file's layers in the order Keras pairs them; only the v0.2 ResNet50 file needs sorting."""
+  if arch != 'resnet50' or not legacy_names.is_v02_resnet50([layer.name for layer in layers]):
+    return layers
+  model = nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=True,
+                                                         rngs=nnx.Rngs(0)))
+  position = {_resnet_name(path): i for i, path in enumerate(model.keras_layer_order())}
+  return sorted(layers, key=lambda layer: position[legacy_names.v02_resnet50_keras_name(layer.name)])
+
+
+def _pairing_problems(slot: Slot, layer: KerasLayer, arch: str) -> list[str]:
+  where = f'{slot.display_name} (the file\'s {layer.name})'
+  if len(layer.values) != len(slot.weights):
+    return [f'{where}: {len(layer.values)} weights in the file ({", ".join(layer.weight_names)}), '
+            f'{arch} expects {len(slot.weights)} ({", ".join(w[0] for w in slot.weights)})']
+  problems = []
+  for (keras_name, _, _), shape, name, value in zip(slot.weights, slot.shapes, layer.weight_names,
+                                                    layer.values):
+    role = legacy_names.weight_role(name)
+    if role is not None and role not in {keras_name, *_ALSO_ACCEPTED.get(keras_name, ())}:
+      problems.append(f'{where}: weight {name} is a {role} where {keras_name} was expected')
+    elif value.shape != shape:
+      problems.append(f'{where}/{keras_name}: shape {value.shape} in the file, {shape} in {arch}')
+  return problems
+
+
 def keras_to_flax(arch: str, model: nnx.Module, layers: list[KerasLayer], *,
                   source: str) -> dict[tuple[str, ...], np.ndarray]:
-  """Variable path -> value, for every variable of `model`, from the Keras `layers`.
+  """Variable path -> value, for every variable of `model`, from the Keras `layers` (file order).
 
   A model without the top accepts a file with it and leaves the top's layers out (Keras itself
   would refuse); anything else that does not fit raises a WeightFileError listing the problems.
   """
   spec = registry.get_spec(arch)
   slots = layer_slots(arch, model)
-  unused = {layer.name: layer for layer in layers}
-  matched: list[tuple[Slot, KerasLayer]] = []
-  missing = []
-  for slot in (s for s in slots if s.keras_name is not None):
-    if slot.keras_name in unused:
-      matched.append((slot, unused.pop(slot.keras_name)))
-    else:
-      missing.append(slot.keras_name)
+  layers = in_keras_order(arch, layers)
   include_top = getattr(model, 'include_top', False)
-  dropped_top = [] if include_top else [unused.pop(n).name for n in spec.keras_weights.top_layers
-                                        if n in unused]
-  # Automatically named layers: the next unused file layer with as many weights, in file order.
-  for slot in (s for s in slots if s.keras_name is None):
-    candidate = next((layer for layer in unused.values()
-                      if len(layer.values) == len(slot.weights)), None)
-    if candidate is None:
-      missing.append(f'an unnamed {"/".join(slot.path)} layer')
-    else:
-      matched.append((slot, unused.pop(candidate.name)))
+  dropped_top = []
+  if not include_top and len(layers) == len(slots) + len(spec.keras_weights.top_layers):
+    layers, dropped_top = layers[:len(slots)], layers[len(slots):]  # Keras lists the top last
 
   problems = []
-  if missing:
-    problems.append(f'{len(missing)} layers of {arch} are not in the file: {_listing(missing)}')
-  if unused:
-    problems.append(f'{len(unused)} layers of the file have no place in {arch}: '
-                    f'{_listing(unused)}')
+  if len(layers) != len(slots):
+    expected = (f'{len(slots)}' if include_top else
+                f'{len(slots)} without the top, {keras_layer_count(arch, include_top=True)} with it')
+    problems.append(f'the file has {len(layers)} layers with weights, {arch} has {expected}')
   values = {}
-  for slot, layer in matched:
-    if len(layer.values) != len(slot.weights):
-      problems.append(f'layer {layer.name} holds {len(layer.values)} weights, {arch} expects '
-                      f'{len(slot.weights)} ({", ".join(w[0] for w in slot.weights)})')
-      continue
-    for (keras_name, var_path, transform), shape, name, value in zip(
-        slot.weights, slot.shapes, layer.weight_names, layer.values):
-      basename = _weight_basename(name)
-      if basename in _KNOWN_KERAS_NAMES and basename not in {keras_name, *_ALSO_ACCEPTED.get(keras_name, ())}:
-        problems.append(f'{layer.name}: weight {name} where {keras_name} was expected')
-      elif value.shape != shape:
-        problems.append(f'{layer.name}/{keras_name}: shape {value.shape} in the file, {shape} '
-                        f'in {arch}')
-      else:
+  for slot, layer in zip(slots, layers):
+    pair_problems = _pairing_problems(slot, layer, arch)
+    problems += pair_problems
+    if not pair_problems:
+      for (_, var_path, transform), value in zip(slot.weights, layer.values):
         values[slot.path + var_path] = value if transform is None else transform(value)
   if problems:
     top = 'with' if include_top else 'without'
+    shown = problems[:_MAX_PROBLEMS] + (
+        [f'... and {len(problems) - _MAX_PROBLEMS} more'] if len(problems) > _MAX_PROBLEMS else [])
     raise WeightFileError(
-        f'{source} does not fit {arch} ({top} the ImageNet top):\n  - ' + '\n  - '.join(problems)
+        f'{source} does not fit {arch} ({top} the ImageNet top), paired layer by layer in Keras\' '
+        'order:\n  - ' + '\n  - '.join(shown)
         + f'\nGive the Keras {arch} file: {spec.keras_weights.file_name} or '
         f'{spec.keras_weights.notop_file_name}.')
   if dropped_top:
     logging.info('%s: left out the ImageNet top (%s) for the %s backbone.', source,
-                 ', '.join(dropped_top), arch)
+                 ', '.join(layer.name for layer in dropped_top), arch)
   return values
 
 

@@ -11,6 +11,7 @@ import os
 import pathlib
 
 import jax
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -83,8 +84,41 @@ def read_h5(path: pathlib.Path, arch: str) -> list[keras_h5.KerasLayer]:
 
 
 def file_has_top(arch: str, layers: list[keras_h5.KerasLayer]) -> bool:
-  names = {layer.name for layer in layers}
-  return all(name in names for name in _keras_weights(arch).top_layers)
+  # By count, as Keras pairs layers: the top's names differ between Keras generations.
+  return mapping.file_has_top(arch, layers)
+
+
+def md5(path: pathlib.Path) -> str:
+  digest = hashlib.md5()  # Keras' own check of its downloads (`file_hash`)
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def published_file(digest: str) -> tuple[str, str] | None:
+  """(architecture, what the file is) for a published weight file's md5; None if unknown."""
+  for arch in registry.PRETRAINED_ARCHITECTURES:
+    weights = registry.get_spec(arch).keras_weights
+    releases = [(weights.md5[0], f"Keras' published ImageNet weights for {arch} (top)"),
+                (weights.md5[1], f"Keras' published ImageNet weights for {arch} (notop)"),
+                *weights.other_releases]
+    for known, description in releases:
+      if digest == known:
+        return arch, description
+  return None
+
+
+def identify(path: pathlib.Path, arch: str) -> str:
+  """One line on what the file is; call it once the file is known to fit `arch`."""
+  digest = md5(path)
+  known = published_file(digest)
+  if known is not None and known[0] == arch:
+    return f'{known[1]}, md5 {digest}'
+  notice = (f'{path.name} is not a file Keras publishes (md5 {digest}), but it fits {arch}: '
+            'loaded as such')
+  logging.warning(notice)
+  return notice
 
 
 def load(arch: str, init: str, *, include_top: bool) -> tuple[Values, str]:
@@ -98,12 +132,21 @@ def load(arch: str, init: str, *, include_top: bool) -> tuple[Values, str]:
   if path.is_dir():
     return load_ported(path, arch, include_top=include_top), str(path)
   layers = read_h5(path, arch)
-  if include_top and not file_has_top(arch, layers):
-    raise WeightFileError(
-        f'{path} has no ImageNet top (a _notop file?); the 1000-class model needs '
-        f'{_keras_weights(arch).file_name}.')
   model = abstract_model(arch, include_top=include_top)
-  return mapping.keras_to_flax(arch, model, layers, source=str(path)), str(path)
+  try:
+    if include_top and not file_has_top(arch, layers):
+      mapping.keras_to_flax(arch, abstract_model(arch, include_top=False), layers,
+                            source=str(path))  # does it fit without the top? Else say why not.
+      raise WeightFileError(
+          f'{path} has no ImageNet top (a _notop file?); the 1000-class model needs '
+          f'{_keras_weights(arch).file_name}.')
+    values = mapping.keras_to_flax(arch, model, layers, source=str(path))
+  except WeightFileError as error:
+    known = published_file(md5(path))
+    if known is None or known[0] == arch:
+      raise
+    raise WeightFileError(f'{error}\n({path.name} is {known[1]}.)') from error
+  return values, f'{path} ({identify(path, arch)})'
 
 
 def load_backbone(arch: str, init: str) -> tuple[Values, str]:
@@ -144,6 +187,7 @@ def save_ported(out: pathlib.Path, arch: str, keras_file: pathlib.Path) -> dict:
   out = pathlib.Path(out).expanduser()
   if out.exists() and any(out.iterdir()):
     raise FileExistsError(f'{out} exists and is not empty; choose another --out or delete it.')
+  keras_file = pathlib.Path(keras_file)
   layers = read_h5(keras_file, arch)
   include_top = file_has_top(arch, layers)
   values = mapping.keras_to_flax(arch, abstract_model(arch, include_top=include_top), layers,
@@ -151,8 +195,9 @@ def save_ported(out: pathlib.Path, arch: str, keras_file: pathlib.Path) -> dict:
   manifest = {
       'arch': arch,
       'include_top': include_top,
-      'source_file': pathlib.Path(keras_file).name,
-      'source_sha256': sha256(pathlib.Path(keras_file)),
+      'source_file': keras_file.name,
+      'source': identify(keras_file, arch),
+      'source_sha256': sha256(keras_file),
       'num_params': int(sum(v.size for v in values.values())),
   }
   out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +234,11 @@ def load_ported(directory: pathlib.Path, arch: str, *, include_top: bool) -> Val
 def load_model(arch: str, init: str, *, include_top: bool, dtype=None) -> nnx.Module:
   """The bare network with the weights of `init` (an .h5 file, a ported directory or 'imagenet')."""
   values, _ = load(arch, init, include_top=include_top)
+  return model_with(arch, values, include_top=include_top, dtype=dtype)
+
+
+def model_with(arch: str, values: Values, *, include_top: bool, dtype=None) -> nnx.Module:
+  """The bare network holding `values` (from `load`)."""
   kwargs = {} if dtype is None else {'dtype': dtype}
   model = nnx.eval_shape(lambda: registry.build_backbone(
       arch, include_top=include_top, rngs=nnx.Rngs(0), **kwargs))
