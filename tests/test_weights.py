@@ -448,6 +448,19 @@ def test_imagenet_predict_refuses_a_notop_file(keras_h5_file, tmp_path):
   assert result.returncode != 0 and 'no ImageNet top' in result.stderr
 
 
+def best_checkpoint_values(workdir, arch: str) -> dict[tuple[str, ...], np.ndarray]:
+  """Variable path -> value of a 7-class run's best checkpoint (parameters and statistics)."""
+  from skinjax import checkpoint as ckpt
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  model = nnx.eval_shape(lambda: registry.build_classifier(
+      arch, num_classes=7, dropout_rate=0.0, rngs=nnx.Rngs(0)))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  _, params, rest = checkpoints.restore_model('best', params, rest)
+  checkpoints.wait_and_close()
+  return {tuple(map(str, p)): np.asarray(v.get_value())
+          for state in (params, rest) for p, v in nnx.to_flat_state(state)}
+
+
 def test_fine_tuning_starts_from_the_notop_weights(keras_h5_file, tmp_path):
   # Phase 1 only (the backbone is frozen throughout): the best checkpoint's backbone must still be
   # exactly the file's weights and BatchNorm statistics, and the head must have trained.
@@ -456,15 +469,7 @@ def test_fine_tuning_starts_from_the_notop_weights(keras_h5_file, tmp_path):
   config = tiny_config(**{'model.arch': arch, 'model.init': str(source), 'data.image_size': 32,
                           'train.num_epochs': 1, 'train.freeze_backbone_epochs': 1})
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  from skinjax import checkpoint as ckpt
-  checkpoints = ckpt.RunCheckpoints(tmp_path / 'run')
-  model = nnx.eval_shape(lambda: registry.build_classifier(
-      arch, num_classes=7, dropout_rate=0.0, rngs=nnx.Rngs(0)))
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  _, params, rest = checkpoints.restore_model('best', params, rest)
-  checkpoints.wait_and_close()
-  trained = {tuple(map(str, p)): np.asarray(v.get_value())
-             for state in (params, rest) for p, v in nnx.to_flat_state(state)}
+  trained = best_checkpoint_values(tmp_path / 'run', arch)
   expected, _ = pretrained.load(arch, str(source), include_top=False)
   for path, value in expected.items():
     np.testing.assert_array_equal(trained[('backbone', *path)], value, err_msg=str(path))
@@ -807,15 +812,7 @@ def test_training_starts_from_a_published_notop_naming(naming, replica, tmp_path
                           'data.image_size': 32 if arch == 'resnet50' else 71,
                           'train.num_epochs': 1, 'train.freeze_backbone_epochs': 1})
   train.train_and_evaluate(config, str(tmp_path / 'run'))
-  from skinjax import checkpoint as ckpt
-  checkpoints = ckpt.RunCheckpoints(tmp_path / 'run')
-  model = nnx.eval_shape(lambda: registry.build_classifier(
-      arch, num_classes=7, dropout_rate=0.0, rngs=nnx.Rngs(0)))
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  _, params, rest = checkpoints.restore_model('best', params, rest)
-  checkpoints.wait_and_close()
-  trained = {tuple(map(str, p)): np.asarray(v.get_value())
-             for state in (params, rest) for p, v in nnx.to_flat_state(state)}
+  trained = best_checkpoint_values(tmp_path / 'run', arch)
   reference = keras_model(arch, True)
   if arch == 'resnet50':
     checks = [(('conv2_block1', 'shortcut_conv', 'kernel'), reference.get_layer('conv2_block1_0_conv'), 0),
