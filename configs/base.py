@@ -12,7 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = data = ml_collections.ConfigDict()
-  data.source = 'ham10000'  # 'ham10000' (prepared TFDS ArrayRecord) | 'synthetic'
+  data.source = 'prepared'  # 'prepared' (TFDS ArrayRecord, scripts/prepare_*.py) | 'synthetic'
+  # Which prepared dataset: its --name in scripts/prepare_dataset.py, the format's name by default
+  # (ham10000, isic_archive, isic2019, isic2020, csv). Classes and groups come from it.
+  data.dataset = 'ham10000'
   data.data_dir = '~/tensorflow_datasets'
   data.prepared_size = 256  # short side the dataset was prepared at (--image_size of prepare)
   data.image_size = 224  # side of the square images the model sees

@@ -24,7 +24,6 @@ from ml_collections import config_flags
 from skinjax import steps
 from skinjax.data import pipeline
 from skinjax.data import sources
-from skinjax.data.constants import NUM_CLASSES
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
@@ -51,9 +50,9 @@ def make_config():
   return config
 
 
-def make_step(config, batch):
+def make_step(config, batch, num_classes: int):
   """The trainer's train step on `config.model.arch`, compiled and warmed up."""
-  model = registry.build_classifier(config.model.arch, num_classes=NUM_CLASSES, dropout_rate=0.0,
+  model = registry.build_classifier(config.model.arch, num_classes=num_classes, dropout_rate=0.0,
                                     rngs=nnx.Rngs(0))
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -61,7 +60,7 @@ def make_step(config, batch):
   step = jax.jit(steps.make_train_step(
       graphdef, tx, normalise=preprocessing.normaliser(
           registry.get_spec(config.model.arch).preprocessing, config),
-      trainable_mask=jax.tree.map(lambda _: True, params), class_weights=jnp.ones(NUM_CLASSES),
+      trainable_mask=jax.tree.map(lambda _: True, params), class_weights=jnp.ones(num_classes),
       label_smoothing=0.0, dropout_key=jax.random.key(0)), donate_argnums=0)
   state = steps.TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
   state, _ = step(state, batch)
@@ -74,8 +73,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
   config = make_config()
-  source, metadata = sources.open_source(config)
-  train = sources.split_indices(config, metadata)['train']
+  source, metadata, description = sources.open_source(config)
+  train = sources.split_indices(config, metadata, description)['train']
   batches = iter(pipeline.train_dataset(
       source, train, metadata['label'][train], config=config, process_batch_size=_BATCH_SIZE.value,
       num_epochs=1000))
@@ -104,7 +103,8 @@ def main(argv):
       'images_per_sec_per_worker': images / elapsed / max(1, _WORKERS.value),
   }
   if _WITH_STEP.value:
-    step, state = make_step(config, {k: jnp.asarray(v) for k, v in first.items()})
+    step, state = make_step(config, {k: jnp.asarray(v) for k, v in first.items()},
+                              description.num_classes)
     elapsed, waiting = timed_batches(step, state)
     result.update(with_step=_WITH_STEP.value, step_images_per_sec=images / elapsed,
                   input_wait_fraction=waiting / elapsed,

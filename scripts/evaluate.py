@@ -4,12 +4,15 @@ r"""Evaluates a trained run's checkpoint: its own test split, another split or a
       [--images_dir=DIR --labels_csv=CSV] [--tta=none|flip|flip_rot] [--out=DIR]
 
 The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
-and --labels_csv it evaluates an external labelled set instead of a split; the CSV is either
-HAM10000-style (image_id,dx[,lesion_id]), the ISIC 2018 Task 3 ground truth
-(image,MEL,NV,BCC,AKIEC,BKL,DF,VASC) or the ISIC 2019 one (image,MEL,NV,BCC,AK,...,SCC,UNK, with
-no SCC or UNK rows). It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or
---out): the training report's files plus roc.png, reliability.png, ECE and 95% bootstrap
-intervals in metrics.json, and predictions_isic.csv for the ISIC challenge scorer.
+and --labels_csv it evaluates an external labelled set instead of a split, scored in the classes
+of the run's training dataset; the CSV is either metadata-style (image_id,dx[,lesion_id]), the
+ISIC 2018 Task 3 ground truth (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC), the ISIC 2019 one
+(image,MEL,NV,BCC,AK,...,SCC,UNK: a HAM10000 model refuses SCC and UNK rows, an ISIC 2019 model
+scores SCC) or the ISIC 2020 one (image_name,...,target, for a melanoma-against-benign model).
+It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or --out): the training report's files plus
+roc.png, reliability.png, ECE and 95% bootstrap intervals in metrics.json, the AUC and
+sensitivity at 80/90/95% specificity of a binary melanoma model, and predictions_isic.csv in the
+submission format of the training dataset's ISIC challenge.
 
 For an ISIC ground truth it also reports the official score, as isic-challenge-scoring computes
 it from that predictions_isic.csv: rows weighted by the truth's score_weight column, and
@@ -36,12 +39,13 @@ _SPLIT = flags.DEFINE_enum('split', 'test', checkpoint_eval.SPLITS,
                            "Which split of the run's own dataset to evaluate.")
 _IMAGES_DIR = flags.DEFINE_string('images_dir', None, 'Folder of an external labelled test set.')
 _LABELS_CSV = flags.DEFINE_string(
-    'labels_csv', None, 'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019 ground truth.')
+    'labels_csv', None,
+    'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019/2020 ground truth.')
 _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
                          'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<checkpoint>.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                "Where the run's prepared HAM10000 is, if not where it trained.")
+                                "Where the run's prepared dataset is, if not where it trained.")
 _BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstrap intervals.')
 
 
@@ -59,7 +63,7 @@ def main(argv):
                        'when evaluating --images_dir.')
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
     if _IMAGES_DIR.value:
-      data = checkpoint_eval.external_set(_IMAGES_DIR.value, _LABELS_CSV.value)
+      data = checkpoint_eval.external_set(_IMAGES_DIR.value, _LABELS_CSV.value, run)
     else:
       data = checkpoint_eval.run_split(run, _SPLIT.value, _DATA_DIR.value)
     out_dir = (pathlib.Path(_OUT.value).expanduser() if _OUT.value

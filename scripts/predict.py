@@ -24,7 +24,6 @@ from skinjax import external
 from skinjax import gradcam
 from skinjax import inference
 from skinjax import tta
-from skinjax.data.constants import CLASS_NAMES
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run whose model predicts.',
                                required=True)
@@ -48,16 +47,17 @@ def main(argv):
   source = external.ImageFiles(paths)
   probs = inference.predict_source(run, source, np.arange(len(paths)), tta_mode=_TTA.value)
   overlays = write_gradcams(run, source, probs.argmax(-1), _GRADCAM.value) if _GRADCAM.value else {}
+  class_names = run.description.class_names  # the classes of the run's training dataset
   for i, (path, row) in enumerate(zip(paths, probs)):
-    top = CLASS_NAMES[int(row.argmax())]
+    top = class_names[int(row.argmax())]
     if _JSON.value:
       record = {'image': str(path), 'top_class': top, 'top_probability': float(row.max()),
-                'probabilities': {name: float(p) for name, p in zip(CLASS_NAMES, row)}}
+                'probabilities': {name: float(p) for name, p in zip(class_names, row)}}
       if i in overlays:
         record['gradcam'] = str(overlays[i])
       print(json.dumps(record))
     else:
-      ranked = sorted(zip(CLASS_NAMES, row), key=lambda item: -item[1])
+      ranked = sorted(zip(class_names, row), key=lambda item: -item[1])
       print(f'{path}: {top} ({row.max():.3f})  '
             + '  '.join(f'{name} {p:.3f}' for name, p in ranked)
             + (f'  gradcam: {overlays[i]}' if i in overlays else ''))

@@ -26,7 +26,7 @@ class EvalData:
   indices: np.ndarray
   labels: np.ndarray
   image_ids: np.ndarray
-  lesion_ids: np.ndarray | None
+  groups: np.ndarray | None  # lesion_id or patient_id: the bootstrap resamples them
   description: dict  # recorded in metrics.json
   # For ISIC ground truths: the official scorer's row weights; rows of weight 0 are left out of
   # the metrics (but keep their predictions) and named in the report.
@@ -41,19 +41,26 @@ def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None)
   if data_dir:
     config = config.copy_and_resolve_references()
     config.data.data_dir = data_dir
-  source, metadata = sources.open_source(config)
-  indices = sources.split_indices(config, metadata)[split]
+  source, metadata, description = sources.open_source(config)
+  if description.class_names != run.description.class_names:
+    raise inference.RunInputError(
+        f'The dataset in {config.data.data_dir} has the classes {", ".join(description.class_names)}'
+        f', but the run was trained on {", ".join(run.description.class_names)}; pass the '
+        '--data_dir the run trained on.')
+  indices = sources.split_indices(config, metadata, description)[split]
   return EvalData(split, source, indices, metadata['label'][indices], metadata['image_id'][indices],
-                  metadata['lesion_id'][indices],
-                  {'split': split, 'source': config.data.source, 'data_dir': config.data.data_dir})
+                  metadata['group'][indices],
+                  {'split': split, 'source': config.data.source, 'dataset': description.name,
+                   'data_dir': config.data.data_dir})
 
 
-def external_set(images_dir, labels_csv) -> EvalData:
-  labelled = external.read_labels(labels_csv)
+def external_set(images_dir, labels_csv, run: inference.LoadedRun) -> EvalData:
+  """A labelled folder of images, scored in the classes the run was trained on."""
+  labelled = external.read_labels(labels_csv, run.description)
   paths = external.find_images(images_dir, labelled.image_ids)
   return EvalData(f'external-{pathlib.Path(labels_csv).stem}',
                   external.ImageFiles(paths, labelled.labels), np.arange(len(paths)),
-                  labelled.labels, labelled.image_ids, labelled.lesion_ids,
+                  labelled.labels, labelled.image_ids, labelled.groups,
                   {'split': 'external', 'images_dir': str(images_dir),
                    'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format},
                   labelled.score_weights)
@@ -74,5 +81,6 @@ def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathl
            'num_params': run.num_params, 'image_size': config.data.image_size,
            'checkpoint': run.checkpoint, 'step': run.step, 'tta': tta_mode, **data.description}
   return report.write_report(pathlib.Path(out_dir), data.labels, probs, data.image_ids,
-                             extra=extra, lesion_ids=data.lesion_ids, bootstrap_seed=bootstrap_seed,
+                             run.description, extra=extra, groups=data.groups,
+                             bootstrap_seed=bootstrap_seed,
                              score_weights=data.score_weights)

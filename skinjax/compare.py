@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from skinjax import eval_metrics  # noqa: E402
-from skinjax.data.constants import CLASS_NAMES, MELANOMA  # noqa: E402
+from skinjax.data import datasets  # noqa: E402
 
 # (metrics.json key, column title); the first three carry 95% intervals.
 METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),
@@ -51,11 +51,13 @@ def read_run(workdir) -> dict:
     scores, ci, ci_source = trained, trained['ci'], 'report/metrics.json'
   else:
     scores, ci_source = trained, 'report/predictions.csv'
-    ci = _bootstrap_from_predictions(workdir / 'report' / 'predictions.csv')
+    ci = _bootstrap_from_predictions(workdir / 'report' / 'predictions.csv',
+                                     datasets.of_run(config))
   model = config.get('model', {})
   return {
       'name': workdir.name,
       'workdir': str(workdir),
+      'dataset': datasets.of_run(config).name,
       'arch': trained.get('arch', model.get('arch')),
       'init': trained.get('init', model.get('init')),
       'num_params': trained.get('num_params'),
@@ -88,17 +90,19 @@ def _epoch_time_sum(metrics_log: pathlib.Path) -> float | None:
   return float(sum(times)) if times else None
 
 
-def _bootstrap_from_predictions(path: pathlib.Path) -> dict:
+def _bootstrap_from_predictions(path: pathlib.Path, description: datasets.DatasetDescription) -> dict:
   if not path.is_file():
     raise CompareError(f'{path} is missing, so there is nothing to compute intervals from; run '
                        f'python scripts/evaluate.py --workdir={path.parents[1]}.')
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
-  labels = np.array([CLASS_NAMES.index(r['label']) for r in rows])
-  preds = np.array([CLASS_NAMES.index(r['pred']) for r in rows])
-  lesions = np.array([r['lesion_id'] for r in rows]) if rows and 'lesion_id' in rows[0] else None
-  return eval_metrics.bootstrap_intervals(labels, preds, len(CLASS_NAMES),
-                                          CLASS_NAMES.index(MELANOMA), lesions)
+  names = list(description.class_names)
+  labels = np.array([names.index(r['label']) for r in rows])
+  preds = np.array([names.index(r['pred']) for r in rows])
+  column = description.group_column
+  groups = np.array([r[column] for r in rows]) if rows and column in rows[0] else None
+  return eval_metrics.bootstrap_intervals(labels, preds, len(names), description.melanoma_index,
+                                          groups, unit=column.removesuffix('_id') if column else '')
 
 
 def _fmt(value, digits=3) -> str:
@@ -145,9 +149,14 @@ def markdown(runs: list[dict]) -> str:
            '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).', '',
            '| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
   lines += ['| ' + ' | '.join(table_row(run)) + ' |' for run in runs]
-  lines += ['', _verdict(runs), '', 'Sources:']
-  lines += [f"- {run['name']}: {run['workdir']}; n={run['num_examples']}; intervals from "
-            f"{run['ci_source']}, resampled by {run['ci_unit']}" for run in runs]
+  lines += ['', _verdict(runs)]
+  trained_on = sorted({run['dataset'] for run in runs})
+  if len(trained_on) > 1:  # a test split of another dataset is another exam
+    lines += ['', f"Warning: these runs were trained and tested on different datasets "
+                  f"({', '.join(trained_on)}); their scores are not comparable."]
+  lines += ['', 'Sources:']
+  lines += [f"- {run['name']}: {run['workdir']}; dataset {run['dataset']}; n={run['num_examples']}; "
+            f"intervals from {run['ci_source']}, resampled by {run['ci_unit']}" for run in runs]
   return '\n'.join(lines) + '\n'
 
 

@@ -11,7 +11,7 @@ from skinjax.models import registry
 from skinjax.weights import lite_pretrained, pretrained
 
 CHOICES = {
-    'data.source': ('ham10000', 'synthetic'),
+    'data.source': ('prepared', 'synthetic', 'ham10000'),  # 'ham10000': the old name of 'prepared'
     'data.split': ('lesion_grouped', 'random_image'),
     'data.resize': ('center_crop', 'squash'),
     'data.preprocessing': ('keras', 'minus_one_one'),

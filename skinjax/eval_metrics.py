@@ -77,16 +77,20 @@ def metrics_from_confusion(matrices: np.ndarray, melanoma_index: int) -> dict[st
 
 
 def bootstrap_intervals(labels: np.ndarray, preds: np.ndarray, num_classes: int,
-                        melanoma_index: int, groups=None, *, num_resamples: int = BOOTSTRAP_RESAMPLES,
-                        seed: int = 0, level: float = CI_LEVEL) -> dict:
-  """Percentile bootstrap intervals of CI_METRICS; resamples `groups` (e.g. lesions) if given."""
+                        melanoma_index: int | None, groups=None, *,
+                        num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+                        level: float = CI_LEVEL, unit: str = 'lesion') -> dict:
+  """Percentile bootstrap intervals of CI_METRICS; resamples `groups` (lesions, or the `unit`
+  they are) if given. Without a melanoma class, melanoma_recall's interval is None."""
   labels, preds = np.asarray(labels), np.asarray(preds)
-  unit = 'image' if groups is None else 'lesion'
+  unit = 'image' if groups is None else unit
   groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
   weights = resample_weights(groups, num_resamples, seed)
   cells = np.eye(num_classes * num_classes)[labels * num_classes + preds]  # (N, C*C) one-hot
   matrices = (weights @ cells).reshape(num_resamples, num_classes, num_classes)
-  values = metrics_from_confusion(matrices, melanoma_index)
+  values = metrics_from_confusion(matrices, 0 if melanoma_index is None else melanoma_index)
+  if melanoma_index is None:
+    values['melanoma_recall'] = np.full(num_resamples, np.nan)
   tail = 100 * (1 - level) / 2
   intervals = {}
   for name in CI_METRICS:

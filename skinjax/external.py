@@ -1,16 +1,20 @@
 """Images from outside the prepared dataset: an external labelled test set, or files to predict.
 
-Labels come from one of three CSV formats:
-  HAM10000 metadata style  image_id,dx[,lesion_id,...]   (dx in akiec, bcc, bkl, df, mel, nv, vasc)
-  ISIC 2018 Task 3 truth   image,MEL,NV,BCC,AKIEC,BKL,DF,VASC   (one-hot floats)
-  ISIC 2019 truth          image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK   (one-hot; AK is akiec, and
-                           SCC/UNK rows, which have no HAM10000 class, must be dropped first)
+Labels are read in the classes of the model's training dataset (its DatasetDescription), from
+one of these CSV formats:
+  metadata style           image_id,dx[,lesion_id|patient_id,...]   (dx: a class of the model)
+  ISIC one-hot truth       image,<class columns>[,score_weight]: ISIC 2018 Task 3
+                           (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC), ISIC 2019 (image,MEL,...,SCC,UNK)
+                           or any other; columns match classes by name (AK and AKIEC are one).
+                           Rows of a class the model lacks (a HAM10000 model and SCC or UNK) are
+                           refused by name, since the model cannot predict them.
+  ISIC 2020 truth          image_name,...,target   (for a melanoma-against-benign model)
 Images are found by id in a folder (and its subfolders) as <id>.jpg, .jpeg or .png, any size: the
 evaluation pipeline resizes them exactly as it does the run's own evaluation images.
 
-The ISIC ground truths also carry the rows' weights as the official scorer, isic-challenge-scoring,
-reads them (its load_csv.parse_truth_csv): an optional score_weight column (1.0 when absent), and
-weight 0 for ISIC_0035068 whatever the file says.
+The ISIC one-hot ground truths also carry the rows' weights as the official scorer,
+isic-challenge-scoring, reads them (its load_csv.parse_truth_csv): an optional score_weight column
+(1.0 when absent), and weight 0 for ISIC_0035068 whatever the file says.
 """
 
 import csv
@@ -21,16 +25,21 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from skinjax.data.constants import (CLASS_NAMES, ISIC2018_COLUMNS, ISIC2019_COLUMNS,
-                                    ISIC2019_TO_CLASS)
+from skinjax.data import datasets
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 # isic-challenge-scoring sets this image's weight to 0 in every ground truth it reads: a duplicate
 # within the ISIC 2018 Task 3 test set.
 ISIC_SCORER_EXCLUDED = ('ISIC_0035068',)
-_FORMATS_HELP = ('image_id,dx[,lesion_id] (HAM10000 metadata), '
-                 f'image,{",".join(ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth) or '
-                 f'image,{",".join(ISIC2019_COLUMNS)} (ISIC 2019 ground truth)')
+# Per-row weights the ISIC ground truths carry beside their class columns.
+WEIGHT_COLUMNS = ('score_weight', 'validation_weight')
+# One diagnosis under two names: ISIC 2018's AKIEC (actinic keratosis and intraepithelial
+# carcinoma) is ISIC 2019's AK.
+SYNONYMS = {'akiec': ('ak',), 'ak': ('akiec',)}
+_FORMATS_HELP = ('image_id,dx[,lesion_id] (metadata style), '
+                 f'image,{",".join(datasets.ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth), '
+                 f'image,{",".join(datasets.ISIC2019_COLUMNS)} (ISIC 2019 ground truth) or '
+                 'image_name,...,target (ISIC 2020 ground truth)')
 
 
 class ExternalDataError(ValueError):
@@ -55,15 +64,16 @@ class ImageFiles:
 @dataclasses.dataclass(frozen=True)
 class LabelledImages:
   image_ids: np.ndarray
-  labels: np.ndarray
-  lesion_ids: np.ndarray | None  # known for HAM10000-style CSVs with a lesion_id column
-  csv_format: str  # 'ham10000', 'isic2018' or 'isic2019'
-  # ISIC ground truths only: 1.0 for a scored row, 0.0 for one the official scorer leaves out.
+  labels: np.ndarray  # indices into the model's classes
+  groups: np.ndarray | None  # lesion_id or patient_id, when the CSV gives one for every row
+  csv_format: str  # 'metadata', 'isic2018', 'isic2019', 'one_hot' or 'isic2020'
+  # ISIC one-hot ground truths only: 1.0 for a scored row, 0.0 for one the scorer leaves out.
   score_weights: np.ndarray | None = None
 
 
-def read_labels(csv_path) -> LabelledImages:
-  """Parses either label format (told apart by the header) into class indices."""
+def read_labels(csv_path, description: datasets.DatasetDescription = datasets.HAM10000
+                ) -> LabelledImages:
+  """Parses any label format (told apart by the header) into indices of the model's classes."""
   csv_path = pathlib.Path(csv_path).expanduser()
   try:
     with open(csv_path, newline='', encoding='utf-8-sig') as f:
@@ -74,15 +84,17 @@ def read_labels(csv_path) -> LabelledImages:
   if not rows:
     raise ExternalDataError(f'--labels_csv {csv_path} has no rows; it needs a header and one row '
                             f'per image: {_FORMATS_HELP}.')
-  columns = {c.strip() for c in rows[0] if c}
+  header = [c.strip() for c in rows[0] if c]
+  columns = set(header)
   rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in rows]
   if {'image_id', 'dx'} <= columns:
-    labelled = _ham10000_labels(rows, columns, csv_path)
-  elif {'image', *ISIC2018_COLUMNS} <= columns:
-    labelled = _one_hot_labels(rows, ISIC2018_COLUMNS, {c: c.lower() for c in ISIC2018_COLUMNS},
-                               'isic2018', csv_path)
-  elif {'image', *ISIC2019_COLUMNS} <= columns:
-    labelled = _one_hot_labels(rows, ISIC2019_COLUMNS, ISIC2019_TO_CLASS, 'isic2019', csv_path)
+    labelled = _metadata_labels(rows, columns, csv_path, description)
+  elif {'image_name', 'target'} <= columns:
+    labelled = _isic2020_labels(rows, csv_path, description)
+  elif 'image' in columns and len(columns - set(WEIGHT_COLUMNS) - {'image'}) >= 2:
+    class_columns = [c for c in header if c not in (*WEIGHT_COLUMNS, 'image')]
+    labelled = _one_hot_labels(rows, class_columns, _csv_format(class_columns), csv_path,
+                               description)
   else:
     raise ExternalDataError(f'--labels_csv {csv_path} has columns {sorted(columns)}; expected '
                             f'{_FORMATS_HELP}.')
@@ -93,30 +105,73 @@ def read_labels(csv_path) -> LabelledImages:
   return labelled
 
 
+def _csv_format(class_columns) -> str:
+  return {frozenset(datasets.ISIC2018_COLUMNS): 'isic2018',
+          frozenset(datasets.ISIC2019_COLUMNS): 'isic2019'}.get(frozenset(class_columns), 'one_hot')
+
+
 def _strip_suffix(image_id: str) -> str:
   path = pathlib.PurePath(image_id)
   return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else image_id
 
 
-def _ham10000_labels(rows, columns, csv_path) -> LabelledImages:
-  dx = [row['dx'].lower() for row in rows]
-  unknown = sorted(set(dx) - set(CLASS_NAMES))
+def class_of(name: str, description: datasets.DatasetDescription) -> int | None:
+  """The model's class called `name` (a dx value or a ground-truth column), or None."""
+  names = description.class_names
+  if name in names:
+    return names.index(name)
+  if description.challenge is not None:  # e.g. ISIC 2019's AK column is our 'ak'
+    mapped = description.challenge.class_of_column.get(name)
+    if mapped is not None:
+      return names.index(mapped)
+  lowered = {c.lower(): i for i, c in enumerate(names)}
+  for candidate in (name.lower(), *SYNONYMS.get(name.lower(), ())):
+    if candidate in lowered:
+      return lowered[candidate]
+  return None
+
+
+def _metadata_labels(rows, columns, csv_path, description) -> LabelledImages:
+  labels = [class_of(row['dx'], description) for row in rows]
+  unknown = sorted({row['dx'] for row, label in zip(rows, labels) if label is None})
   if unknown:
     raise ExternalDataError(
-        f'--labels_csv {csv_path} has dx values outside the 7 HAM10000 classes: '
-        f'{", ".join(map(repr, unknown[:5]))}; use {", ".join(CLASS_NAMES)} (drop or relabel '
-        'those rows).')
-  lesion_ids = None
-  if 'lesion_id' in columns and all(row['lesion_id'] for row in rows):
-    lesion_ids = np.array([row['lesion_id'] for row in rows])
+        f'--labels_csv {csv_path} has dx values outside the {description.num_classes} '
+        f'{description.name} classes the model predicts: {", ".join(map(repr, unknown[:5]))}; use '
+        f'{", ".join(description.class_names)} (drop or relabel those rows).')
+  groups = None
+  for key in ('lesion_id', 'patient_id'):
+    if key in columns and all(row[key] for row in rows):
+      groups = np.array([row[key] for row in rows])
+      break
   return LabelledImages(np.array([_strip_suffix(row['image_id']) for row in rows]),
-                        np.array([CLASS_NAMES.index(d) for d in dx], np.int64), lesion_ids,
-                        'ham10000')
+                        np.array(labels, np.int64), groups, 'metadata')
 
 
-def _one_hot_labels(rows, columns, column_to_class, csv_format, csv_path) -> LabelledImages:
-  """ISIC-style one-hot ground truth; columns missing from `column_to_class` lack a HAM class."""
-  extra_columns = [c for c in columns if c not in column_to_class]
+def _isic2020_labels(rows, csv_path, description) -> LabelledImages:
+  if not description.is_binary_melanoma:
+    raise ExternalDataError(
+        f'--labels_csv {csv_path} is an ISIC 2020 ground truth (melanoma or not), which scores a '
+        f'melanoma-against-benign model; this one predicts {description.num_classes} '
+        f'{description.name} classes. Evaluate it on a ground truth in its classes.')
+  melanoma = description.melanoma_index
+  labels = []
+  for row in rows:
+    if row['target'] not in ('0', '1', '0.0', '1.0'):
+      raise ExternalDataError(f'--labels_csv {csv_path}: the target of {row["image_name"]} is '
+                              f'{row["target"]!r}; use 1 for melanoma and 0 for benign.')
+    labels.append(melanoma if float(row['target']) == 1 else 1 - melanoma)
+  groups = (np.array([row['patient_id'] for row in rows])
+            if all(row.get('patient_id') for row in rows) else None)
+  return LabelledImages(np.array([_strip_suffix(row['image_name']) for row in rows]),
+                        np.array(labels, np.int64), groups, 'isic2020')
+
+
+def _one_hot_labels(rows, columns, csv_format, csv_path, description) -> LabelledImages:
+  """ISIC-style one-hot ground truth; a column that matches none of the model's classes may only
+  hold zeros."""
+  class_of_column = {c: class_of(c, description) for c in columns}
+  extra_columns = [c for c in columns if class_of_column[c] is None]
   labels, outside, weights = [], [], []
   for row in rows:
     weights.append(_score_weight(row, csv_path))
@@ -134,13 +189,13 @@ def _one_hot_labels(rows, columns, column_to_class, csv_format, csv_path) -> Lab
     if column in extra_columns:
       outside.append(f'{row["image"]} ({column})')
     else:
-      labels.append(CLASS_NAMES.index(column_to_class[column]))
+      labels.append(class_of_column[column])
   if outside:
     # Refused rather than skipped: silently scoring a subset would misstate the set's size.
     raise ExternalDataError(
         f'--labels_csv {csv_path}: {len(outside)} images are labelled with a class that '
-        f'HAM10000 lacks, which the model cannot predict: {", ".join(outside[:3])}. Drop the '
-        f'rows with a 1.0 in {"/".join(extra_columns)} and evaluate the rest.')
+        f'{description.name} lacks, which the model cannot predict: {", ".join(outside[:3])}. Drop '
+        f'the rows with a 1.0 in {"/".join(extra_columns)} and evaluate the rest.')
   image_ids = np.array([_strip_suffix(row['image']) for row in rows])
   weights = np.where(np.isin(image_ids, ISIC_SCORER_EXCLUDED), 0.0, np.array(weights))
   if not weights.any():

@@ -24,7 +24,7 @@ from skinjax import sharding
 from skinjax import steps
 from skinjax import tta
 from skinjax.data import pipeline
-from skinjax.data.constants import CLASS_NAMES
+from skinjax.data import datasets
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
@@ -43,6 +43,7 @@ class LoadedRun:
   params: nnx.State
   rest: nnx.State
   normalise: Callable
+  description: datasets.DatasetDescription  # the classes it predicts, from W/config.json
 
   @property
   def num_params(self) -> int:
@@ -70,8 +71,10 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
     raise RunInputError(f'{workdir} has no config.json, so it is not a skinjax training run; pass '
                         'the --workdir that python -m skinjax.main wrote.')
   try:
-    config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
-  except ValueError as error:
+    saved = json.loads((workdir / 'config.json').read_text())
+    description = datasets.of_run(saved)
+    config = ml_collections.ConfigDict(saved)
+  except (ValueError, KeyError, TypeError) as error:
     raise RunInputError(f'{workdir / "config.json"} is not valid JSON ({error}); restore it from '
                         'the training run.') from None
   if not (workdir / 'checkpoints').is_dir():
@@ -87,12 +90,13 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
       raise RunInputError(f'{workdir}: {error} To fix: {fix}') from None
 
     abstract_model = nnx.eval_shape(lambda: registry.build_classifier(
-        config.model.arch, num_classes=len(CLASS_NAMES), dropout_rate=config.model.dropout_rate,
+        config.model.arch, num_classes=description.num_classes,
+        dropout_rate=config.model.dropout_rate,
         dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(0)))
     abstract_model.eval()
     graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
     _check_saved_shapes(checkpoints.saved_param_shapes(checkpoint), abstract_params, workdir,
-                        checkpoint, config.model.arch)
+                        checkpoint, config.model.arch, description)
     replicated = sharding.replicated(sharding.data_mesh())
     step, params, rest = checkpoints.restore_model(
         checkpoint, ckpt.abstract(abstract_params, replicated),
@@ -101,7 +105,7 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
     checkpoints.wait_and_close()
   return LoadedRun(workdir, config, checkpoint, step, graphdef, params, rest,
                    preprocessing.normaliser(registry.get_spec(config.model.arch).preprocessing,
-                                            config))
+                                            config), description)
 
 
 def _param_shapes(params) -> dict[str, tuple[int, ...]]:
@@ -109,14 +113,16 @@ def _param_shapes(params) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
-def _check_saved_shapes(saved: dict, abstract_params, workdir, checkpoint, arch):
+def _check_saved_shapes(saved: dict, abstract_params, workdir, checkpoint, arch, description):
   """A clear refusal before Orbax would fail on the first mismatching array."""
-  saved_classes = saved.get('head/kernel', (0, len(CLASS_NAMES)))[-1]
-  if saved_classes != len(CLASS_NAMES):
+  classes = description.num_classes
+  saved_classes = saved.get('head/kernel', (0, classes))[-1]
+  if saved_classes != classes:
     raise RunInputError(
-        f'The {checkpoint} checkpoint in {workdir} has a {saved_classes}-class head, but skinjax '
-        f'evaluates the {len(CLASS_NAMES)} HAM10000 classes ({", ".join(CLASS_NAMES)}); use a '
-        f'workdir trained by skinjax on HAM10000.')
+        f'The {checkpoint} checkpoint in {workdir} has a {saved_classes}-class head, but its '
+        f'config.json says it was trained on {description.name} with {classes} classes '
+        f'({", ".join(description.class_names)}); was config.json replaced? Use the config.json '
+        'the run wrote.')
   expected = _param_shapes(abstract_params)
   wrong = [f'{name} {saved.get(name)} != {shape}' for name, shape in expected.items()
            if saved.get(name) != tuple(shape)]
@@ -140,7 +146,7 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
   batches = pipeline.eval_dataset(source, np.asarray(indices), image_size=run.config.data.image_size,
                                   resize_mode=run.config.data.resize, global_batch_size=batch_size)
   return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
-                          len(CLASS_NAMES))
+                          run.description.num_classes)
 
 
 def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The final report: sklearn metrics, the study's classification table, plots and predictions.
 
 Balanced accuracy (mean per-class recall, the ISIC 2018 metric) is the headline; melanoma recall
-is listed first because a missed melanoma is the costliest error. The trainer and
+is listed first because a missed melanoma is the costliest error. A melanoma-against-benign model
+(ISIC 2020) also gets its AUC, the ISIC 2020 metric, and its sensitivity at 80/90/95% specificity.
+Classes, the melanoma class and the challenge columns come from the dataset's description. The trainer and
 scripts/evaluate.py both write their reports here, so a checkpoint evaluated later reads exactly
 like the report at the end of training.
 """
@@ -18,11 +20,15 @@ import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from skinjax import eval_metrics  # noqa: E402
-from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS, MELANOMA  # noqa: E402
+from skinjax.data import datasets  # noqa: E402
+
+SPECIFICITIES = (0.80, 0.90, 0.95)
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names=CLASS_NAMES) -> dict:
+def compute_metrics(labels: np.ndarray, probs: np.ndarray,
+                    description: datasets.DatasetDescription = datasets.HAM10000) -> dict:
   """Every number of the report, from labels and predicted probabilities (N, C)."""
+  class_names, melanoma = description.class_names, description.melanoma_index
   preds = probs.argmax(-1)
   classes = list(range(len(class_names)))
   precision, recall, f1, support = skm.precision_recall_fscore_support(
@@ -30,7 +36,7 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names=CLASS_NAM
   aucs = _per_class_auc(labels, probs, classes)
   present = [a for a in aucs if a is not None]
   clipped = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-  return {
+  metrics = {
       'num_examples': int(len(labels)),
       'accuracy': float(skm.accuracy_score(labels, preds)),
       'balanced_accuracy': float(skm.balanced_accuracy_score(labels, preds)),
@@ -39,12 +45,27 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names=CLASS_NAM
                                         zero_division=0)),
       'macro_auc': float(np.mean(present)) if present else None,
       'loss': float(-np.mean(np.log(clipped))),
-      'melanoma_recall': float(recall[list(class_names).index(MELANOMA)]) if MELANOMA in class_names else None,
+      'melanoma_recall': None if melanoma is None else float(recall[melanoma]),
       'per_class': {
           name: {'precision': float(precision[i]), 'recall': float(recall[i]), 'f1': float(f1[i]),
                  'support': int(support[i]), 'auc': aucs[i]}
-          for i, name in _melanoma_first(class_names)},
+          for i, name in _melanoma_first(description)},
   }
+  if description.is_binary_melanoma:
+    metrics['auc'] = aucs[melanoma]  # the ISIC 2020 metric: ROC-AUC of the melanoma probability
+    metrics['sensitivity_at_specificity'] = (
+        None if aucs[melanoma] is None else
+        sensitivity_at_specificity(labels == melanoma, probs[:, melanoma], SPECIFICITIES))
+  return metrics
+
+
+def sensitivity_at_specificity(positives: np.ndarray, scores: np.ndarray, specificities) -> dict:
+  """{'0.80': the highest sensitivity of any threshold whose specificity is at least 0.80, ...}.
+
+  Read off sklearn's ROC curve, whose points are every distinct threshold.
+  """
+  fpr, tpr, _ = skm.roc_curve(positives, scores)
+  return {f'{s:.2f}': float(tpr[fpr <= 1 - s + 1e-12].max()) for s in specificities}
 
 
 def _per_class_auc(labels, probs, classes):
@@ -57,8 +78,9 @@ def _per_class_auc(labels, probs, classes):
   return aucs
 
 
-def _melanoma_first(class_names):
-  order = sorted(range(len(class_names)), key=lambda i: (class_names[i] != MELANOMA, i))
+def _melanoma_first(description: datasets.DatasetDescription):
+  class_names = description.class_names
+  order = sorted(range(len(class_names)), key=lambda i: (class_names[i] != description.melanoma, i))
   return [(i, class_names[i]) for i in order]
 
 
@@ -67,7 +89,14 @@ def format_summary(m: dict) -> str:
   lines = [f"balanced_accuracy {m['balanced_accuracy']:.4f}  accuracy {m['accuracy']:.4f}  "
            f"macro_f1 {m['macro_f1']:.4f}  macro_auc {auc}  (n={m['num_examples']})",
            'per-class recall: ' + '  '.join(f"{name} {v['recall']:.3f}" for name, v in m['per_class'].items())]
+  if m.get('sensitivity_at_specificity'):
+    lines.append(f"melanoma AUC {_fmt(m['auc'])}; sensitivity at specificity " + ', '.join(
+        f'{s}: {v:.3f}' for s, v in m['sensitivity_at_specificity'].items()))
   return '\n'.join(lines)
+
+
+def _fmt(value) -> str:
+  return 'n/a' if value is None else f'{value:.4f}'
 
 
 def format_isic_challenge(score: dict) -> str:
@@ -81,15 +110,16 @@ def format_isic_challenge(score: dict) -> str:
 
 
 def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, image_ids,
-                 class_names=CLASS_NAMES, extra: dict | None = None, lesion_ids=None,
-                 bootstrap_seed: int = 0,
+                 description: datasets.DatasetDescription = datasets.HAM10000,
+                 extra: dict | None = None, groups=None, bootstrap_seed: int = 0,
                  bootstrap_resamples: int = eval_metrics.BOOTSTRAP_RESAMPLES,
                  score_weights=None) -> dict:
   """Writes the report files and returns the metrics.json content.
 
-  classification_report.txt, metrics.json (with ECE and 95% bootstrap CIs, resampled by lesion
-  when `lesion_ids` are given), confusion_matrix.png, roc.png, reliability.png, predictions.csv
-  and predictions_isic.csv (the ISIC 2018 Task 3 submission format).
+  classification_report.txt, metrics.json (with ECE and 95% bootstrap CIs, resampled by group --
+  lesion or patient -- when `groups` are given), confusion_matrix.png, roc.png, reliability.png,
+  predictions.csv and, for a dataset with a challenge, predictions_isic.csv in its submission
+  format (ISIC 2018: image,MEL,...; ISIC 2019: image,MEL,...,UNK; ISIC 2020: image_name,target).
 
   `score_weights` (an ISIC ground truth's, 0 or 1 per row) add `isic_challenge` to metrics.json:
   the official scorer's balanced accuracy and the images of weight 0. Those rows are left out of
@@ -97,7 +127,8 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   """
   out_dir.mkdir(parents=True, exist_ok=True)
   labels, probs = np.asarray(labels), np.asarray(probs)
-  all_ids, all_labels, all_probs, all_lesion_ids = image_ids, labels, probs, lesion_ids
+  class_names = description.class_names
+  all_ids, all_labels, all_probs, all_groups = image_ids, labels, probs, groups
   isic_challenge = None
   if score_weights is not None:
     score_weights = np.asarray(score_weights, np.float64)
@@ -111,15 +142,14 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
                  'a tie for the highest probability in predictions_isic.csv counts as wrong',
     }
     labels, probs = labels[scored], probs[scored]
-    lesion_ids = None if lesion_ids is None else np.asarray(lesion_ids)[scored]
-  metrics = compute_metrics(labels, probs, class_names)
+    groups = None if groups is None else np.asarray(groups)[scored]
+  metrics = compute_metrics(labels, probs, description)
   preds = probs.argmax(-1)
   metrics['ece'] = eval_metrics.expected_calibration_error(labels, probs)
   metrics['ece_bins'] = eval_metrics.ECE_BINS
-  if MELANOMA in class_names:
-    metrics['ci'] = eval_metrics.bootstrap_intervals(
-        labels, preds, len(class_names), list(class_names).index(MELANOMA), lesion_ids,
-        num_resamples=bootstrap_resamples, seed=bootstrap_seed)
+  metrics['ci'] = eval_metrics.bootstrap_intervals(
+      labels, preds, len(class_names), description.melanoma_index, groups,
+      num_resamples=bootstrap_resamples, seed=bootstrap_seed, unit=_unit(description))
   if isic_challenge is not None:
     metrics['isic_challenge'] = isic_challenge
   metrics.update(extra or {})
@@ -132,22 +162,27 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
   plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=classes), class_names,
                         out_dir / 'confusion_matrix.png')
-  plot_roc(labels, probs, class_names, out_dir / 'roc.png')
+  plot_roc(labels, probs, description, out_dir / 'roc.png')
   plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
                    out_dir / 'reliability.png')
   # Every row, scored or not: the official scorer wants a prediction for each ground-truth row.
   with open(out_dir / 'predictions.csv', 'w', newline='') as f:
     writer = csv.writer(f)
-    lesion_column = [] if all_lesion_ids is None else ['lesion_id']
-    writer.writerow(['image_id', *lesion_column, 'label', 'pred',
+    group_column = [] if all_groups is None else [description.group_column or 'group']
+    writer.writerow(['image_id', *group_column, 'label', 'pred',
                      *[f'prob_{name}' for name in class_names]])
     for i, (image_id, label, row) in enumerate(zip(all_ids, all_labels, all_probs)):
-      lesion = [] if all_lesion_ids is None else [all_lesion_ids[i]]
-      writer.writerow([image_id, *lesion, class_names[label], class_names[row.argmax()],
+      group = [] if all_groups is None else [all_groups[i]]
+      writer.writerow([image_id, *group, class_names[label], class_names[row.argmax()],
                        *[f'{p:.6f}' for p in row]])
-  if set(c.lower() for c in ISIC2018_COLUMNS) == set(class_names):
-    write_isic_predictions(out_dir / 'predictions_isic.csv', all_ids, all_probs, class_names)
+  if description.challenge is not None:
+    write_isic_predictions(out_dir / 'predictions_isic.csv', all_ids, all_probs, description)
   return metrics
+
+
+def _unit(description: datasets.DatasetDescription) -> str:
+  """What the bootstrap resamples when groups are given: 'lesion' or 'patient'."""
+  return {'patient_id': 'patient'}.get(description.group_key, 'lesion')
 
 
 def isic_probabilities(probs: np.ndarray) -> np.ndarray:
@@ -160,18 +195,23 @@ def isic_probabilities(probs: np.ndarray) -> np.ndarray:
 
 
 def write_isic_predictions(path: pathlib.Path, image_ids, probs: np.ndarray,
-                           class_names=CLASS_NAMES):
-  """`image,MEL,NV,BCC,AKIEC,BKL,DF,VASC` rows of probabilities, as isic-challenge-scoring reads.
+                           description: datasets.DatasetDescription = datasets.HAM10000):
+  """The dataset's challenge submission: e.g. `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC` rows of
+  probabilities, as isic-challenge-scoring reads them.
 
-  Columns are mapped by name, since the ISIC order differs from ours. Every value is written
-  with a decimal point: the scorer refuses a column that pandas would parse as integers.
+  Columns are mapped to classes by name, since the ISIC order differs from ours; a column no class
+  predicts (ISIC 2019's UNK) holds 0. Every value is written with a decimal point: the scorer
+  refuses a column that pandas would parse as integers.
   """
-  order = [list(class_names).index(column.lower()) for column in ISIC2018_COLUMNS]
+  challenge = description.challenge
+  class_names = list(description.class_names)
+  order = [None if challenge.class_of_column[column] is None
+           else class_names.index(challenge.class_of_column[column]) for column in challenge.columns]
   with open(path, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['image', *ISIC2018_COLUMNS])
+    writer.writerow([challenge.image_column, *challenge.columns])
     for image_id, row in zip(image_ids, isic_probabilities(probs)):
-      writer.writerow([image_id, *[f'{row[i]:.8f}' for i in order]])
+      writer.writerow([image_id, *[f'{0.0 if i is None else row[i]:.8f}' for i in order]])
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):
@@ -195,15 +235,16 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):
   plt.close(fig)
 
 
-def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names, path: pathlib.Path):
+def plot_roc(labels: np.ndarray, probs: np.ndarray, description: datasets.DatasetDescription,
+             path: pathlib.Path):
   """One-vs-rest ROC curve per class (classes without positives or negatives are left out)."""
   fig, ax = plt.subplots(figsize=(6.5, 6))
-  for i, name in _melanoma_first(class_names):
+  for i, name in _melanoma_first(description):
     positives = labels == i
     if not 0 < positives.sum() < len(labels):
       continue
     fpr, tpr, _ = skm.roc_curve(positives, probs[:, i])
-    ax.plot(fpr, tpr, lw=2.5 if name == MELANOMA else 1.3,
+    ax.plot(fpr, tpr, lw=2.5 if name == description.melanoma else 1.3,
             label=f'{name} (AUC {skm.auc(fpr, tpr):.3f}, n={int(positives.sum())})')
   ax.plot([0, 1], [0, 1], color='grey', lw=0.8, ls='--')
   ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate',

@@ -1,4 +1,4 @@
-"""Fine-tunes a classifier on HAM10000: one function, read top to bottom.
+"""Fine-tunes a classifier on a dermoscopy dataset: one function, read top to bottom.
 
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
@@ -25,7 +25,6 @@ from skinjax import steps
 from skinjax import workdir as workdir_lib
 from skinjax.data import pipeline
 from skinjax.data import sources
-from skinjax.data.constants import CLASS_NAMES
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.progress import ProgressBar
@@ -41,6 +40,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not resuming:  # A resume needs no initial weights.
     config_checks.check_init(config)
   dataset = sources.fingerprint(config)
+  description = sources.describe(config)
   workdir_lib.check_resume(workdir, config, dataset, resuming)
   is_lead = jax.process_index() == 0
   lock = None
@@ -50,7 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lock.acquire()
   try:
     if is_lead:
-      workdir_lib.write_config(workdir, config, dataset)
+      workdir_lib.write_config(workdir, config, dataset, description.to_json())
     return _train(config, workdir, is_lead)
   finally:
     if lock is not None:
@@ -62,8 +62,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   checkpoints = ckpt.RunCheckpoints(workdir)
 
   # ------------------------------------------------------------------- data
-  source, metadata = sources.open_source(config)
-  splits = sources.split_indices(config, metadata)
+  source, metadata, description = sources.open_source(config)
+  splits = sources.split_indices(config, metadata, description)
+  num_classes = description.num_classes
   labels = metadata['label']
   mesh = sharding.data_mesh()
   batch_size = config.train.batch_size
@@ -93,14 +94,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
         process_count=process_count)
 
   class_weights = jnp.asarray(sources.class_weights(
-      labels[splits['train']], len(CLASS_NAMES), config.train.class_weighting))
+      labels[splits['train']], num_classes, config.train.class_weighting))
   logging.info('Split sizes %s; %d steps per epoch; class weights %s',
                {k: len(v) for k, v in splits.items()}, steps_per_epoch, np.round(class_weights, 3))
 
   # ------------------------------------------------------- model + optimiser
   def build_model():
     return registry.build_classifier(
-        config.model.arch, num_classes=len(CLASS_NAMES), dropout_rate=config.model.dropout_rate,
+        config.model.arch, num_classes=num_classes, dropout_rate=config.model.dropout_rate,
         dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
 
   abstract_model = nnx.eval_shape(build_model)
@@ -190,8 +191,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     bar.newline()
 
     val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'), mesh,
-                                 len(splits['val']), len(CLASS_NAMES))
-    val = report.compute_metrics(labels[splits['val']], val_probs)
+                                 len(splits['val']), num_classes)
+    val = report.compute_metrics(labels[splits['val']], val_probs, description)
     summary = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(epoch_losses)),
                'epoch_time_s': time.monotonic() - epoch_start,
                **{f'val_{k}': v for k, v in val.items() if k != 'per_class'}}
@@ -214,7 +215,7 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   best_step, params, rest = checkpoints.restore_model(
       'best', ckpt.abstract(abstract_params, replicated), ckpt.abstract(abstract_rest, replicated))
   test_probs = evaluate.predict(predict_step, params, rest, eval_batches('test'), mesh,
-                                len(splits['test']), len(CLASS_NAMES))
+                                len(splits['test']), num_classes)
   extra = {'arch': config.model.arch, 'init': config.model.init, 'num_params': int(num_params),
            'image_size': config.data.image_size, 'split': config.data.split,
            'best_step': best_step, 'best_epoch': early['best_epoch'], 'epochs_run': progress['epoch'],
@@ -222,8 +223,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   metrics = {}
   if is_lead:
     metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
-                                  metadata['image_id'][splits['test']], extra=extra,
-                                  lesion_ids=metadata['lesion_id'][splits['test']])
+                                  metadata['image_id'][splits['test']], description, extra=extra,
+                                  groups=metadata['group'][splits['test']])
     # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
     (workdir / 'report' / 'timing.json').write_text(
         json.dumps({'train_time_s': progress.get('train_time_s')}) + '\n')

@@ -16,6 +16,7 @@ import ml_collections
 
 LOCK_NAME = 'trainer.lock'
 CONFIG_NAME = 'config.json'
+DESCRIPTION_KEY = 'dataset_description'
 # Keys that may change between a run and its resume without changing what is trained.
 RESUME_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.num_workers', 'train.log_every_steps', 'train.eval_batch_size',
@@ -113,6 +114,16 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())  # tuples become lists, as in the saved file
 
 
+def _upgraded(flat: dict) -> dict:
+  """A run's config as today's keys say it: runs from before data.dataset trained on HAM10000,
+  through data.source='ham10000', now called 'prepared'."""
+  flat = dict(flat)
+  flat.setdefault('data.dataset', 'ham10000')
+  if flat.get('data.source') == 'ham10000':
+    flat['data.source'] = 'prepared'
+  return flat
+
+
 def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict,
                  has_checkpoint: bool):
   """Refuses to resume W with another config or dataset, unless the change is allowed."""
@@ -121,7 +132,8 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
     return
   saved = json.loads(path.read_text())
   saved_dataset = saved.pop('dataset', None)
-  old, new = _flat(saved), _flat(_as_json(config))
+  saved.pop(DESCRIPTION_KEY, None)  # follows from the dataset, compared through its fingerprint
+  old, new = _upgraded(_flat(saved)), _upgraded(_flat(_as_json(config)))
   changed = sorted(k for k in old.keys() | new.keys()
                    if k not in RESUME_NEUTRAL_KEYS and old.get(k) != new.get(k))
   lines = [f'  {k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed]
@@ -144,9 +156,12 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
       '--config.train.allow_config_change=true if the change is deliberate (e.g. more epochs).')
 
 
-def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict):
-  """W/config.json: the resolved config plus the dataset's fingerprint, written atomically."""
+def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict,
+                 description: dict):
+  """W/config.json: the resolved config, the dataset's fingerprint and its description (classes,
+  melanoma class, groups, challenge format), which evaluation and prediction read; atomically."""
   path = workdir / CONFIG_NAME
   tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps({**_as_json(config), 'dataset': dataset}, indent=2) + '\n')
+  tmp.write_text(json.dumps({**_as_json(config), 'dataset': dataset, DESCRIPTION_KEY: description},
+                            indent=2) + '\n')
   os.replace(tmp, path)

@@ -115,7 +115,7 @@ def test_report_adds_calibration_intervals_and_isic_predictions(tmp_path):
   labels, probs = random_predictions(n=120, seed=4)
   ids = np.array([f'ISIC_{i:07d}' for i in range(120)])
   lesions = np.array([f'L{i // 2}' for i in range(120)])
-  metrics = report.write_report(tmp_path, labels, probs, ids, lesion_ids=lesions)
+  metrics = report.write_report(tmp_path, labels, probs, ids, groups=lesions)
   for name in ('classification_report.txt', 'metrics.json', 'confusion_matrix.png', 'roc.png',
                'reliability.png', 'predictions.csv', 'predictions_isic.csv'):
     assert (tmp_path / name).stat().st_size > 0, name

@@ -136,12 +136,12 @@ def test_test_split_evaluation_reproduces_the_report_and_sklearn(run, trained):
   assert_isic_submission(out / 'predictions_isic.csv', [r['image_id'] for r in rows], probs)
 
 
-@pytest.mark.parametrize('csv_name, labels_format, unit', [('ham.csv', 'ham10000', 'lesion'),
+@pytest.mark.parametrize('csv_name, labels_format, unit', [('ham.csv', 'metadata', 'lesion'),
                                                            ('isic.csv', 'isic2018', 'image')])
 def test_external_set_in_either_csv_format(run, external_set, tmp_path, csv_name, labels_format,
                                            unit):
   folder, ids, labels = external_set
-  data = checkpoint_eval.external_set(folder / 'images', folder / csv_name)
+  data = checkpoint_eval.external_set(folder / 'images', folder / csv_name, run)
   assert checkpoint_eval.default_out_dir(run, data, 'none').name == f'external-{csv_name[:-4]}-best'
   metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path)
   assert metrics['labels_format'] == labels_format and metrics['ci']['unit'] == unit
@@ -160,7 +160,7 @@ def test_external_set_in_either_csv_format(run, external_set, tmp_path, csv_name
 
 def test_flip_tta_averages_the_softmax_over_flipped_images(run, external_set, tmp_path):
   folder, ids, _ = external_set
-  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv')
+  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', run)
   assert checkpoint_eval.default_out_dir(run, data, 'flip').name == 'external-isic-best-tta_flip'
   metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path, tta_mode='flip')
   assert metrics['tta'] == 'flip'
@@ -197,7 +197,7 @@ def save_checkpoint_with_head(workdir, num_classes):
     ('untrained', 'has no checkpoints yet; train it first'),
     ('unknown_step', 'No checkpoint of step 12345 in this workdir; it keeps steps'),
     ('bad_name', 'use best, latest or a step number'),
-    ('five_classes', 'has a 5-class head, but skinjax evaluates the 7 HAM10000 classes'),
+    ('five_classes', 'has a 5-class head, but its config.json says it was trained on synthetic with 7 classes'),
 ])
 def test_unusable_workdirs_are_refused_with_the_fix(trained, tmp_path, case, message):
   workdir, checkpoint = tmp_path / 'w', 'best'
@@ -263,7 +263,7 @@ def test_real_isic2018_test_dev_matches_the_official_scorer(run, tmp_path):
                 'ISIC2018_Task3_Test_GroundTruth.csv (.ci/run uses ../shared/data/isic2018_test_dev)')
   folder = pathlib.Path(ISIC2018_DIR)
   truth = folder / 'ISIC2018_Task3_Test_GroundTruth.csv'
-  data = checkpoint_eval.external_set(folder / 'images', truth)
+  data = checkpoint_eval.external_set(folder / 'images', truth, run)
   metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path)
   official = official_score(truth, tmp_path / 'predictions_isic.csv')
   assert metrics['num_examples'] == metrics['isic_challenge']['num_scored'] == 453

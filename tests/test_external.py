@@ -40,15 +40,15 @@ def test_ham10000_csv_with_lesions(tmp_path):
   lesions = [f'L{i // 2}' for i in range(7)]
   write_ham_csv(tmp_path / 'l.csv', IDS, [d.upper() for d in DX], lesions=lesions)
   labelled = external.read_labels(tmp_path / 'l.csv')
-  assert labelled.csv_format == 'ham10000'
+  assert labelled.csv_format == 'metadata'
   assert list(labelled.image_ids) == IDS and list(labelled.labels) == list(range(7))
-  assert list(labelled.lesion_ids) == lesions
+  assert list(labelled.groups) == lesions
 
 
 def test_isic2018_csv_maps_columns_by_name(tmp_path):
   write_isic_csv(tmp_path / 'gt.csv', IDS, DX)
   labelled = external.read_labels(tmp_path / 'gt.csv')
-  assert labelled.csv_format == 'isic2018' and labelled.lesion_ids is None
+  assert labelled.csv_format == 'isic2018' and labelled.groups is None
   assert [CLASS_NAMES[label] for label in labelled.labels] == DX
 
 
@@ -60,7 +60,7 @@ def test_isic2019_csv_maps_ak_to_akiec(tmp_path):
     lines.append(image_id + ',' + ','.join('1.0' if c == d else '0.0' for c in ISIC2019_COLUMNS))
   (tmp_path / 'gt.csv').write_text('\n'.join(lines) + '\n')
   labelled = external.read_labels(tmp_path / 'gt.csv')
-  assert labelled.csv_format == 'isic2019' and labelled.lesion_ids is None
+  assert labelled.csv_format == 'isic2019' and labelled.groups is None
   assert list(labelled.image_ids) == IDS
   assert [CLASS_NAMES[label] for label in labelled.labels] == DX
 
@@ -106,7 +106,7 @@ _WEIGHTED_HEADER = 'image,MEL,NV,BCC,AKIEC,BKL,DF,VASC,score_weight\n'
     (_WEIGHTED_HEADER + 'ISIC_1,1,0,0,0,0,0,0,\n', "score_weight of ISIC_1 is ''"),
     (_WEIGHTED_HEADER + 'ISIC_1,1,0,0,0,0,0,0,0\nISIC_0035068,1,0,0,0,0,0,0,1\n',
      'every row has score_weight 0'),
-    ('image_id,dx\nISIC_1,melanoma\nISIC_2,nv\n', "outside the 7 HAM10000 classes: 'melanoma'"),
+    ('image_id,dx\nISIC_1,melanoma\nISIC_2,nv\n', "outside the 7 ham10000 classes the model predicts: 'melanoma'"),
     ('name,label\na,mel\n', 'expected image_id,dx.*ISIC 2019'),
     ('image_id,dx\n', 'has no rows'),
     ('image_id,dx\nISIC_1,mel\nISIC_1,nv\n', 'more than once: ISIC_1'),

@@ -3,7 +3,12 @@
   SKINJAX_HAM10000_DIR=../shared/data/ham10000 .venv/bin/pytest tests/test_ham10000_real.py
 """
 
+import csv
+import hashlib
 import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,9 +17,13 @@ import pytest
 from configs import cpu_small
 from configs import scratch_cnn
 from skinjax import train
+from skinjax.data import sources
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.data.ham10000 import load, prepare
+from tests.dataset_fixtures import ARCHIVE_DIAGNOSIS_1, ARCHIVE_DIAGNOSIS_3, write_label_map
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 HAM10000_DIR = os.environ.get('SKINJAX_HAM10000_DIR')
 pytestmark = pytest.mark.slow
@@ -100,3 +109,87 @@ def test_random_image_split_leaks_about_a_third_of_test(real_metadata):
   labels, lesions = real_metadata['label'], real_metadata['lesion_id']
   splits = splits_lib.make_splits(labels, lesions, method='random_image')
   assert 0.25 < splits_lib.leak_report(splits, lesions)['test_images_with_lesion_in_train'] < 0.37
+
+
+# ---------------------------------------------------------------------------------------
+# HAM10000 through scripts/prepare_dataset.py: the same splits as before datasets became data.
+
+# sha256 of the sorted image ids of each split of configs/cpu_small.py (seed 0), computed on the
+# real download with the code before this change (commit 54658fe), through prepare_ham10000.
+GROUPED_SPLIT_SHA256 = {
+    'train': '680b97cc5cff7204f4d1282c880ef962c55b401ca667600ddf29e3f9f4aaf5fe',
+    'val': '965176ab6565a9f61474bc08553ab66206f21ff301df1fb0b43f9f91dc622832',
+    'test': '79160ffef335e1a52d832755533708c13bb59a5199ed7804d497da30f1824791'}
+RANDOM_SPLIT_SHA256 = {
+    'train': '3136a64c59b42df729326f19e480623fb4b98b6e20cd4d04e88870c06b5f7e60',
+    'val': 'bcbd664e196f0ee07081c406ee5331e1a7061e09f3b59bfcb820a2e68e696e25',
+    'test': '1710a5f7614e7a984d0271506500e583249b4af2b5fe8faddaef0cb09477e297'}
+HAM10000_COUNTS = {'akiec': 327, 'bcc': 514, 'bkl': 1099, 'df': 115, 'mel': 1113, 'nv': 6705,
+                   'vasc': 142}
+
+
+def split_hashes(data_dir, dataset='ham10000', method='lesion_grouped'):
+  config = cpu_small.get_config()
+  config.data.data_dir, config.data.dataset, config.data.split = str(data_dir), dataset, method
+  _, metadata, description = sources.open_source(config)
+  splits = sources.split_indices(config, metadata, description)
+  return {name: hashlib.sha256(','.join(sorted(metadata['image_id'][indices])).encode()).hexdigest()
+          for name, indices in splits.items()}
+
+
+def test_cpu_small_splits_and_fingerprint_are_unchanged(prepared_dir):
+  config = cpu_small.get_config()
+  config.data.data_dir = str(prepared_dir)
+  csv_sha256 = hashlib.sha256(
+      (pathlib.Path(HAM10000_DIR) / 'HAM10000_metadata.csv').read_bytes()).hexdigest()
+  assert sources.fingerprint(config) == {
+      'source': 'ham10000', 'name': 'ham10000', 'version': '1.0.0', 'config': 'short256',
+      'metadata_sha256': csv_sha256, 'num_examples': 10015, 'class_counts': HAM10000_COUNTS,
+      'skipped_images': 0}
+  assert split_hashes(prepared_dir) == GROUPED_SPLIT_SHA256
+  assert split_hashes(prepared_dir, method='random_image') == RANDOM_SPLIT_SHA256
+
+
+@pytest.fixture(scope='module')
+def archive_download(tmp_path_factory):
+  """HAM10000 as `isic image download` would lay it out: OUT/<isic_id>.jpg (links to the real
+  images) and a metadata.csv in the archive's columns, built from HAM10000_metadata.csv."""
+  if not HAM10000_DIR:
+    pytest.skip('SKINJAX_HAM10000_DIR not set')
+  out = tmp_path_factory.mktemp('isic_archive')
+  with open(pathlib.Path(HAM10000_DIR) / 'HAM10000_metadata.csv', newline='') as f:
+    ham_rows = list(csv.DictReader(f))
+  rows = []
+  for row in sorted(ham_rows, key=lambda r: r['image_id']):
+    image = next(pathlib.Path(HAM10000_DIR).glob(f'HAM10000_images_part_*/{row["image_id"]}.jpg'))
+    (out / image.name).symlink_to(image)
+    rows.append({'isic_id': row['image_id'], 'attribution': 'ViDIR Group, Medical University of Vienna',
+                 'copyright_license': 'CC-BY-NC', 'age_approx': row['age'].removesuffix('.0'),
+                 'anatom_site_general': row['localization'], 'concomitant_biopsy': str(row['dx_type'] == 'histo').lower(),
+                 'diagnosis_1': ARCHIVE_DIAGNOSIS_1.get(row['dx'], 'Benign'),
+                 'diagnosis_3': ARCHIVE_DIAGNOSIS_3[row['dx']], 'image_type': 'dermoscopic',
+                 'lesion_id': row['lesion_id'], 'sex': row['sex']})
+  with open(out / 'metadata.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  label_map = write_label_map(out.parent / 'archive_to_ham10000.csv',
+                              {v: k for k, v in ARCHIVE_DIAGNOSIS_3.items()})
+  return out, label_map
+
+
+@pytest.mark.parametrize('format_name', ['ham10000', 'isic_archive'])
+def test_prepare_dataset_gives_the_same_splits_image_for_image(archive_download, tmp_path,
+                                                               format_name):
+  out, label_map = archive_download
+  flags = ([f'--manual_dir={HAM10000_DIR}'] if format_name == 'ham10000' else
+           [f'--manual_dir={out}', '--label_column=diagnosis_3', f'--label_map={label_map}'])
+  name = f'ham_via_{format_name}'
+  result = subprocess.run([sys.executable, 'scripts/prepare_dataset.py', f'--format={format_name}',
+                           f'--name={name}', f'--data_dir={tmp_path}', *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  assert 'Classes: akiec 327, bcc 514, bkl 1099, df 115, mel 1113, nv 6705, vasc 142' in result.stdout
+  assert 'grouped by lesion_id (7470 groups)' in result.stdout
+  assert split_hashes(tmp_path, name) == GROUPED_SPLIT_SHA256
+  assert split_hashes(tmp_path, name, 'random_image') == RANDOM_SPLIT_SHA256

@@ -1,17 +1,17 @@
-"""HAM10000 facts shared by the builder, the pipeline and the reports."""
+"""HAM10000 facts for the modules that read HAM10000 itself: its builder, prepare_ham10000.py,
+the HAM10000-shaped synthetic source and the benchmarks. Everything that serves any dataset
+reads the classes from the dataset's description (skinjax/data/datasets.py) instead."""
+
+from skinjax.data import datasets
 
 # Alphabetical, as in the HAM10000 metadata and the study; label i is CLASS_NAMES[i].
-CLASS_NAMES = ('akiec', 'bcc', 'bkl', 'df', 'mel', 'nv', 'vasc')
+CLASS_NAMES = datasets.HAM10000.class_names
 NUM_CLASSES = len(CLASS_NAMES)
-MELANOMA = 'mel'
+MELANOMA = datasets.HAM10000.melanoma
 
-# The ISIC 2018 Task 3 column order (ground truth and submissions); map to CLASS_NAMES by name.
-ISIC2018_COLUMNS = ('MEL', 'NV', 'BCC', 'AKIEC', 'BKL', 'DF', 'VASC')
-# ISIC 2019 ground truth: AK is HAM10000's akiec; SCC (invasive squamous cell carcinoma) and UNK
-# have no HAM10000 class, so a model trained on it cannot be scored on them.
-ISIC2019_COLUMNS = ('MEL', 'NV', 'BCC', 'AK', 'BKL', 'DF', 'VASC', 'SCC', 'UNK')
-ISIC2019_TO_CLASS = {'MEL': 'mel', 'NV': 'nv', 'BCC': 'bcc', 'AK': 'akiec', 'BKL': 'bkl',
-                     'DF': 'df', 'VASC': 'vasc'}
+# The ISIC 2018 Task 3 and ISIC 2019 column orders (ground truth and submissions).
+ISIC2018_COLUMNS = datasets.ISIC2018_COLUMNS
+ISIC2019_COLUMNS = datasets.ISIC2019_COLUMNS
 
 METADATA_COLUMNS = ('lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex', 'localization')
 

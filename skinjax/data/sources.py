@@ -1,41 +1,64 @@
-"""Where training examples come from: prepared HAM10000 or the synthetic source, and their splits."""
+"""Where training examples come from: a prepared dataset or the synthetic source, and their splits.
+
+`config.data.source` is 'prepared' (the dataset named `config.data.dataset` in
+`config.data.data_dir`; 'ham10000', its older name, means the same) or 'synthetic'.
+"""
 
 import ml_collections
 import numpy as np
 
+from skinjax.data import datasets
 from skinjax.data import splits as splits_lib
 from skinjax.data import synthetic
-from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
+
+PREPARED_SOURCES = ('prepared', 'ham10000')
+
+
+def _check_source(config: ml_collections.ConfigDict) -> None:
+  if config.data.source not in ('synthetic', *PREPARED_SOURCES):
+    raise ValueError(f"config.data.source={config.data.source!r}: use 'prepared' or 'synthetic'.")
 
 
 def open_source(config: ml_collections.ConfigDict):
-  """(random-access source, metadata dict of arrays in source order) for `config.data.source`."""
+  """(random-access source, metadata, description) for the config's data.
+
+  metadata holds arrays in source order: image_id, group (what the splits keep together), dx
+  (the class name) and label.
+  """
+  _check_source(config)
   if config.data.source == 'synthetic':
     source = synthetic.SyntheticSource(config.data.synthetic_examples, seed=config.seed)
-    return source, source.metadata
-  if config.data.source == 'ham10000':
-    from skinjax.data import ham10000  # imports TFDS only when real data is used
-    return ham10000.load(config.data.data_dir, config.data.prepared_size)
-  raise ValueError(f"config.data.source={config.data.source!r}: use 'ham10000' or 'synthetic'.")
+    return source, {**source.metadata, 'group': source.metadata['lesion_id']}, datasets.SYNTHETIC
+  from skinjax.data import prepared  # imports TFDS only when real data is used
+  return prepared.load(config.data.data_dir, config.data.dataset, config.data.prepared_size)
+
+
+def describe(config: ml_collections.ConfigDict) -> datasets.DatasetDescription:
+  """The description of the config's data, without reading its examples."""
+  _check_source(config)
+  if config.data.source == 'synthetic':
+    return datasets.SYNTHETIC
+  from skinjax.data import prepared
+  return prepared.describe(config.data.data_dir, config.data.dataset, config.data.prepared_size)
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What identifies the training data, cheaply; W/config.json records it to guard resumes."""
+  _check_source(config)
   if config.data.source == 'synthetic':
     return {'source': 'synthetic', 'num_examples': config.data.synthetic_examples,
             'seed': config.seed}
-  if config.data.source == 'ham10000':
-    from skinjax.data import ham10000
-    return {'source': 'ham10000',
-            **ham10000.fingerprint(config.data.data_dir, config.data.prepared_size)}
-  raise ValueError(f"config.data.source={config.data.source!r}: use 'ham10000' or 'synthetic'.")
+  from skinjax.data import prepared
+  return prepared.fingerprint(config.data.data_dir, config.data.dataset, config.data.prepared_size)
 
 
-def split_indices(config: ml_collections.ConfigDict, metadata: dict) -> dict[str, np.ndarray]:
-  splits = splits_lib.make_splits(metadata['label'], metadata['lesion_id'],
+def split_indices(config: ml_collections.ConfigDict, metadata: dict,
+                  description: datasets.DatasetDescription) -> dict[str, np.ndarray]:
+  splits = splits_lib.make_splits(metadata['label'], metadata['group'],
                                   fractions=tuple(config.data.split_fractions),
                                   seed=config.data.split_seed, method=config.data.split)
-  splits_lib.check_every_class_present(splits, metadata['label'], NUM_CLASSES, CLASS_NAMES)
+  splits_lib.check_every_class_present(splits, metadata['label'], description.num_classes,
+                                       description.class_names)
   return splits
 
 

@@ -116,8 +116,12 @@ def leak_report(splits: Mapping[str, np.ndarray], groups) -> dict:
   return report
 
 
-def write_splits_csv(path, metadata: Mapping[str, np.ndarray], splits: Mapping[str, np.ndarray]) -> None:
-  """One row per image in metadata order: image_id, lesion_id, dx, split."""
+def write_splits_csv(path, metadata: Mapping[str, np.ndarray], splits: Mapping[str, np.ndarray],
+                     group_column: str = 'lesion_id') -> None:
+  """One row per image in metadata order: image_id, <group_column>, dx, split.
+
+  The group comes from metadata[group_column], else metadata['group'] (any prepared dataset).
+  """
   num_images = len(metadata['image_id'])
   split_of_image = np.full(num_images, '', dtype=object)
   for name, indices in splits.items():
@@ -130,8 +134,9 @@ def write_splits_csv(path, metadata: Mapping[str, np.ndarray], splits: Mapping[s
   temporary = path + '.incomplete'  # Readers see the old file or the whole new one.
   with open(temporary, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['image_id', 'lesion_id', 'dx', 'split'])
-    writer.writerows(zip(metadata['image_id'], metadata['lesion_id'], metadata['dx'], split_of_image))
+    writer.writerow(['image_id', group_column, 'dx', 'split'])
+    groups = metadata[group_column] if group_column in metadata else metadata['group']
+    writer.writerows(zip(metadata['image_id'], groups, metadata['dx'], split_of_image))
   os.replace(temporary, path)
 
 
