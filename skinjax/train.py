@@ -104,10 +104,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
         dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
 
   abstract_model = nnx.eval_shape(build_model)
-  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase)) for phase in (1, 2, 'eval')}
   _, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
   trainable_groups = optim.trainable_backbone_groups(
       abstract_model.backbone.layer_groups(), config.train.unfreeze)
+  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase, trainable_groups))
+               for phase in (1, 2, 'eval')}
   phase_two_start = config.train.freeze_backbone_epochs * steps_per_epoch
   txs = {phase: optim.make_optimizer(config, abstract_params, trainable_groups=trainable_groups,
                                      phase=phase, steps_per_epoch=steps_per_epoch)
@@ -257,14 +258,26 @@ def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
                                    or progress['early_stopping']['stopped'])
 
 
-def _set_mode(model, phase):
-  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference."""
+def _set_mode(model, phase, trainable_groups=frozenset()):
+  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference.
+
+  Phase 2: the backbone groups outside `trainable_groups` (all but the last N blocks with
+  `config.train.unfreeze`=N) stay in inference mode, as Keras runs a non-trainable BatchNorm and
+  as phase 1 ran them. In training mode they would normalise with batch statistics and the train
+  step, which writes back every non-Param variable, would let their moving statistics drift
+  although no optimiser touches them (issue 15). Their drop-connect stays off too, as in phase 1.
+  Frozen here means what `optim.param_labels` labels FROZEN: every backbone child not trainable.
+  """
   if phase == 'eval':
     model.eval()
+    return model
+  model.train()
+  if phase == 1:
+    model.backbone.eval()
   else:
-    model.train()
-    if phase == 1:
-      model.backbone.eval()
+    for name, child in nnx.iter_children(model.backbone):
+      if name not in trainable_groups:
+        child.eval()
   return model
 
 

@@ -167,3 +167,27 @@ def test_best_and_latest_model_restore_at_their_steps(finished_run):
   for _, p, r in restored.values():
     assert jax.tree.structure(p) == jax.tree.structure(params)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((p, r)))
+
+
+def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
+  """unfreeze=1 (issue 15): the blocks left frozen run in inference mode, as Keras runs a
+  non-trainable BatchNorm, so their moving statistics end the run bit-identical to their initial
+  values; only the unfrozen last block's statistics move."""
+  from flax import nnx
+  from skinjax import sharding
+  from skinjax.models import registry
+  config = tiny_config(**{'train.unfreeze': '1', 'train.num_epochs': 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.1,
+                                    rngs=nnx.Rngs(config.seed))
+  _, params, initial = nnx.split(model, nnx.Param, ...)
+  replicated = sharding.replicated(sharding.data_mesh())
+  _, _, trained = ckpt.RunCheckpoints(tmp_path).restore_model(
+      'latest', ckpt.abstract(params, replicated), ckpt.abstract(initial, replicated))
+  last = model.backbone.layer_groups()[-1]
+  same = {jax.tree_util.keystr(path): np.array_equal(a, b) for (path, a), b in zip(
+      jax.tree_util.tree_flatten_with_path(initial)[0], jax.tree.leaves(trained))}
+  frozen = {k: v for k, v in same.items() if f"['{last}']" not in k}
+  unfrozen = {k: v for k, v in same.items() if f"['{last}']" in k}
+  assert frozen and all(frozen.values()), [k for k, v in frozen.items() if not v]
+  assert unfrozen and not any(unfrozen.values())
