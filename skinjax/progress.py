@@ -5,17 +5,39 @@ import time
 
 
 class ProgressBar:
+  """Its img/s counts training time only: the trainer pauses the clock around validation and
+  checkpoints (as big_vision's chrono does), which would otherwise depress the next rate.
 
-  def __init__(self, total_steps: int, batch_size: int, stream=sys.stderr):
+  The clock runs from construction, and rates are measured from `start_step` (where a start or a
+  resume begins), so the first update has a rate too.
+  """
+
+  def __init__(self, total_steps: int, batch_size: int, stream=sys.stderr, *, start_step: int = 0):
     self.total_steps, self.batch_size, self.stream = total_steps, batch_size, stream
     self.interactive = stream.isatty()
-    self._last_time, self._last_step = time.monotonic(), None
+    self._stopped_s = 0.0  # time the clock spent paused
+    self._paused_at = None
+    self._last_time, self._last_step = self._clock(), start_step
+
+  def _clock(self) -> float:
+    """Seconds of running time (from an arbitrary origin), the pauses left out."""
+    now = time.monotonic() if self._paused_at is None else self._paused_at
+    return now - self._stopped_s
+
+  def pause(self):
+    if self._paused_at is None:
+      self._paused_at = time.monotonic()
+
+  def resume(self):
+    if self._paused_at is not None:
+      self._stopped_s += time.monotonic() - self._paused_at
+      self._paused_at = None
 
   def update(self, step: int, epoch: int, loss: float) -> float:
-    """Draws the bar and returns the images/s since the previous update."""
-    now = time.monotonic()
+    """Draws the bar and returns the images/s of training since the previous update."""
+    now = self._clock()
     rate = 0.0
-    if self._last_step is not None and step > self._last_step:
+    if step > self._last_step:
       rate = (step - self._last_step) * self.batch_size / max(now - self._last_time, 1e-9)
     self._last_time, self._last_step = now, step
     eta = (self.total_steps - step) * self.batch_size / rate if rate else float('nan')

@@ -105,10 +105,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
         dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
 
   abstract_model = nnx.eval_shape(build_model)
-  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase)) for phase in (1, 2, 'eval')}
   _, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
   trainable_groups = optim.trainable_backbone_groups(
       abstract_model.backbone.layer_groups(), config.train.unfreeze)
+  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase, trainable_groups))
+               for phase in (1, 2, 'eval')}
   phase_two_start = config.train.freeze_backbone_epochs * steps_per_epoch
   txs = {phase: optim.make_optimizer(config, abstract_params, trainable_groups=trainable_groups,
                                      phase=phase, steps_per_epoch=steps_per_epoch)
@@ -157,14 +158,15 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   # -------------------------------------------------------------------- loop
   writer = SummaryWriter(str(workdir / 'tensorboard')) if is_lead else None
   metrics_log = open(workdir / 'metrics.jsonl', 'a') if is_lead else None
-  bar = ProgressBar(total_steps, batch_size)
   early = progress['early_stopping']
   skips = progress.get('nonfinite_skips', 0)  # steps skipped for a non-finite loss (skip_nonfinite)
   step = int(state.step)
+  bar = ProgressBar(total_steps, batch_size, start_step=step)
   pending = []  # device metrics not yet fetched, so the host never waits on every step
   while step < total_steps and not early['stopped']:
     epoch_start, epoch = time.monotonic(), step // steps_per_epoch + 1
     epoch_losses = []
+    bar.resume()
     for _ in range(steps_per_epoch):
       phase = phase_of(step)
       if phase == 2 and step == phase_two_start and phase_two_start > 0:
@@ -181,14 +183,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
           if not config.train.skip_nonfinite:
             _check_finite(m['loss'], step - len(fetched) + offset + 1)
         skips += sum(int(m['skipped']) for m in fetched)
-        losses = [float(m['loss']) for m in fetched if not m['skipped']] or [float('nan')]
-        epoch_losses += losses
-        rate = bar.update(step, epoch, float(np.mean(losses)))
-        record = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(losses)),
-                  'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-                  'step_losses': losses, 'images_per_sec': rate, 'nonfinite_skips': skips}
+        record = _train_record(step, epoch, fetched, skips)
+        epoch_losses += record['step_losses']
+        record['images_per_sec'] = bar.update(step, epoch, record['train_loss'])
         _log(metrics_log, writer, record, step)
     bar.newline()
+    # The epoch's last update came after fetching its metrics, so every train step has finished:
+    # from here to the next epoch, validation and checkpoints are kept out of images_per_sec.
+    bar.pause()
 
     val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'), mesh,
                                  len(splits['val']), num_classes)
@@ -258,14 +260,26 @@ def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
                                    or progress['early_stopping']['stopped'])
 
 
-def _set_mode(model, phase):
-  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference."""
+def _set_mode(model, phase, trainable_groups=frozenset()):
+  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference.
+
+  Phase 2: the backbone groups outside `trainable_groups` (all but the last N blocks with
+  `config.train.unfreeze`=N) stay in inference mode, as Keras runs a non-trainable BatchNorm and
+  as phase 1 ran them. In training mode they would normalise with batch statistics and the train
+  step, which writes back every non-Param variable, would let their moving statistics drift
+  although no optimiser touches them (issue 15). Their drop-connect stays off too, as in phase 1.
+  Frozen here means what `optim.param_labels` labels FROZEN: every backbone child not trainable.
+  """
   if phase == 'eval':
     model.eval()
+    return model
+  model.train()
+  if phase == 1:
+    model.backbone.eval()
   else:
-    model.train()
-    if phase == 1:
-      model.backbone.eval()
+    for name, child in nnx.iter_children(model.backbone):
+      if name not in trainable_groups:
+        child.eval()
   return model
 
 
@@ -286,6 +300,20 @@ def _update_early_stopping(state: dict, summary: dict, cfg) -> bool:
     state['bad_epochs'] += 1
     state['stopped'] = cfg.patience > 0 and state['bad_epochs'] >= cfg.patience
   return improved
+
+
+def _train_record(step: int, epoch: int, fetched: list[dict], skips: int) -> dict:
+  """The metrics.jsonl record of the steps in `fetched` (their fetched metrics, in order).
+
+  Steps skipped for a non-finite loss (config.train.skip_nonfinite) changed nothing, so they are
+  left out of the loss and the accuracy alike: both describe the same steps (NaN if none).
+  """
+  kept = [m for m in fetched if not m['skipped']]
+  losses = [float(m['loss']) for m in kept] or [float('nan')]
+  accuracies = [float(m['accuracy']) for m in kept] or [float('nan')]
+  return {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(losses)),
+          'train_accuracy': float(np.mean(accuracies)), 'step_losses': losses,
+          'nonfinite_skips': skips}
 
 
 def _check_finite(loss, step: int):

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import math
 import os
 import socket
 import subprocess
@@ -234,7 +235,23 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, monkeypatch):
   assert skips > 0
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert max(r.get('nonfinite_skips', 0) for r in records) == skips
+  # One step per record (log_every_steps=1): a skipped step counts in neither the loss nor the
+  # accuracy, so both are NaN for it and both finite otherwise (issue 16 §4).
+  step_records = [r for r in records if 'step_losses' in r]
+  assert sum(math.isnan(r['train_accuracy']) for r in step_records) == skips
+  assert all(math.isnan(r['train_loss']) == math.isnan(r['train_accuracy']) for r in step_records)
   _, state = latest_state(tmp_path)
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['params']))
   assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state['rest']))
   assert np.isfinite(metrics['balanced_accuracy'])
+
+
+def test_train_record_leaves_skipped_steps_out_of_loss_and_accuracy():
+  fetched = [{'loss': 1.0, 'accuracy': 0.5, 'skipped': 0},
+             {'loss': float('nan'), 'accuracy': 0.9, 'skipped': 1},
+             {'loss': 3.0, 'accuracy': 0.7, 'skipped': 0}]
+  record = train._train_record(12, 2, fetched, skips=1)
+  assert record['step_losses'] == [1.0, 3.0] and record['train_loss'] == 2.0
+  assert record['train_accuracy'] == pytest.approx(0.6)
+  only_skipped = train._train_record(13, 2, fetched[1:2], skips=2)
+  assert math.isnan(only_skipped['train_loss']) and math.isnan(only_skipped['train_accuracy'])

@@ -13,6 +13,7 @@ from flax import nnx
 
 from skinjax import optim
 from skinjax import steps
+from skinjax import train
 from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
@@ -31,9 +32,10 @@ def build(mode):
 def run_steps(phase, unfreeze='all', num_steps=3):
   config = tiny_config(**{'train.unfreeze': unfreeze, 'train.freeze_backbone_epochs': 1,
                           'train.num_epochs': 3, 'train.warmup_epochs': 0.0})
-  model = build('phase1' if phase == 1 else 'phase2')
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model = build('phase2')
   groups = optim.trainable_backbone_groups(model.backbone.layer_groups(), unfreeze)
+  train._set_mode(model, phase, groups)  # the modes the trainer compiles each phase with
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optim.make_optimizer(config, params, trainable_groups=groups, phase=phase, steps_per_epoch=5)
   labels = optim.param_labels(params, groups)
   trainable = jax.tree.map(lambda lab: lab == optim.HEAD or (phase == 2 and lab == optim.BACKBONE),
@@ -70,7 +72,21 @@ def test_phase_two_unfreezes_only_the_last_blocks():
   assert not any(v for k, v in param_changes.items() if k.startswith("['backbone']['stage1']"))
   assert all(v for k, v in param_changes.items() if k.startswith("['backbone']['stage2']"))
   assert all(v for k, v in param_changes.items() if k.startswith("['head']"))
-  assert any(stat_changes.values())  # batch statistics move in training mode
+  # The frozen block runs in inference mode (issue 15): its moving statistics stay bit-identical
+  # while the unfrozen block's move in training mode.
+  assert not any(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage1']"))
+  assert all(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage2']"))
+
+
+def test_phase_two_runs_frozen_blocks_in_inference_mode():
+  model = build('phase2')
+  train._set_mode(model, 2, optim.trainable_backbone_groups(model.backbone.layer_groups(), '1'))
+  stage1, stage2 = model.backbone.stage1, model.backbone.stage2
+  assert stage1.bn1.use_running_average and stage1.bn2.use_running_average
+  assert not stage2.bn1.use_running_average and not stage2.bn2.use_running_average
+  assert not model.head_dropout.deterministic
+  train._set_mode(model, 2, set(model.backbone.layer_groups()))  # unfreeze='all'
+  assert not stage1.bn1.use_running_average
 
 
 def test_unfreeze_rejects_bad_values():

@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+import time
 
 import jax
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from sklearn import metrics as skm
 
 from skinjax import checkpoint as ckpt
+from skinjax import evaluate
+from skinjax import progress
 from skinjax import train
 from skinjax.data.constants import CLASS_NAMES
 from tests.conftest import tiny_config
@@ -167,3 +170,64 @@ def test_best_and_latest_model_restore_at_their_steps(finished_run):
   for _, p, r in restored.values():
     assert jax.tree.structure(p) == jax.tree.structure(params)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((p, r)))
+
+
+def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
+  """unfreeze=1 (issue 15): the blocks left frozen run in inference mode, as Keras runs a
+  non-trainable BatchNorm, so their moving statistics end the run bit-identical to their initial
+  values; only the unfrozen last block's statistics move."""
+  from flax import nnx
+  from skinjax import sharding
+  from skinjax.models import registry
+  config = tiny_config(**{'train.unfreeze': '1', 'train.num_epochs': 1})
+  train.train_and_evaluate(config, str(tmp_path))
+  model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.1,
+                                    rngs=nnx.Rngs(config.seed))
+  _, params, initial = nnx.split(model, nnx.Param, ...)
+  replicated = sharding.replicated(sharding.data_mesh())
+  _, _, trained = ckpt.RunCheckpoints(tmp_path).restore_model(
+      'latest', ckpt.abstract(params, replicated), ckpt.abstract(initial, replicated))
+  last = model.backbone.layer_groups()[-1]
+  same = {jax.tree_util.keystr(path): np.array_equal(a, b) for (path, a), b in zip(
+      jax.tree_util.tree_flatten_with_path(initial)[0], jax.tree.leaves(trained))}
+  frozen = {k: v for k, v in same.items() if f"['{last}']" not in k}
+  unfrozen = {k: v for k, v in same.items() if f"['{last}']" in k}
+  assert frozen and all(frozen.values()), [k for k, v in frozen.items() if not v]
+  assert unfrozen and not any(unfrozen.values())
+
+
+def test_throughput_times_training_steps_only(tmp_path, monkeypatch):
+  """images_per_sec (issue 16 §4) leaves out validation and checkpoints, and is not 0.0 in the
+  first record after a start or a resume. Validation is made 2 s slower: a record of one
+  16-image step that counted it would show under 8 img/s."""
+  slow_s = 2.0
+  original_predict = evaluate.predict
+
+  def slow_predict(*args, **kwargs):
+    time.sleep(slow_s)
+    return original_predict(*args, **kwargs)
+
+  monkeypatch.setattr(evaluate, 'predict', slow_predict)
+  config = tiny_config(**{'train.num_epochs': 3})  # log_every_steps=1: one step per record
+  steps_per_epoch = interrupt_after_first_checkpoint(config, tmp_path, monkeypatch)
+  train.train_and_evaluate(config, str(tmp_path))
+  records = {r['step']: r for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'images_per_sec' in r}
+  after_start, after_resume, after_validation = 1, steps_per_epoch + 1, 2 * steps_per_epoch + 1
+  # The first step of a start or a resume also compiles the train step, so these two are low.
+  assert records[after_start]['images_per_sec'] > 0
+  assert records[after_resume]['images_per_sec'] > 0
+  assert config.train.batch_size / records[after_validation]['images_per_sec'] < slow_s / 4
+
+
+def test_progress_bar_clock_stops_while_paused(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(progress.time, 'monotonic', lambda: now[0])
+  bar = progress.ProgressBar(total_steps=10, batch_size=8, stream=open('/dev/null', 'w'),
+                             start_step=4)
+  now[0] += 2.0
+  assert bar.update(5, 1, 0.5) == pytest.approx(4.0)  # measured from the start (a resume) on
+  bar.pause()
+  now[0] += 50.0  # validation, checkpoints
+  bar.resume()
+  now[0] += 1.0
+  assert bar.update(6, 2, 0.5) == pytest.approx(8.0)
