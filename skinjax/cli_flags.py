@@ -123,6 +123,9 @@ def parse_flags(argv, flag_values=flags.FLAGS, name='config'):
   except flags.Error as error:
     # A wrong type (`--config.train.batch_size=abc`), an unknown flag, a missing required flag.
     fail(str(error))
+  except OSError as error:
+    # A config file that does not load, met while applying an override to it.
+    fail(str(error))
   except (AttributeError, KeyError, IndexError):
     # ml_collections resolving an override path through a key the config does not have.
     message = explain_unknown_key(argv, flag_values, name)

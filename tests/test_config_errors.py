@@ -39,6 +39,12 @@ def test_main_bad_override_is_one_line(tmp_path, override, expected):
   assert not workdir.exists()
 
 
+def test_main_missing_config_file_with_an_override_is_one_line(tmp_path):
+  result = run('-m', 'skinjax.main', '--config=configs/no_such_config.py',
+               f'--workdir={tmp_path / "w"}', '--config.train.batch_size=8')
+  assert_one_error_line(result, 'configs/no_such_config.py', 'No such file')
+
+
 @pytest.mark.parametrize('override, expected', [
     ('train.no_such_key=3', 'unknown config key train.no_such_key'),
     ('train.batch_size=abc', '--config.train.batch_size=abc'),
