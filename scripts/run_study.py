@@ -17,9 +17,14 @@ import sys
 from absl import app
 from absl import flags
 
-from skinjax import compare
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The configs import each other as the `configs` package of the repository root, and the
+# overrides are checked here by loading them.
+sys.path.insert(0, str(REPO))
+
+from skinjax import cli_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from skinjax import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 STUDY_CONFIGS = ('configs/scratch_cnn.py', 'configs/vgg16.py', 'configs/xception.py',
                  'configs/resnet50.py', 'configs/efficientnetb7.py')
 
@@ -31,8 +36,8 @@ _CONFIGS = flags.DEFINE_list('configs', list(STUDY_CONFIGS),
                              'Config files to run; each run is named after its file.')
 
 
-def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrides) -> list[str]:
-  flags_ = [f'--config={config}', f'--workdir={workdir}']
+def config_args(config: pathlib.Path, data_dir, overrides) -> list[str]:
+  flags_ = [f'--config={config}']
   if data_dir:
     flags_.append(f'--config.data.data_dir={data_dir}')
   for override in overrides:
@@ -40,7 +45,12 @@ def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrid
     if not sep or not key:
       raise app.UsageError(f'--override={override!r}: use key=value, e.g. train.num_epochs=10.')
     flags_.append(f'--config.{key.removeprefix("config.")}={value}')
-  return [sys.executable, '-m', 'skinjax.main', *flags_]
+  return flags_
+
+
+def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrides) -> list[str]:
+  return [sys.executable, '-m', 'skinjax.main', *config_args(config, data_dir, overrides),
+          f'--workdir={workdir}']
 
 
 def main(argv):
@@ -55,6 +65,11 @@ def main(argv):
   if len(set(names)) < len(names):
     sys.exit('error: --configs: two configs share a file name, and runs are named after it; '
              'rename one.')
+  # A mistyped --override would fail every run, each after its own start-up: check them all
+  # against every config first, as skinjax.main will parse them, and stop with one line.
+  for config in configs:
+    config_file, *args = config_args(config, _DATA_DIR.value, _OVERRIDES.value)
+    cli_flags.check_overrides(config_file.removeprefix('--config='), args)
   finished, failed = [], []
   for config, name in zip(configs, names):
     workdir = out / name
@@ -81,4 +96,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse_flags)

@@ -6,6 +6,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from skinjax import cli_flags
 from skinjax import compilation_cache
 from skinjax import distributed
 from skinjax import train
@@ -43,4 +44,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # An unknown config key or a wrong type fails while flags are parsed, before main: one line.
+  app.run(main, flags_parser=cli_flags.parse_flags)
