@@ -366,7 +366,7 @@ def _one_hot_column(row: dict, columns: Sequence[str], path: str, number: int, i
 def _read_table(path, header_required: bool = True):
   """(header, rows as dicts -- or lists without a header --, sha256 of the bytes)."""
   try:
-    data = pathlib.Path(path).read_bytes()
+    data = pathlib.Path(path).expanduser().read_bytes()
     text = data.decode('utf-8-sig')  # spreadsheet tools add a BOM
   except (OSError, UnicodeDecodeError) as error:
     raise DatasetError(f'Cannot read {path} ({error}); pass a UTF-8 CSV file.') from None
