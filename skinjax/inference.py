@@ -73,6 +73,8 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
   try:
     saved = json.loads((workdir / 'config.json').read_text())
     description = datasets.of_run(saved)
+    # Runs from before config.data.dataset trained on the one dataset there was.
+    saved.setdefault('data', {}).setdefault('dataset', 'ham10000')
     config = ml_collections.ConfigDict(saved)
   except (ValueError, KeyError, TypeError) as error:
     raise RunInputError(f'{workdir / "config.json"} is not valid JSON ({error}); restore it from '

@@ -383,3 +383,28 @@ def test_isic2020_ground_truth_scores_a_binary_model_only(tmp_path):
   with pytest.raises(external.ExternalDataError, match='scores a melanoma-against-benign model; '
                                                        'this one predicts 7 ham10000 classes'):
     external.read_labels(tmp_path / 'gt.csv', datasets.HAM10000)
+
+
+def test_a_corrupt_image_is_named_or_skipped(tmp_path):
+  folder = fx.write_clinic_csv(tmp_path / 'clinic')
+  broken = sorted((folder / 'images').glob('*.png'))[0]
+  broken.write_bytes(broken.read_bytes()[:100])  # an interrupted copy
+  flags = ['--format=csv', f'--manual_dir={folder}', '--image_column=file',
+           '--label_column=diagnosis', '--group_column=patient']
+  result = prepare_cli(*flags, f'--data_dir={tmp_path / "a"}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert f'Cannot decode the image {broken}' in result.stderr.strip().splitlines()[-1]
+  assert not any((tmp_path / 'a').glob('csv/*/*/dataset_info.json'))
+  result = prepare_cli(*flags, f'--data_dir={tmp_path / "b"}', '--skip_bad_images')
+  assert result.returncode == 0, result.stderr
+  assert 'Skipped 1 unreadable images' in result.stdout
+  skipped = rows_of(tmp_path / 'b' / 'csv' / 'short256' / '1.0.0' / 'skipped.csv')
+  assert [(r['image_id'], r['path']) for r in skipped] == [(broken.stem, str(broken))]
+
+
+def test_ham10000_prepared_today_records_its_description(tmp_path):
+  from skinjax.data import ham10000, prepared
+  from tests.ham_fixtures import make_kaggle_folder
+  ham10000.prepare(make_kaggle_folder(tmp_path / 'download', num_lesions=8), tmp_path / 'tfds', 32)
+  assert ham10000.contents(tmp_path / 'tfds', 32)['description'] == datasets.HAM10000.to_json()
+  assert prepared.describe(tmp_path / 'tfds', 'ham10000', 32) == datasets.HAM10000

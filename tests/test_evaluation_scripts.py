@@ -254,6 +254,20 @@ def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
   assert abs(metrics['isic_challenge']['balanced_accuracy'] - official.overall) <= 1e-9
 
 
+def test_a_run_from_before_datasets_were_described_still_loads(trained, tmp_path):
+  """W/config.json of older runs has no data.dataset and no dataset_description."""
+  workdir = tmp_path / 'old'
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns('eval'))
+  saved = json.loads((workdir / 'config.json').read_text())
+  del saved['data']['dataset'], saved['dataset_description']
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  old = inference.load_run(workdir, 'best')
+  assert old.description.name == 'synthetic' and old.description.class_names == CLASS_NAMES
+  assert old.config.data.dataset == 'ham10000'
+  data = checkpoint_eval.run_split(old, 'test')
+  assert len(data.indices) > 0
+
+
 def test_real_isic2018_test_dev_matches_the_official_scorer(run, tmp_path):
   """The real images and official ground truth (453 of the 1,512; ISIC_0035068 is not among
   them, the test above covers it). The tiny synthetic model makes the figure meaningless as a

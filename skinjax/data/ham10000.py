@@ -142,6 +142,12 @@ def fingerprint(data_dir, short_side: int = DEFAULT_SHORT_SIDE) -> dict:
   }
 
 
+def contents(data_dir, short_side: int = DEFAULT_SHORT_SIDE) -> dict:
+  """What the prepared dataset's DatasetInfo metadata records (CONTENTS_KEYS and its description)."""
+  builder = _prepared_builder(data_dir, short_side)
+  return dict(builder.info.metadata.items()) if builder.info.metadata is not None else {}
+
+
 def skipped_images_path(data_dir, short_side: int = DEFAULT_SHORT_SIDE) -> str:
   """Where the images left out by skip_bad_images are listed (the file exists only if some were)."""
   return os.path.join(os.fspath(_builder(data_dir, short_side).data_dir), SKIPPED_FILENAME)

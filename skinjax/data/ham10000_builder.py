@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from skinjax.data import datasets
 from skinjax.data.constants import CLASS_NAMES, METADATA_COLUMNS
 
 DEFAULT_SHORT_SIDE = 256
@@ -201,6 +202,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
                           'download is damaged. Download it again.')
     # Still inside TFDS's incomplete dir: these become visible together with the data.
     self.info.metadata.update({
+        'description': datasets.HAM10000.to_json(),
         'metadata_sha256': download.metadata_sha256,
         'class_counts': {name: class_counts[name] for name in CLASS_NAMES},
         'skipped_images': len(skipped),

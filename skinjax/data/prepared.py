@@ -193,7 +193,7 @@ def load(data_dir, name: str = DEFAULT_NAME, short_side: int = hb.DEFAULT_SHORT_
   """(source, metadata arrays in source order: image_id, group, dx, label; description)."""
   if name == DEFAULT_NAME:
     source, metadata = ham10000.load(data_dir, short_side)
-    return source, {**metadata, 'group': metadata['lesion_id']}, datasets.HAM10000
+    return source, {**metadata, 'group': metadata['lesion_id']}, describe(data_dir, name, short_side)
   builder = _read_only_builder(data_dir, name, short_side)
   source = builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
   path = os.path.join(os.fspath(builder.data_dir), hb.METADATA_FILENAME)
@@ -210,7 +210,10 @@ def description_of(builder) -> datasets.DatasetDescription:
 def describe(data_dir, name: str = DEFAULT_NAME,
              short_side: int = hb.DEFAULT_SHORT_SIDE) -> datasets.DatasetDescription:
   if name == DEFAULT_NAME:
-    return datasets.HAM10000
+    # HAM10000 prepared before descriptions were recorded is described by the constant it records now.
+    contents = ham10000.contents(data_dir, short_side)
+    recorded = contents.get('description')
+    return datasets.DatasetDescription.from_json(recorded) if recorded else datasets.HAM10000
   return description_of(_read_only_builder(data_dir, name, short_side))
 
 
