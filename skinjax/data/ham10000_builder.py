@@ -494,20 +494,22 @@ def encode_for_storage(data: bytes, short_side: int, location: str) -> bytes:
 # Metadata of the prepared dataset, in source order.
 
 
-def metadata_from_source(source) -> dict[str, np.ndarray]:
-  """Reads image_id, lesion_id, dx and label of every record (images stay encoded)."""
+def metadata_from_source(source, keys: Sequence[str] = ('image_id', 'lesion_id', 'dx')
+                         ) -> dict[str, np.ndarray]:
+  """Reads `keys` and the label of every record (images stay encoded)."""
   columns = collections.defaultdict(list)
   for i in range(len(source)):
     example = source[i]
-    for key in ('image_id', 'lesion_id', 'dx'):
+    for key in keys:
       columns[key].append(_as_str(example[key]))
     columns['label'].append(int(example['label']))
   return _as_arrays(columns)
 
 
-def write_metadata_file(builder: tfds.core.DatasetBuilder) -> None:
+def write_metadata_file(builder: tfds.core.DatasetBuilder,
+                        keys: Sequence[str] = ('image_id', 'lesion_id', 'dx')) -> None:
   source = builder.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
-  metadata = metadata_from_source(source)
+  metadata = metadata_from_source(source, keys)
   path = os.path.join(os.fspath(builder.data_dir), METADATA_FILENAME)
   write_csv_atomically(path, list(metadata), zip(*metadata.values()))
 

@@ -25,7 +25,6 @@ import types
 
 from absl import logging
 from etils import epath
-import numpy as np
 import tensorflow_datasets as tfds
 
 from skinjax.data import datasets
@@ -35,9 +34,9 @@ from skinjax.data import ham10000_builder as hb
 
 DEFAULT_NAME = 'ham10000'
 VERSION = '1.0.0'
-# What _generate_examples records in the DatasetInfo metadata.
-CONTENTS_KEYS = ('description', 'metadata_sha256', 'class_counts', 'skipped_images', 'left_out')
 STAGING_PREFIX = '.dataset-incomplete-'
+# metadata.csv beside the data, in source order, so that splitting never reads the images.
+METADATA_KEYS = ('image_id', 'group', 'dx')
 _NAME = re.compile(r'[a-z][a-z0-9_]*')
 
 
@@ -114,8 +113,7 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                               ('image_id', 'path', 'reason'), skipped)
 
   def _post_download_and_prepare_hook(self) -> None:
-    source = self.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
-    write_metadata_csv(os.path.join(os.fspath(self.data_dir), hb.METADATA_FILENAME), source)
+    hb.write_metadata_file(self, METADATA_KEYS)
 
 
 @functools.cache
@@ -199,7 +197,7 @@ def load(data_dir, name: str = DEFAULT_NAME, short_side: int = hb.DEFAULT_SHORT_
   path = os.path.join(os.fspath(builder.data_dir), hb.METADATA_FILENAME)
   metadata = hb.read_metadata_file(path) if os.path.exists(path) else None
   if metadata is None or len(metadata['image_id']) != len(source):
-    metadata = _metadata_from_source(source)
+    metadata = hb.metadata_from_source(source, METADATA_KEYS)
   return source, metadata, description_of(builder)
 
 
@@ -234,23 +232,6 @@ def fingerprint(data_dir, name: str = DEFAULT_NAME, short_side: int = hb.DEFAULT
       'class_counts': {k: int(v) for k, v in contents['class_counts'].items()},
       'skipped_images': int(contents['skipped_images']),
   }
-
-
-def write_metadata_csv(path: str, source) -> None:
-  metadata = _metadata_from_source(source)
-  hb.write_csv_atomically(path, list(metadata), zip(*metadata.values()))
-
-
-def _metadata_from_source(source) -> dict[str, np.ndarray]:
-  columns = collections.defaultdict(list)
-  for i in range(len(source)):
-    example = source[i]
-    for key in ('image_id', 'group', 'dx'):
-      value = example[key]
-      columns[key].append(value.decode('utf-8') if isinstance(value, bytes) else str(value))
-    columns['label'].append(int(example['label']))
-  return {key: np.asarray(values, dtype=np.int64 if key == 'label' else str)
-          for key, values in columns.items()}
 
 
 def prepared_names(data_dir) -> list[str]:
