@@ -10,6 +10,7 @@ next batch: 0% means the input never stalls the step.
 """
 
 import json
+import sys
 import time
 
 from absl import app
@@ -21,21 +22,33 @@ import optax
 from flax import nnx
 from ml_collections import config_flags
 
+from skinjax import cli_flags
+from skinjax import config_checks
 from skinjax import steps
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
+# The workers fill their buffers while the first batches are drawn, so the first batches timed
+# arrive at once; timed over too few batches they inflate images/s (2 batches: by several times).
+# With at least this many per worker, the prefetched ones are a small part of the timed total.
+MIN_BATCHES_PER_WORKER = 10
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/base.py', 'Config whose data and augmentation settings are used.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Prepared HAM10000.')
-_PREPARED_SIZE = flags.DEFINE_integer('prepared_size', 256, 'Short side it was prepared at.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the training crops.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes (0: in the main process).')
-_BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches.')
-_WITH_STEP = flags.DEFINE_string('with_step', None, 'Also run this architecture\'s train step.')
+_PREPARED_SIZE = flags.DEFINE_integer('prepared_size', 256, 'Short side it was prepared at.',
+                                      lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the training crops.',
+                                   lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=1)
+_WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes (0: in the main process).',
+                                lower_bound=0)
+_BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches: at least '
+                                f'{MIN_BATCHES_PER_WORKER} per worker.', lower_bound=1)
+_WITH_STEP = flags.DEFINE_enum('with_step', None, registry.ARCHITECTURES,
+                               'Also run this architecture\'s train step.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
@@ -72,9 +85,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
+  needed = MIN_BATCHES_PER_WORKER * max(1, _WORKERS.value)
+  if _BATCHES.value < needed:
+    cli_flags.fail(f'--batches={_BATCHES.value} is too few to time {_WORKERS.value} workers: the '
+                   'batches they prefetched before the clock started would inflate images/s; '
+                   f'pass --batches={needed} or more.')
   config = make_config()
-  source, metadata, description = sources.open_source(config)
-  train = sources.split_indices(config, metadata, description)['train']
+  try:
+    config_checks.validate(config)
+    source, metadata, description = sources.open_source(config)
+    train = sources.split_indices(config, metadata, description)['train']
+  except (ValueError, OSError) as error:  # e.g. an unprepared --data_dir: the message says how
+    sys.exit(f'error: {error}')
   batches = iter(pipeline.train_dataset(
       source, train, metadata['label'][train], config=config, process_batch_size=_BATCH_SIZE.value,
       num_epochs=1000))
@@ -122,4 +144,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)
