@@ -10,6 +10,7 @@ next batch: 0% means the input never stalls the step.
 """
 
 import json
+import logging as std_logging
 import sys
 import time
 
@@ -85,6 +86,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
+  # TFDS narrates its internals at WARNING while the dataset is looked for.
+  logging.get_absl_handler().addFilter(
+      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
   needed = MIN_BATCHES_PER_WORKER * max(1, _WORKERS.value)
   if _BATCHES.value < needed:
     cli_flags.fail(f'--batches={_BATCHES.value} is too few to time {_WORKERS.value} workers: the '
@@ -96,7 +100,7 @@ def main(argv):
     source, metadata, description = sources.open_source(config)
     train = sources.split_indices(config, metadata, description)['train']
   except (ValueError, OSError) as error:  # e.g. an unprepared --data_dir: the message says how
-    sys.exit(f'error: {error}')
+    sys.exit('error: ' + ' '.join(str(error).split()))  # one line, the command in it included
   batches = iter(pipeline.train_dataset(
       source, train, metadata['label'][train], config=config, process_batch_size=_BATCH_SIZE.value,
       num_epochs=1000))

@@ -32,6 +32,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO.
+  cli_flags.check_folder('out', _OUT.value)
   try:
     manifest = pretrained.save_ported(pathlib.Path(_OUT.value), _ARCH.value,
                                       pretrained.existing_path(_KERAS_H5.value, flag='--keras_h5',

@@ -121,7 +121,12 @@ def explain_unknown_key(argv, flag_values, name='config') -> str | None:
 def parse_flags(argv, flag_values=flags.FLAGS, name='config'):
   """`app.run(main, flags_parser=parse_flags)`: absl's parsing with one-line errors."""
   try:
-    return flag_values(argv)
+    argv = flag_values(argv)
+    if name in flag_values and flag_values[name].value is not None:
+      # A config file that does not load is kept as a placeholder that raises on first use, in
+      # `main` (a traceback, or a multi-line message): load it now, while flags are parsed.
+      flag_values[name].value.keys()
+    return argv
   except flags.Error as error:
     # A wrong type (`--config.train.batch_size=abc`), an unknown flag, a missing required flag.
     fail(str(error))
