@@ -31,10 +31,13 @@ from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
-# The workers fill their buffers while the first batches are drawn, so the first batches timed
-# arrive at once; timed over too few batches they inflate images/s (2 batches: by several times).
-# With at least this many per worker, the prefetched ones are a small part of the timed total.
-MIN_BATCHES_PER_WORKER = 10
+# The pipeline prefetches (grain's read threads, and a batch or so per worker process), so the
+# first batches timed are already waiting and arrive at once: timed over 2 batches, images/s
+# came out several times too high. Which batches were prefetched cannot be told apart, so instead
+# enough are timed that the prefetched ones are a small part: at least MIN_BATCHES, and
+# BATCHES_PER_WORKER for each worker process (each holds about one batch ready).
+MIN_BATCHES = 10
+BATCHES_PER_WORKER = 2
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/base.py', 'Config whose data and augmentation settings are used.')
@@ -47,7 +50,7 @@ _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=
 _WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes (0: in the main process).',
                                 lower_bound=0)
 _BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches: at least '
-                                f'{MIN_BATCHES_PER_WORKER} per worker.', lower_bound=1)
+                                f'{MIN_BATCHES}, and {BATCHES_PER_WORKER} per worker.', lower_bound=1)
 _WITH_STEP = flags.DEFINE_enum('with_step', None, registry.ARCHITECTURES,
                                'Also run this architecture\'s train step.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
@@ -89,11 +92,11 @@ def main(argv):
   # TFDS narrates its internals at WARNING while the dataset is looked for.
   logging.get_absl_handler().addFilter(
       lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
-  needed = MIN_BATCHES_PER_WORKER * max(1, _WORKERS.value)
+  needed = max(MIN_BATCHES, BATCHES_PER_WORKER * _WORKERS.value)
   if _BATCHES.value < needed:
-    cli_flags.fail(f'--batches={_BATCHES.value} is too few to time {_WORKERS.value} workers: the '
-                   'batches they prefetched before the clock started would inflate images/s; '
-                   f'pass --batches={needed} or more.')
+    cli_flags.fail(f'--batches={_BATCHES.value} is too few: batches prefetched before the clock '
+                   'started would inflate images/s; '
+                   f'pass --batches={needed} or more (with --workers={_WORKERS.value}).')
   config = make_config()
   try:
     config_checks.validate(config)

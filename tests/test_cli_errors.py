@@ -82,7 +82,7 @@ ERRORS = [
     ('bi-missing-config', ['benchmark_input', '--config={missing}/base.py'], ['missing']),
     ('bi-workers-negative', ['benchmark_input', '--workers=-1'], ['--workers=-1']),
     ('bi-batches-0', ['benchmark_input', '--batches=0'], ['--batches=0']),
-    ('bi-too-few-batches', ['benchmark_input', '--batches=2'], ['--batches=2', 'prefetched', '--batches=20']),
+    ('bi-too-few-batches', ['benchmark_input', '--batches=2'], ['--batches=2', 'prefetched', '--batches=10']),
     ('bi-data-dir-is-file', ['benchmark_input', '--data_dir={file}', '--workers=0'], ['notes.txt']),
     # benchmark_train
     ('bt-batch-size-0', ['benchmark_train', '--batch_size=0'], ['--batch_size=0']),
