@@ -10,6 +10,8 @@ next batch: 0% means the input never stalls the step.
 """
 
 import json
+import logging as std_logging
+import sys
 import time
 
 from absl import app
@@ -21,21 +23,36 @@ import optax
 from flax import nnx
 from ml_collections import config_flags
 
+from skinjax import cli_flags
+from skinjax import config_checks
 from skinjax import steps
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
+# The pipeline prefetches (grain's read threads, and a batch or so per worker process), so the
+# first batches timed are already waiting and arrive at once: timed over 2 batches, images/s
+# came out several times too high. Which batches were prefetched cannot be told apart, so instead
+# enough are timed that the prefetched ones are a small part: at least MIN_BATCHES, and
+# BATCHES_PER_WORKER for each worker process (each holds about one batch ready).
+MIN_BATCHES = 10
+BATCHES_PER_WORKER = 2
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/base.py', 'Config whose data and augmentation settings are used.')
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Prepared HAM10000.')
-_PREPARED_SIZE = flags.DEFINE_integer('prepared_size', 256, 'Short side it was prepared at.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the training crops.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes (0: in the main process).')
-_BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches.')
-_WITH_STEP = flags.DEFINE_string('with_step', None, 'Also run this architecture\'s train step.')
+_PREPARED_SIZE = flags.DEFINE_integer('prepared_size', 256, 'Short side it was prepared at.',
+                                      lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Side of the training crops.',
+                                   lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=1)
+_WORKERS = flags.DEFINE_integer('workers', 2, 'grain worker processes (0: in the main process).',
+                                lower_bound=0)
+_BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches: at least '
+                                f'{MIN_BATCHES}, and {BATCHES_PER_WORKER} per worker.', lower_bound=1)
+_WITH_STEP = flags.DEFINE_enum('with_step', None, registry.ARCHITECTURES,
+                               'Also run this architecture\'s train step.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 
@@ -72,9 +89,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
+  # TFDS narrates its internals at WARNING while the dataset is looked for.
+  logging.get_absl_handler().addFilter(
+      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
+  needed = max(MIN_BATCHES, BATCHES_PER_WORKER * _WORKERS.value)
+  if _BATCHES.value < needed:
+    cli_flags.fail(f'--batches={_BATCHES.value} is too few: batches prefetched before the clock '
+                   'started would inflate images/s; '
+                   f'pass --batches={needed} or more (with --workers={_WORKERS.value}).')
   config = make_config()
-  source, metadata, description = sources.open_source(config)
-  train = sources.split_indices(config, metadata, description)['train']
+  try:
+    config_checks.validate(config)
+    source, metadata, description = sources.open_source(config)
+    train = sources.split_indices(config, metadata, description)['train']
+  except (ValueError, OSError) as error:  # e.g. an unprepared --data_dir: the message says how
+    sys.exit('error: ' + ' '.join(str(error).split()))  # one line, the command in it included
   batches = iter(pipeline.train_dataset(
       source, train, metadata['label'][train], config=config, process_batch_size=_BATCH_SIZE.value,
       num_epochs=1000))
@@ -122,4 +151,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -22,6 +22,7 @@ import json
 import os
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from skinjax import cli_flags
 from skinjax import compilation_cache
 from skinjax import sharding
 from skinjax import steps
@@ -48,11 +50,12 @@ from skinjax.models import registry
 from keras_step import KERAS_APPLICATIONS, KerasStep, synthetic_images_and_labels  # noqa: E402
 
 _ARCH = flags.DEFINE_enum('arch', 'resnet50', registry.ARCHITECTURES, 'Architecture.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Global batch size.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input side.', lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 16, 'Global batch size.', lower_bound=1)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (alternating with Keras).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.', lower_bound=1)
+_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (alternating with Keras).',
+                               lower_bound=1)
 _COMPARE = flags.DEFINE_list(
     'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), e.g. '
     '--compare=keras,keras_torch.')
@@ -193,6 +196,10 @@ def main(argv):
   if compared and _ARCH.value not in KERAS_APPLICATIONS:
     raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare one of '
                          f'{", ".join(KERAS_APPLICATIONS)}.')
+  if 'keras_torch' in compared and shutil.which(_TORCH_PYTHON.value) is None:
+    # Popen would raise a FileNotFoundError traceback.
+    raise app.UsageError(f'--torch_python={_TORCH_PYTHON.value}: no such interpreter; give the '
+                         'python of a venv with torch and keras (pip install torch keras).')
   batch = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
   # The worker first: a --torch_python without torch fails before any long compile.
   torch_worker = (KerasWorkerStep(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
@@ -250,4 +257,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -16,6 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
+from skinjax import cli_flags
 from skinjax import compare
 
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default: the common parent of the runs.')
@@ -25,6 +26,7 @@ def main(argv):
   workdirs = [pathlib.Path(w).expanduser() for w in argv[1:]]
   if not workdirs:
     raise app.UsageError('Pass the workdirs to compare: python scripts/compare.py W1 W2 ...')
+  cli_flags.check_folder('out', _OUT.value)
   out = _OUT.value or os.path.commonpath([w.absolute().parent for w in workdirs])
   try:
     runs = compare.write_comparison(workdirs, out)
@@ -35,4 +37,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

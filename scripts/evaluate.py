@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from skinjax import cli_flags
 from skinjax import compilation_cache
 from skinjax import checkpoint_eval
 from skinjax import inference
@@ -54,6 +55,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
+  # Before the evaluation, not after it: a file in the way would otherwise lose the whole run.
+  cli_flags.check_folder('out', _OUT.value)
+  cli_flags.check_folder('data_dir', _DATA_DIR.value)
   compilation_cache.enable()
   try:
     if bool(_IMAGES_DIR.value) != bool(_LABELS_CSV.value):
@@ -88,4 +92,4 @@ def _interval(bounds) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -89,7 +89,7 @@ if ((DRY)); then
   # arch image_size batch dtype steps rounds: the smallest the script takes. bfloat16 only:
   # tests/test_benchmarks.py runs float32, and one run less keeps the dry mode under a minute.
   TRAIN_RUNS=('small_cnn 32 4 bfloat16 1 1')
-  INPUT_FLAGS=(--image_size=32 --batch_size=8 --batches=3 --workers=0 --with_step=small_cnn)
+  INPUT_FLAGS=(--image_size=32 --batch_size=8 --batches=10 --workers=0 --with_step=small_cnn)
   DEMO_FLAGS=(--config.data.synthetic_examples=240 --config.data.image_size=24
               --config.train.batch_size=16 --config.train.eval_batch_size=32
               --config.train.num_epochs=1)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from skinjax import cli_flags
 from skinjax import imagenet_sample
 from skinjax.models import preprocessing
 from skinjax.models import registry
@@ -100,4 +101,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

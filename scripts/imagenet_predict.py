@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from skinjax import cli_flags
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.weights import pretrained
@@ -73,6 +74,24 @@ def predict(model, arch: str, images: np.ndarray) -> np.ndarray:
                          for i in range(0, len(images), BATCH_SIZE)])
 
 
+def check_save_probs(value) -> pathlib.Path | None:
+  """--save_probs, refused before inference rather than after it.
+
+  np.save would write <folder>.npy beside a folder without a word, and fail with a traceback
+  only after the whole inference in a folder that does not exist.
+  """
+  if not value:
+    return None
+  path = pathlib.Path(value).expanduser()
+  if path.is_dir():
+    cli_flags.fail(f'--save_probs={value} is a folder; give a file name, e.g. '
+                   f'--save_probs={path / "probs.npy"}.')
+  if not path.parent.is_dir():
+    cli_flags.fail(f'--save_probs={value}: the folder {path.parent} does not exist; create it '
+                   'or save elsewhere.')
+  return path
+
+
 def main(argv):
   paths = argv[1:]
   if not paths:
@@ -81,7 +100,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   arch = _ARCH.value
   size = registry.get_spec(arch).default_image_size
+  save_probs = check_save_probs(_SAVE_PROBS.value)
   try:
+    # Named by the user's own flag here: pretrained.load would call it config.model.init.
+    if _KERAS_H5.value:
+      pretrained.existing_path(_KERAS_H5.value, flag='--keras_h5', want_file=True)
+    else:
+      pretrained.existing_path(_WEIGHTS.value, flag='--weights')
     images = np.stack([load_image(p, size) for p in paths])
     values, source = pretrained.load(arch, _KERAS_H5.value or _WEIGHTS.value, include_top=True)
     model = pretrained.model_with(arch, values, include_top=True)
@@ -89,8 +114,8 @@ def main(argv):
   except (ValueError, OSError) as error:  # WeightFileError is a ValueError
     sys.exit(f'error: {error}')
   print(f'Weights: {source}', file=sys.stderr)
-  if _SAVE_PROBS.value:
-    np.save(pathlib.Path(_SAVE_PROBS.value).expanduser(), probs.astype(np.float32))
+  if save_probs:
+    np.save(save_probs, probs.astype(np.float32))
   names = class_names()
   results = []
   for path, p in zip(paths, probs):
@@ -111,4 +136,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

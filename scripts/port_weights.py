@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from skinjax import cli_flags
 from skinjax.models import registry
 from skinjax.weights import pretrained
 
@@ -31,9 +32,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO.
+  cli_flags.check_folder('out', _OUT.value)
   try:
     manifest = pretrained.save_ported(pathlib.Path(_OUT.value), _ARCH.value,
-                                      pretrained.existing_path(_KERAS_H5.value))
+                                      pretrained.existing_path(_KERAS_H5.value, flag='--keras_h5',
+                                                                      want_file=True))
   except (ValueError, OSError) as error:  # WeightFileError is a ValueError
     sys.exit(f'error: {error}')
   print(json.dumps(manifest, indent=2))
@@ -42,4 +45,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -18,7 +18,9 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
+from PIL import Image
 
+from skinjax import cli_flags
 from skinjax import compilation_cache
 from skinjax import external
 from skinjax import gradcam
@@ -33,10 +35,15 @@ _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
 _GRADCAM = flags.DEFINE_string('gradcam', None, 'Write a Grad-CAM overlay PNG per image here.')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per line instead of text.')
 
+# Images with a shorter side than this (or than the model's input, if smaller) are upscaled from
+# almost nothing: the model still answers, confidently, so say that the answer means little.
+TINY_IMAGE = 32
+
 
 def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  cli_flags.check_folder('gradcam', _GRADCAM.value)
   compilation_cache.enable()
   try:
     paths = external.collect_images(argv[1:])
@@ -44,6 +51,7 @@ def main(argv):
   except (ValueError, FileNotFoundError) as error:
     logging.vlog(1, 'Traceback of the error below:', exc_info=True)
     sys.exit(f'error: {error}')
+  warn_tiny_images(paths, min(TINY_IMAGE, run.config.data.image_size), run.config.data.image_size)
   source = external.ImageFiles(paths)
   probs = inference.predict_source(run, source, np.arange(len(paths)), tta_mode=_TTA.value)
   overlays = write_gradcams(run, source, probs.argmax(-1), _GRADCAM.value) if _GRADCAM.value else {}
@@ -61,6 +69,16 @@ def main(argv):
       print(f'{path}: {top} ({row.max():.3f})  '
             + '  '.join(f'{name} {p:.3f}' for name, p in ranked)
             + (f'  gradcam: {overlays[i]}' if i in overlays else ''))
+
+
+def warn_tiny_images(paths, threshold: int, image_size: int):
+  for path in paths:
+    with Image.open(path) as image:  # the header only; collect_images has read it already
+      width, height = image.size
+    if min(width, height) < threshold:
+      print(f'warning: {path} is only {width}x{height} pixels, far below the {image_size}-pixel '
+            'input the model sees; its prediction is unreliable. Use the full-resolution image.',
+            file=sys.stderr, flush=True)
 
 
 def write_gradcams(run, source, class_indices, out_dir, batch_size: int = 8) -> dict[int, pathlib.Path]:
@@ -95,4 +113,4 @@ def _unique_name(stem: str, taken: set) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

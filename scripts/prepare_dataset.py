@@ -37,6 +37,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from skinjax import cli_flags
 from skinjax.data import formats
 from skinjax.data import splits as splits_lib
 
@@ -45,7 +46,8 @@ _FORMAT = flags.DEFINE_enum('format', None, formats.FORMATS, 'The layout of the 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder holding the download.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where the prepared dataset goes.')
 _NAME = flags.DEFINE_string('name', None, "The prepared dataset's name; default: the format's.")
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Short side of the stored images, in pixels.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Short side of the stored images, in pixels.',
+                                  lower_bound=1)
 _SPLIT_SEED = flags.DEFINE_integer('split_seed', 0, 'Seed of the grouped train/val/test split.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild the dataset even if it is prepared.')
 _SKIP_BAD_IMAGES = flags.DEFINE_bool('skip_bad_images', False,
@@ -64,6 +66,7 @@ SPLITS_FILENAME = 'splits.csv'
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli_flags.check_folder('data_dir', _DATA_DIR.value)
   import tensorflow_datasets as tfds  # after flag parsing: --help stays fast
   from skinjax.data import prepared
   tfds.disable_progress_bar()  # progress-bar debris would bury the one line that matters
@@ -119,4 +122,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -15,20 +15,24 @@ prepared dataset (only splits.csv is rewritten) unless --overwrite is given; a f
 --overwrite leaves the previous dataset as it was.
 """
 
+import logging as std_logging
 import os
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
+from skinjax import cli_flags
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
 from skinjax.data.ham10000 import Ham10000Error, fingerprint, is_prepared, load, prepare, skipped_images_path
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder holding the HAM10000 download.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the prepared dataset.')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Short side of the stored images, in pixels (never upscaled).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 256, 'Short side of the stored images, in pixels (never upscaled).',
+                                  lower_bound=1)
 _SPLIT_SEED = flags.DEFINE_integer('split_seed', 0, 'Seed of the lesion-grouped train/val/test split.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild the dataset even if it is prepared already.')
 _SKIP_BAD_IMAGES = flags.DEFINE_bool(
@@ -39,7 +43,13 @@ SPLITS_FILENAME = 'splits.csv'
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli_flags.check_folder('data_dir', _DATA_DIR.value)
+  # TFDS narrates its internals at WARNING ("Variant folder has no dataset_info.json") above the
+  # one line that matters; ours must stay visible.
+  logging.get_absl_handler().addFilter(
+      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
   reused = is_prepared(_DATA_DIR.value, _IMAGE_SIZE.value) and not _OVERWRITE.value
   try:
     builder = prepare(_MANUAL_DIR.value, _DATA_DIR.value, short_side=_IMAGE_SIZE.value,
@@ -93,4 +103,4 @@ def main(argv):
           f'in train: {"n/a (empty test split)" if seen is None else f"{seen:.1%}"}')
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_flags.run(main)

@@ -56,6 +56,8 @@ def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrid
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  cli_flags.check_folder('out', _OUT.value)
+  cli_flags.check_folder('data_dir', _DATA_DIR.value)
   out = pathlib.Path(_OUT.value).expanduser().absolute()
   configs = [pathlib.Path(c).expanduser().absolute() for c in _CONFIGS.value]
   names = [c.stem for c in configs]
@@ -96,4 +98,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli_flags.parse_flags)
+  cli_flags.run(main)

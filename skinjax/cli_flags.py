@@ -13,9 +13,11 @@ unknown key is re-raised untouched instead of being hidden.
 """
 
 import difflib
+import pathlib
 import re
 import sys
 
+from absl import app
 from absl import flags
 import ml_collections
 from ml_collections.config_flags import config_flags
@@ -119,7 +121,12 @@ def explain_unknown_key(argv, flag_values, name='config') -> str | None:
 def parse_flags(argv, flag_values=flags.FLAGS, name='config'):
   """`app.run(main, flags_parser=parse_flags)`: absl's parsing with one-line errors."""
   try:
-    return flag_values(argv)
+    argv = flag_values(argv)
+    if name in flag_values and flag_values[name].value is not None:
+      # A config file that does not load is kept as a placeholder that raises on first use, in
+      # `main` (a traceback, or a multi-line message): load it now, while flags are parsed.
+      flag_values[name].value.keys()
+    return argv
   except flags.Error as error:
     # A wrong type (`--config.train.batch_size=abc`), an unknown flag, a missing required flag.
     fail(str(error))
@@ -143,3 +150,29 @@ def check_overrides(config_file, config_args):
   config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values,
                                   lock_config=True, sys_argv=argv)
   parse_flags(argv, flag_values)
+
+
+def run(main, name='config'):
+  """`app.run(main)` for the scripts: a bad or missing flag, and an app.UsageError raised by
+  `main`, are one `error:` line with exit status 2, not the module's help followed by the error."""
+  def main_with_usage_errors(argv):
+    try:
+      return main(argv)
+    except app.UsageError as error:
+      fail(str(error))
+  app.run(main_with_usage_errors, flags_parser=lambda argv: parse_flags(argv, name=name))
+
+
+def check_folder(flag: str, value) -> pathlib.Path | None:
+  """Refuses, before any work, a folder flag (an output or data folder) that names a file.
+
+  Without this the mistake surfaces as a FileExistsError traceback from mkdir, some only after
+  the whole evaluation has run; a missing folder is fine (it is created, or reported later).
+  """
+  if not value:
+    return None
+  path = pathlib.Path(value).expanduser()
+  if path.exists() and not path.is_dir():
+    fail(f'--{flag}={value} is a file, not a folder; give a folder (a new one is created) or '
+         'move the file away.')
+  return path

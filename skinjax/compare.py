@@ -34,6 +34,10 @@ def read_run(workdir) -> dict:
   """One table row: what the run is, what it cost, and how it scored on its test split."""
   workdir = pathlib.Path(workdir).expanduser()
   report_path = workdir / 'report' / 'metrics.json'
+  if not workdir.exists():  # a mistyped path, not an unfinished run
+    raise CompareError(f'{workdir} does not exist; check the path of the run.')
+  if not workdir.is_dir():
+    raise CompareError(f'{workdir} is a file, not a run folder; pass the --workdir of a run.')
   if not report_path.is_file():
     raise CompareError(
         f'{workdir} has no report/metrics.json: the run has not finished. Finish it by running '
@@ -204,6 +208,12 @@ def write_comparison(workdirs, out_dir) -> list[dict]:
   """Writes comparison.md and comparison.png into `out_dir`; returns the rows."""
   if not workdirs:
     raise CompareError('No runs to compare; pass one or more workdirs.')
+  seen = {}
+  for w in workdirs:  # the same run twice (W and ./W, or a symlink) would only double its row
+    resolved = pathlib.Path(w).expanduser().resolve()
+    if resolved in seen:
+      raise CompareError(f'{w} and {seen[resolved]} are the same run; pass each run once.')
+    seen[resolved] = w
   runs = [read_run(w) for w in workdirs]
   names = [run['name'] for run in runs]
   if len(set(names)) < len(names):  # runs/a/w and runs/b/w: tell them apart by their paths

@@ -41,6 +41,14 @@ def validate(config: ml_collections.ConfigDict):
   for key in ('batch_size', 'num_epochs', 'eval_batch_size', 'log_every_steps'):
     if config.train[key] <= 0:
       raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
+  # Sizes too: a negative image_size would otherwise pass, start training and fail deep inside
+  # augmentation, after the workdir is written.
+  for key in ('image_size', 'prepared_size', 'synthetic_examples'):
+    if key in config.data and config.data[key] <= 0:
+      raise ValueError(f'config.data.{key}={config.data[key]} must be positive.')
+  if 'num_workers' in config.data and config.data.num_workers < 0:
+    raise ValueError(f'config.data.num_workers={config.data.num_workers} must be 0 (read in the '
+                     'main process) or more.')
 
 
 def check_init(config: ml_collections.ConfigDict):

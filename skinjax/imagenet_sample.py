@@ -34,8 +34,12 @@ def read_labels(sample_dir: str | pathlib.Path) -> list[LabelledImage]:
   if not labels.is_file():
     raise FileNotFoundError(f'{sample_dir} has no {LABELS_FILE}: give a folder laid out like '
                             '../shared/data/imagenet_sample (labels.csv and images/).')
-  with open(labels, newline='') as f:
-    rows = list(csv.DictReader(f))
+  try:
+    with open(labels, newline='') as f:
+      rows = list(csv.DictReader(f))
+  except (UnicodeDecodeError, csv.Error) as error:
+    raise ValueError(f'{labels} is not a CSV text file ({error}); expected the columns '
+                     'file,wnid,imagenet_index,name.') from None
   missing = {'file', 'imagenet_index'} - set(rows[0] if rows else ())
   if missing:
     raise ValueError(f'{labels} lacks the column(s) {", ".join(sorted(missing))}; expected '

@@ -64,6 +64,9 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
   workdir = pathlib.Path(workdir).expanduser()
   check_checkpoint_name(checkpoint)
   train_hint = f'python -m skinjax.main --config=CONFIG --workdir={workdir}'
+  if workdir.exists() and not workdir.is_dir():
+    raise RunInputError(f'--workdir {workdir} is a file, not a folder; pass the --workdir of a '
+                        'training run (python -m skinjax.main --config=CONFIG --workdir=W).')
   if not workdir.is_dir():
     raise RunInputError(f'--workdir {workdir} does not exist; pass the --workdir of a training '
                         'run (python -m skinjax.main --config=CONFIG --workdir=W).')
@@ -86,9 +89,14 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
     try:
       checkpoints.locate(checkpoint)
     except FileNotFoundError as error:
-      fix = ('pass --checkpoint=best, latest or one of those steps.' if checkpoint.isdigit() else
-             f'checkpoints appear at the end of each epoch: train longer ({train_hint}) or pass '
-             '--checkpoint=latest.')
+      if checkpoint.isdigit():
+        fix = 'pass --checkpoint=best, latest or one of those steps.'
+      elif checkpoint == 'latest':  # suggesting --checkpoint=latest again would go round in circles
+        fix = (f'checkpoints appear at the end of each epoch: train it for at least one epoch '
+               f'({train_hint}).')
+      else:
+        fix = (f'checkpoints appear at the end of each epoch: train longer ({train_hint}) or pass '
+               '--checkpoint=latest.')
       raise RunInputError(f'{workdir}: {error} To fix: {fix}') from None
 
     abstract_model = nnx.eval_shape(lambda: registry.build_classifier(

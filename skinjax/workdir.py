@@ -32,6 +32,9 @@ class WorkdirError(ValueError):
 def check_writable(workdir: pathlib.Path):
   """Fails early, before any work, when the workdir cannot be created or written."""
   probe = workdir / f'.write_test.{os.getpid()}'
+  if workdir.exists() and not workdir.is_dir():  # mkdir's error would blame permissions
+    raise WorkdirError(f'The workdir {workdir} is a file, not a folder; choose another --workdir '
+                       'or move the file away.')
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe.write_text('ok')

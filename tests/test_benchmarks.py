@@ -38,7 +38,7 @@ def test_benchmark_train_counts_the_flops_of_all_devices():
 
 def test_benchmark_input_reports_rate_and_input_wait():
   result = run_json('scripts/benchmark_input.py', '--config.data.source=synthetic',
-                    '--image_size=32', '--batch_size=8', '--workers=0', '--batches=3',
+                    '--image_size=32', '--batch_size=8', '--workers=0', '--batches=10',
                     '--with_step=small_cnn')
   assert result['images_per_sec'] > 0 and result['step_images_per_sec'] > 0
   assert 0 <= result['input_wait_fraction'] <= 1

@@ -68,6 +68,9 @@ def prepare(manual_dir, data_dir, short_side: int = DEFAULT_SHORT_SIDE, *, overw
       write_metadata_file(builder)
     return builder
 
+  if not os.listdir(manual_dir):  # before a staging folder is made in data_dir
+    raise Ham10000Error(
+        f'The manual directory {manual_dir} is empty.\n' + Ham10000.MANUAL_DOWNLOAD_INSTRUCTIONS)
   os.makedirs(data_dir, exist_ok=True)
   _warn_about_interrupted_prepares(data_dir)
   staging_dir = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=data_dir)

@@ -41,6 +41,8 @@ def read_h5(path: str | pathlib.Path) -> list[KerasLayer]:
   import h5py  # Only needed for .h5 files.
 
   path = pathlib.Path(path).expanduser()
+  if path.is_dir():
+    raise WeightFileError(f'{path} is a folder, not a Keras .h5 weight file; give the file.')
   if not path.is_file():
     raise FileNotFoundError(f'Keras weight file {path} does not exist.')
   try:

