@@ -23,13 +23,13 @@ import optax
 from flax import nnx
 from ml_collections import config_flags
 
-from skinjax import cli_flags
-from skinjax import config_checks
-from skinjax import steps
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import cli_flags
+from skinjax.runtime import steps
+from skinjax.training import config_checks
 
 # The pipeline prefetches (grain's read threads, and a batch or so per worker process), so the
 # first batches timed are already waiting and arrive at once: timed over 2 batches, images/s

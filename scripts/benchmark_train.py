@@ -39,13 +39,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from skinjax import cli_flags
-from skinjax import compilation_cache
-from skinjax import sharding
-from skinjax import steps
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import cli_flags
+from skinjax.runtime import compilation_cache
+from skinjax.runtime import sharding
+from skinjax.runtime import steps
 
 from keras_step import KERAS_APPLICATIONS, KerasStep, synthetic_images_and_labels  # noqa: E402
 

@@ -16,8 +16,8 @@ import sys
 from absl import app
 from absl import flags
 
-from skinjax import cli_flags
-from skinjax import compare
+from skinjax.evaluation import compare
+from skinjax.runtime import cli_flags
 
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default: the common parent of the runs.')
 

@@ -27,12 +27,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from skinjax import cli_flags
-from skinjax import compilation_cache
-from skinjax import checkpoint_eval
-from skinjax import inference
-from skinjax import report
-from skinjax import tta
+from skinjax.evaluation import checkpoint_eval
+from skinjax.evaluation import inference
+from skinjax.evaluation import report
+from skinjax.evaluation import tta
+from skinjax.runtime import cli_flags
+from skinjax.runtime import compilation_cache
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.', required=True)
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')

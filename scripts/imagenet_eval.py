@@ -10,7 +10,7 @@ Keras file in $SKINJAX_WEIGHTS_DIR / ~/.keras/models), a Keras .h5 file with the
 EfficientNet-Lite .pth, or a directory written by scripts/port_weights.py. The folder is laid out
 like ../shared/data/imagenet_sample (labels.csv: file, wnid, imagenet_index, name; images/).
 Each image gets the standard single-crop evaluation (the centre square of 224/256 of its short
-side, bicubic to the architecture's input size; skinjax/imagenet_sample.py) and the architecture's
+side, bicubic to the architecture's input size; skinjax/weights/imagenet_sample.py) and the architecture's
 own preprocessing, in float32. `--json` prints one object: top1, top5, num_images, num_params
 (every variable, BatchNorm statistics included, as Keras counts), num_trainable_params.
 """
@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from skinjax import cli_flags
-from skinjax import imagenet_sample
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import cli_flags
+from skinjax.weights import imagenet_sample
 from skinjax.weights import mapping
 from skinjax.weights import pretrained
 

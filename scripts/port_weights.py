@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from skinjax import cli_flags
 from skinjax.models import registry
+from skinjax.runtime import cli_flags
 from skinjax.weights import pretrained
 
 _ARCH = flags.DEFINE_enum('arch', None, registry.PRETRAINED_ARCHITECTURES, 'Architecture.',

@@ -20,12 +20,12 @@ import jax
 import numpy as np
 from PIL import Image
 
-from skinjax import cli_flags
-from skinjax import compilation_cache
-from skinjax import external
-from skinjax import gradcam
-from skinjax import inference
-from skinjax import tta
+from skinjax.evaluation import external
+from skinjax.evaluation import gradcam
+from skinjax.evaluation import inference
+from skinjax.evaluation import tta
+from skinjax.runtime import cli_flags
+from skinjax.runtime import compilation_cache
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run whose model predicts.',
                                required=True)

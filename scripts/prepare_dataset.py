@@ -37,9 +37,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from skinjax import cli_flags
 from skinjax.data import formats
 from skinjax.data import splits as splits_lib
+from skinjax.runtime import cli_flags
 
 _FORMAT = flags.DEFINE_enum('format', None, formats.FORMATS, 'The layout of the download.',
                             required=True)

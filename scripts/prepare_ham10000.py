@@ -24,10 +24,10 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from skinjax import cli_flags
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
 from skinjax.data.ham10000 import Ham10000Error, fingerprint, is_prepared, load, prepare, skipped_images_path
+from skinjax.runtime import cli_flags
 
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Folder holding the HAM10000 download.', required=True)
 _DATA_DIR = flags.DEFINE_string('data_dir', '~/tensorflow_datasets', 'Where TFDS writes the prepared dataset.')

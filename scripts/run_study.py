@@ -22,8 +22,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # overrides are checked here by loading them.
 sys.path.insert(0, str(REPO))
 
-from skinjax import cli_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from skinjax import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from skinjax.evaluation import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from skinjax.runtime import cli_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STUDY_CONFIGS = ('configs/scratch_cnn.py', 'configs/vgg16.py', 'configs/xception.py',
                  'configs/resnet50.py', 'configs/efficientnetb7.py')

@@ -6,10 +6,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from skinjax import cli_flags
-from skinjax import compilation_cache
-from skinjax import distributed
-from skinjax import train
+from skinjax.runtime import cli_flags
+from skinjax.runtime import compilation_cache
+from skinjax.runtime import distributed
+from skinjax.training import train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')

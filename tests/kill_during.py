@@ -16,9 +16,9 @@ import sys
 
 from orbax.checkpoint._src.path import atomicity
 
-from skinjax import checkpoint as ckpt
-from skinjax import evaluate
-from skinjax import train
+from skinjax.evaluation import evaluate
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.training import train
 from tests.conftest import tiny_config
 
 CONFIG = {'train.num_epochs': 3, 'data.num_workers': 2}

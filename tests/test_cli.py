@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from skinjax import distributed
+from skinjax.runtime import distributed
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',

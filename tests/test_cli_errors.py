@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinjax import train
+from skinjax.training import train
 from tests.conftest import REPO, tiny_config
 
 PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbage_png', 'tiny_png',

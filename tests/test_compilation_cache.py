@@ -10,7 +10,7 @@ from tests.conftest import REPO
 # compilations JAX served from the persistent cache.
 _SCRIPT = """
 import jax, jax.numpy as jnp
-from skinjax import compilation_cache
+from skinjax.runtime import compilation_cache
 hits = []
 jax.monitoring.register_event_listener(
     lambda event, **kw: hits.append(event) if event == '/jax/compilation_cache/cache_hits' else None)

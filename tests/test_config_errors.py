@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs import demo
-from skinjax import cli_flags
+from skinjax.runtime import cli_flags
 from tests.conftest import REPO
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from skinjax import report
+from skinjax.evaluation import report
 from tests import dataset_fixtures as fx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from skinjax import external
-from skinjax import report
 from skinjax.data import datasets
 from skinjax.data import formats
+from skinjax.evaluation import external
+from skinjax.evaluation import report
 from tests import dataset_fixtures as fx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

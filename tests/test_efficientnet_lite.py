@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skinjax import config_checks, imagenet_sample, train
 from skinjax.models import cpu_conv, efficientnet_lite, preprocessing, registry
+from skinjax.training import config_checks
+from skinjax.training import train
+from skinjax.weights import imagenet_sample
 from skinjax.weights import lite_mapping, lite_pretrained, mapping, pretrained, torch_pth
 from skinjax.weights.keras_h5 import WeightFileError
 from tests.conftest import REPO, tiny_config

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from skinjax import eval_metrics
-from skinjax import report
 from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS
+from skinjax.evaluation import metrics as eval_metrics
+from skinjax.evaluation import report
 
 MEL = CLASS_NAMES.index('mel')
 C = len(CLASS_NAMES)

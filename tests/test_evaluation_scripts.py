@@ -21,15 +21,15 @@ from flax import nnx
 from PIL import Image
 from sklearn import metrics as skm
 
-from skinjax import checkpoint as ckpt
-from skinjax import checkpoint_eval
-from skinjax import compare
-from skinjax import eval_metrics
-from skinjax import inference
-from skinjax import train
 from skinjax.data import augment
 from skinjax.data.constants import CLASS_NAMES
+from skinjax.evaluation import checkpoint_eval
+from skinjax.evaluation import compare
+from skinjax.evaluation import inference
+from skinjax.evaluation import metrics as eval_metrics
 from skinjax.models import registry
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.training import train
 from tests.conftest import tiny_config
 from tests.test_eval_metrics import assert_isic_submission
 from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs

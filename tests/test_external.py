@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinjax import external
 from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS, ISIC2019_COLUMNS
+from skinjax.evaluation import external
 
 
 def write_jpegs(folder, names, seed=0):

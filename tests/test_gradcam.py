@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skinjax import gradcam
-from skinjax.models.classifier import Classifier
+from skinjax.evaluation import gradcam
 from skinjax.models import registry
+from skinjax.models.classifier import Classifier
 
 
 class PooledPixels(nnx.Module):

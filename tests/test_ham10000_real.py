@@ -16,11 +16,11 @@ import pytest
 
 from configs import cpu_small
 from configs import scratch_cnn
-from skinjax import train
 from skinjax.data import sources
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.data.ham10000 import load, prepare
+from skinjax.training import train
 from tests.dataset_fixtures import ARCHIVE_DIAGNOSIS_1, ARCHIVE_DIAGNOSIS_3, write_label_map
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from skinjax import external
-from skinjax import report
 from skinjax.data.constants import CLASS_NAMES, ISIC2018_COLUMNS
+from skinjax.evaluation import external
+from skinjax.evaluation import report
 
 DUPLICATE = 'ISIC_0035068'  # weight 0 in the official scorer, whatever the ground truth says
 

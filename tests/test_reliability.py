@@ -13,10 +13,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from skinjax import checkpoint as ckpt
-from skinjax import train
-from skinjax import workdir as workdir_lib
 from skinjax.data import sources
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.training import train
+from skinjax.training import workdir as workdir_lib
 from tests.conftest import REPO, tiny_config
 
 KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs')

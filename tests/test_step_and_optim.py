@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skinjax import optim
-from skinjax import steps
-from skinjax import train
 from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import steps
+from skinjax.training import optim
+from skinjax.training import train
 from tests.conftest import tiny_config
 
 
@@ -129,7 +129,7 @@ def test_class_weights_average_one_over_examples(mode):
 _END_TO_END_SCRIPT = """
 import sys
 import jax
-from skinjax import train
+from skinjax.training import train
 from tests.conftest import tiny_config
 assert jax.device_count() == int(sys.argv[2]), jax.devices()
 train.train_and_evaluate(tiny_config(**{'train.optimizer': 'sgd', 'train.learning_rate': 0.02}), sys.argv[1])
@@ -140,8 +140,10 @@ train.train_and_evaluate(tiny_config(**{'train.optimizer': 'sgd', 'train.learnin
 _SAME_STATE_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from skinjax import optim, sharding, steps
 from skinjax.models import preprocessing, registry
+from skinjax.runtime import sharding
+from skinjax.runtime import steps
+from skinjax.training import optim
 from tests.conftest import tiny_config
 config = tiny_config(**{'train.optimizer': 'sgd', 'train.learning_rate': 0.05, 'train.warmup_epochs': 0.0})
 model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.2, rngs=nnx.Rngs(0))

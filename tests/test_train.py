@@ -11,11 +11,11 @@ import orbax.checkpoint as ocp
 import pytest
 from sklearn import metrics as skm
 
-from skinjax import checkpoint as ckpt
-from skinjax import evaluate
-from skinjax import progress
-from skinjax import train
 from skinjax.data.constants import CLASS_NAMES
+from skinjax.evaluation import evaluate
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.training import progress
+from skinjax.training import train
 from tests.conftest import tiny_config
 
 
@@ -153,7 +153,7 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
 
 def test_best_and_latest_model_restore_at_their_steps(finished_run):
   from flax import nnx
-  from skinjax import sharding
+  from skinjax.runtime import sharding
   from skinjax.models import registry
   workdir, metrics = finished_run
   model = nnx.eval_shape(lambda: registry.build_classifier(
@@ -177,7 +177,7 @@ def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
   non-trainable BatchNorm, so their moving statistics end the run bit-identical to their initial
   values; only the unfrozen last block's statistics move."""
   from flax import nnx
-  from skinjax import sharding
+  from skinjax.runtime import sharding
   from skinjax.models import registry
   config = tiny_config(**{'train.unfreeze': '1', 'train.num_epochs': 1})
   train.train_and_evaluate(config, str(tmp_path))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from skinjax import steps
-from skinjax import tta
+from skinjax.evaluation import tta
 from skinjax.models import registry
+from skinjax.runtime import steps
 
 
 def test_views_are_the_flips_and_the_symmetries_of_the_square():

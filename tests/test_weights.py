@@ -24,8 +24,8 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from skinjax import train
 from skinjax.models import efficientnet, preprocessing, registry
+from skinjax.training import train
 from skinjax.weights import keras_h5, mapping, pretrained
 from skinjax.weights.keras_h5 import WeightFileError
 from tests.conftest import REPO, tiny_config
@@ -450,7 +450,7 @@ def test_imagenet_predict_refuses_a_notop_file(keras_h5_file, tmp_path):
 
 def best_checkpoint_values(workdir, arch: str) -> dict[tuple[str, ...], np.ndarray]:
   """Variable path -> value of a 7-class run's best checkpoint (parameters and statistics)."""
-  from skinjax import checkpoint as ckpt
+  from skinjax.runtime import checkpoint as ckpt
   checkpoints = ckpt.RunCheckpoints(workdir)
   model = nnx.eval_shape(lambda: registry.build_classifier(
       arch, num_classes=7, dropout_rate=0.0, rngs=nnx.Rngs(0)))

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from skinjax import sharding
+from skinjax.runtime import sharding
 
 
 def predict(predict_step: Callable, params, rest, batches: Iterable[dict], mesh,

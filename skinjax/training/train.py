@@ -15,19 +15,19 @@ import numpy as np
 from flax import nnx
 from tensorboardX import SummaryWriter
 
-from skinjax import checkpoint as ckpt
-from skinjax import config_checks
-from skinjax import evaluate
-from skinjax import optim
-from skinjax import report
-from skinjax import sharding
-from skinjax import steps
-from skinjax import workdir as workdir_lib
 from skinjax.data import pipeline
 from skinjax.data import sources
+from skinjax.evaluation import evaluate
+from skinjax.evaluation import report
 from skinjax.models import preprocessing
 from skinjax.models import registry
-from skinjax.progress import ProgressBar
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.runtime import sharding
+from skinjax.runtime import steps
+from skinjax.training import config_checks
+from skinjax.training import optim
+from skinjax.training import workdir as workdir_lib
+from skinjax.training.progress import ProgressBar
 from skinjax.weights import pretrained
 
 

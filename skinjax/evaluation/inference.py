@@ -18,15 +18,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from skinjax import checkpoint as ckpt
-from skinjax import evaluate
-from skinjax import sharding
-from skinjax import steps
-from skinjax import tta
-from skinjax.data import pipeline
 from skinjax.data import datasets
+from skinjax.data import pipeline
+from skinjax.evaluation import evaluate
+from skinjax.evaluation import tta
 from skinjax.models import preprocessing
 from skinjax.models import registry
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.runtime import sharding
+from skinjax.runtime import steps
 
 
 class RunInputError(ValueError):

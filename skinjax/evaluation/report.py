@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
-from skinjax import eval_metrics  # noqa: E402
 from skinjax.data import datasets  # noqa: E402
+from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
 
 SPECIFICITIES = (0.80, 0.90, 0.95)
 

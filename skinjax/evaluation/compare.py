@@ -16,8 +16,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from skinjax import eval_metrics  # noqa: E402
 from skinjax.data import datasets  # noqa: E402
+from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
 
 # (metrics.json key, column title); the first three carry 95% intervals.
 METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),

@@ -10,10 +10,10 @@ import pathlib
 
 import numpy as np
 
-from skinjax import external
-from skinjax import inference
-from skinjax import report
 from skinjax.data import sources
+from skinjax.evaluation import external
+from skinjax.evaluation import inference
+from skinjax.evaluation import report
 
 SPLITS = ('test', 'val', 'train')
 

@@ -2,7 +2,7 @@
 
 ml_collections already rejects unknown keys and wrong types when a locked config is overridden
 from the command line; this catches values outside their allowed sets and initial weights that
-are not there. The workdir's own guards are in skinjax/workdir.py.
+are not there. The workdir's own guards are in skinjax/training/workdir.py.
 """
 
 import ml_collections
