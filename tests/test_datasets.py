@@ -408,3 +408,15 @@ def test_ham10000_prepared_today_records_its_description(tmp_path):
   ham10000.prepare(make_kaggle_folder(tmp_path / 'download', num_lesions=8), tmp_path / 'tfds', 32)
   assert ham10000.contents(tmp_path / 'tfds', 32)['description'] == datasets.HAM10000.to_json()
   assert prepared.describe(tmp_path / 'tfds', 'ham10000', 32) == datasets.HAM10000
+
+
+def test_label_map_merges_classes_of_a_fixed_format(downloads, tmp_path):
+  """ISIC 2019's keratinocyte cancers merged into one class, vascular lesions dropped."""
+  label_map = fx.write_label_map(tmp_path / 'map.csv', {'ak': 'kc', 'scc': 'kc', 'bcc': 'kc',
+                                                        'vasc': ''})
+  collection = read('isic2019', downloads['isic2019'], label_map=str(label_map))
+  assert collection.description.class_names == ('mel', 'nv', 'bkl', 'df', 'kc')
+  assert collection.left_out == {'dropped by --label_map': sum(
+      r['VASC'] == '1.0' for r in rows_of(downloads['isic2019'] / 'ISIC_2019_Training_GroundTruth.csv'))}
+  # The challenge file keeps its columns; those of merged classes have no class of ours.
+  assert collection.description.challenge.class_of_column['SCC'] is None

@@ -250,10 +250,11 @@ def _collect(table: list[dict], images: dict[str, hb.ImageFile], options: Option
   present = sorted({r['dx'] for r in records})
   if class_order is not None:
     unknown = [c for c in present if c not in class_order]
-    if unknown:
+    if unknown and label_map is None:
       raise DatasetError(f'{location} has labels {unknown} outside the {format_name} classes '
                          f'{list(class_order)}; fix those rows or map them with --label_map.')
-    class_names = tuple(c for c in class_order if c in present)
+    # The format's own order, then classes that --label_map made, alphabetically.
+    class_names = tuple(c for c in class_order if c in present) + tuple(unknown)
   else:
     class_names = tuple(present)  # alphabetical, as HAM10000's labels are
   _check_classes(records, class_names, location)
