@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m skinjax.main --config=configs/demo.py --workdir=runs/demo
 
+# Two workers, each running whole test files (their module fixtures: trained runs, Keras models,
+# prepared datasets, are then built once): the CI machine has two cores. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf runs/demo
