@@ -10,7 +10,6 @@ next batch: 0% means the input never stalls the step.
 """
 
 import json
-import logging as std_logging
 import sys
 import time
 
@@ -89,9 +88,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
-  # TFDS narrates its internals at WARNING while the dataset is looked for.
-  logging.get_absl_handler().addFilter(
-      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
+  cli_flags.quiet_tfds_warnings()
   needed = max(MIN_BATCHES, BATCHES_PER_WORKER * _WORKERS.value)
   if _BATCHES.value < needed:
     cli_flags.fail(f'--batches={_BATCHES.value} is too few: batches prefetched before the clock '

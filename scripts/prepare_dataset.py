@@ -28,7 +28,6 @@ evaluation and prediction read them from there. Bad input stops with one line th
 fix, before anything is written; the build is atomic and a no-op unless --overwrite.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -70,10 +69,7 @@ def main(argv):
   import tensorflow_datasets as tfds  # after flag parsing: --help stays fast
   from skinjax.data import prepared
   tfds.disable_progress_bar()  # progress-bar debris would bury the one line that matters
-  # TFDS narrates its internals at WARNING ("Using custom data configuration", "Variant folder has
-  # no dataset_info.json"); ours (rows left out, a split that may leak) must stay visible.
-  logging.get_absl_handler().addFilter(
-      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
+  cli_flags.quiet_tfds_warnings()
   name = _NAME.value or _FORMAT.value
   options = formats.Options(
       name=name, label_column=_LABEL_COLUMN.value, label_map=_LABEL_MAP.value,

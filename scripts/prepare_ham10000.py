@@ -15,7 +15,6 @@ prepared dataset (only splits.csv is rewritten) unless --overwrite is given; a f
 --overwrite leaves the previous dataset as it was.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -46,10 +45,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   cli_flags.check_folder('data_dir', _DATA_DIR.value)
-  # TFDS narrates its internals at WARNING ("Variant folder has no dataset_info.json") above the
-  # one line that matters; ours must stay visible.
-  logging.get_absl_handler().addFilter(
-      lambda record: 'tensorflow_datasets' not in record.pathname or record.levelno >= std_logging.ERROR)
+  cli_flags.quiet_tfds_warnings()
   reused = is_prepared(_DATA_DIR.value, _IMAGE_SIZE.value) and not _OVERWRITE.value
   try:
     builder = prepare(_MANUAL_DIR.value, _DATA_DIR.value, short_side=_IMAGE_SIZE.value,

@@ -185,16 +185,8 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
       download = scan_manual_dir(manual_dir, open_files)
       records = read_metadata(download.metadata_text, download.metadata_location)
       check_images_match_metadata(records, download.images, manual_dir)
-      for record in records:
-        image_file = download.images[record['image_id']]
-        try:
-          image = encode_for_storage(read_image(image_file), short_side, image_file.location)
-        except BadImageError as e:
-          if not self.skip_bad_images:
-            raise
-          logging.warning('Leaving out %s: %s', e.location, e.reason)
-          skipped.append((record['image_id'], e.location, e.reason))
-          continue
+      for record, image in stored_images(records, download.images, short_side,
+                                         self.skip_bad_images, skipped):
         class_counts[record['dx']] += 1
         yield record['image_id'], {**record, 'image': image, 'label': record['dx']}
     if not class_counts:
@@ -207,9 +199,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         'class_counts': {name: class_counts[name] for name in CLASS_NAMES},
         'skipped_images': len(skipped),
     })
-    if skipped:
-      write_csv_atomically(os.path.join(os.fspath(self.data_dir), SKIPPED_FILENAME),
-                           ('image_id', 'path', 'reason'), skipped)
+    write_skipped_file(self.data_dir, skipped)
 
   def _post_download_and_prepare_hook(self) -> None:
     write_metadata_file(self)
@@ -463,6 +453,33 @@ def check_images_match_metadata(records: Sequence[dict], images: dict[str, Image
 
 # ---------------------------------------------------------------------------------------
 # Images.
+
+
+def stored_images(records: Sequence[dict], images: dict[str, 'ImageFile'], short_side: int,
+                  skip_bad_images: bool, skipped: list):
+  """(record, JPEG bytes to store) for each record, its image read from `images` by image_id.
+
+  An image that cannot be read or decoded fails the prepare, or with `skip_bad_images` is left
+  out and added to `skipped` as (image_id, location, reason), for skipped.csv.
+  """
+  for record in records:
+    image_file = images[record['image_id']]
+    try:
+      image = encode_for_storage(read_image(image_file), short_side, image_file.location)
+    except BadImageError as e:
+      if not skip_bad_images:
+        raise
+      logging.warning('Leaving out %s: %s', e.location, e.reason)
+      skipped.append((record['image_id'], e.location, e.reason))
+      continue
+    yield record, image
+
+
+def write_skipped_file(data_dir, skipped: Sequence[tuple[str, str, str]]) -> None:
+  """skipped.csv beside the data, only when images were left out."""
+  if skipped:
+    write_csv_atomically(os.path.join(os.fspath(data_dir), SKIPPED_FILENAME),
+                         ('image_id', 'path', 'reason'), skipped)
 
 
 def encode_for_storage(data: bytes, short_side: int, location: str) -> bytes:

@@ -82,16 +82,8 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     collection = self.collection
     short_side = self.builder_config.short_side
     counts, skipped = collections.Counter(), []
-    for record in collection.records:
-      image_file = collection.images[record['image_id']]
-      try:
-        image = hb.encode_for_storage(hb.read_image(image_file), short_side, image_file.location)
-      except hb.BadImageError as e:
-        if not self.skip_bad_images:
-          raise
-        logging.warning('Leaving out %s: %s', e.location, e.reason)
-        skipped.append((record['image_id'], e.location, e.reason))
-        continue
+    for record, image in hb.stored_images(collection.records, collection.images, short_side,
+                                          self.skip_bad_images, skipped):
       counts[record['dx']] += 1
       yield record['image_id'], {
           'image': image, 'label': record['dx'], 'image_id': record['image_id'],
@@ -108,9 +100,7 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         'skipped_images': len(skipped),
         'left_out': dict(collection.left_out),
     })
-    if skipped:
-      hb.write_csv_atomically(os.path.join(os.fspath(self.data_dir), hb.SKIPPED_FILENAME),
-                              ('image_id', 'path', 'reason'), skipped)
+    hb.write_skipped_file(self.data_dir, skipped)
 
   def _post_download_and_prepare_hook(self) -> None:
     hb.write_metadata_file(self, METADATA_KEYS)

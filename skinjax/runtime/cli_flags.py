@@ -13,12 +13,14 @@ unknown key is re-raised untouched instead of being hidden.
 """
 
 import difflib
+import logging as std_logging
 import pathlib
 import re
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import ml_collections
 from ml_collections.config_flags import config_flags
 from ml_collections.config_flags import config_path
@@ -176,3 +178,12 @@ def check_folder(flag: str, value) -> pathlib.Path | None:
     fail(f'--{flag}={value} is a file, not a folder; give a folder (a new one is created) or '
          'move the file away.')
   return path
+
+
+def quiet_tfds_warnings() -> None:
+  """Hides TFDS's narration of its internals at WARNING ("Using custom data configuration",
+  "Variant folder has no dataset_info.json"), which would bury the one line that matters; our own
+  warnings (rows left out, a split that may leak) and TFDS's errors stay visible."""
+  logging.get_absl_handler().addFilter(
+      lambda record: 'tensorflow_datasets' not in record.pathname
+      or record.levelno >= std_logging.ERROR)
