@@ -1,13 +1,16 @@
 r"""The study: the from-scratch baseline and the four ImageNet backbones, one after another.
 
   python scripts/run_study.py --data_dir=~/tensorflow_datasets --out=runs/study \
-      [--override key=value ...] [--configs=configs/scratch_cnn.py,configs/vgg16.py,...]
+      [--override key=value ...] [--configs=configs/scratch_cnn.py,configs/vgg16.py,...] \
+      [--images_dir=DIR --labels_csv=CSV]
 
 Each config trains in OUT/<config name> through `python -m skinjax.main`, with every --override
 passed on as --config.<key>=<value>. Run it again to continue: finished runs (with
 W/report/metrics.json) are skipped and unfinished ones resume from their latest checkpoint. A
-run that fails is reported and the others still run. It ends with scripts/compare.py's
-OUT/comparison.md and OUT/comparison.png over the finished runs.
+run that fails is reported and the others still run. With --images_dir and --labels_csv, every
+finished run's best checkpoint is also scored on that external set by scripts/evaluate.py (into
+W/eval/external-<csv name>-best/, once). It ends with scripts/compare.py's OUT/comparison.md and
+OUT/comparison.png over the finished runs, one table per test set.
 """
 
 import pathlib
@@ -34,6 +37,9 @@ _OVERRIDES = flags.DEFINE_multi_string('override', [],
                                        'key=value for every run, e.g. train.num_epochs=10.')
 _CONFIGS = flags.DEFINE_list('configs', list(STUDY_CONFIGS),
                              'Config files to run; each run is named after its file.')
+_IMAGES_DIR = flags.DEFINE_string('images_dir', None,
+                                  'Folder of an external labelled test set (as evaluate.py).')
+_LABELS_CSV = flags.DEFINE_string('labels_csv', None, "That set's labels (as evaluate.py).")
 
 
 def config_args(config: pathlib.Path, data_dir, overrides) -> list[str]:
@@ -53,9 +59,37 @@ def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrid
           f'--workdir={workdir}']
 
 
+def evaluate_command(workdir: pathlib.Path, images_dir, labels_csv) -> list[str]:
+  return [sys.executable, str(REPO / 'scripts' / 'evaluate.py'), f'--workdir={workdir}',
+          f'--images_dir={images_dir}', f'--labels_csv={labels_csv}']
+
+
+def score_external(workdir: pathlib.Path, name: str, images_dir, labels_csv) -> bool:
+  """Scores the run's best checkpoint on the external set unless it was before; False on failure."""
+  if (workdir / 'eval' / f'external-{pathlib.Path(labels_csv).stem}-best' / 'metrics.json').is_file():
+    return True
+  print(f'[{name}] scoring the best checkpoint on {labels_csv} ...', flush=True)
+  result = subprocess.run(evaluate_command(workdir, images_dir, labels_csv), cwd=REPO)
+  if result.returncode != 0:
+    print(f'[{name}] external evaluation failed (exit {result.returncode}); see its output above.',
+          flush=True)
+  return result.returncode == 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if bool(_IMAGES_DIR.value) != bool(_LABELS_CSV.value):
+    raise app.UsageError('An external set needs both --images_dir and --labels_csv.')
+  if _IMAGES_DIR.value:  # before hours of training, not after
+    images_dir = pathlib.Path(_IMAGES_DIR.value).expanduser()
+    labels_csv = pathlib.Path(_LABELS_CSV.value).expanduser()
+    if not images_dir.is_dir():
+      sys.exit(f'error: --images_dir={_IMAGES_DIR.value}: no such folder; give the folder of the '
+               'external images.')
+    if not labels_csv.is_file():
+      sys.exit(f'error: --labels_csv={_LABELS_CSV.value}: no such file; give the ground-truth CSV '
+               'of the external images.')
   cli_flags.check_folder('out', _OUT.value)
   cli_flags.check_folder('data_dir', _DATA_DIR.value)
   out = pathlib.Path(_OUT.value).expanduser().absolute()
@@ -89,6 +123,10 @@ def main(argv):
     else:
       print(f'[{name}] failed (exit {result.returncode}); see its output above.', flush=True)
       failed.append(name)
+  if _IMAGES_DIR.value:
+    for workdir in finished:
+      if not score_external(workdir, workdir.name, images_dir.absolute(), labels_csv.absolute()):
+        failed.append(f'{workdir.name} (external evaluation)')
   if finished:
     compare.write_comparison(finished, out)
     print((out / 'comparison.md').read_text())

@@ -181,6 +181,10 @@ ERRORS = [
     ('study-data-dir-is-file', ['run_study', '--out={missing}', '--data_dir={file}', '--configs=configs/demo.py'],
      ['--data_dir', 'is a file']),
     ('study-missing-config', ['run_study', '--out={missing}', '--configs={missing}.py'], ['no such file']),
+    ('study-missing-images', ['run_study', '--out={missing}', '--configs=configs/demo.py', '--images_dir={missing}',
+                              '--labels_csv={file}'], ['--images_dir', 'no such folder']),
+    ('study-images-without-labels', ['run_study', '--out={missing}', '--configs=configs/demo.py',
+                                     '--images_dir={missing}'], ['both --images_dir and --labels_csv']),
     # python -m skinjax.main
     ('main-workdir-is-file', ['-m', 'skinjax.main', '--config=configs/demo.py', '--workdir={file}'],
      ['is a file']),

@@ -82,6 +82,34 @@ def test_bootstrap_intervals_are_percentiles_of_sklearn_on_the_resamples(by_lesi
     np.testing.assert_allclose(ci[name], np.percentile(values, [2.5, 97.5]), atol=1e-12)
 
 
+def test_weighted_auc_equals_sklearn_with_sample_weight_ties_included():
+  rng = np.random.default_rng(5)
+  positives = rng.random(250) < 0.15
+  scores = np.round(rng.random(250) + 0.3 * positives, 1)  # a few values: many ties
+  weights = eval_metrics.resample_weights(np.arange(250) // 2, 40, seed=1)
+  expected = [skm.roc_auc_score(positives, scores, sample_weight=w) for w in weights]
+  np.testing.assert_allclose(eval_metrics.weighted_auc(positives, scores, weights), expected,
+                             atol=1e-12)
+  no_positive = np.where(positives, 0, 1)[None]  # a resample that drew no positive
+  assert np.isnan(eval_metrics.weighted_auc(positives, scores, no_positive)).all()
+
+
+def test_macro_auc_interval_is_percentiles_of_sklearn_on_the_resamples():
+  labels, probs = random_predictions(n=150, seed=6, missing_class=CLASS_NAMES.index('df'))
+  groups = np.arange(150) // 3
+  ci = eval_metrics.bootstrap_intervals(labels, probs.argmax(1), C, MEL, groups,
+                                        num_resamples=100, seed=2, probs=probs)
+  per_resample = []
+  for row in eval_metrics.resample_weights(groups, 100, 2):
+    chosen = np.repeat(np.arange(150), row)
+    # The report's macro_auc: one-vs-rest over the classes with positives and negatives.
+    aucs = [skm.roc_auc_score(labels[chosen] == c, probs[chosen, c]) for c in range(C)
+            if 0 < (labels[chosen] == c).sum() < len(chosen)]
+    per_resample.append(np.mean(aucs))
+  np.testing.assert_allclose(ci['macro_auc'], np.percentile(per_resample, [2.5, 97.5]), atol=1e-12)
+  assert 'macro_auc' not in eval_metrics.bootstrap_intervals(labels, probs.argmax(1), C, MEL)
+
+
 def test_lesion_resampling_draws_whole_lesions():
   groups = np.array(['a', 'a', 'b', 'c', 'c', 'c', 'd'])
   weights = eval_metrics.resample_weights(groups, 500, seed=0)
@@ -123,7 +151,10 @@ def test_report_adds_calibration_intervals_and_isic_predictions(tmp_path):
   assert saved == json.loads(json.dumps(metrics))
   assert saved['ci']['unit'] == 'lesion' and saved['ece_bins'] == 15
   assert saved['ece'] == pytest.approx(eval_metrics.expected_calibration_error(labels, probs))
-  assert saved['ci'] == eval_metrics.bootstrap_intervals(labels, probs.argmax(1), C, MEL, lesions)
+  assert saved['ci'] == eval_metrics.bootstrap_intervals(labels, probs.argmax(1), C, MEL, lesions,
+                                                         probs=probs)
+  low, high = saved['ci']['macro_auc']
+  assert low < saved['macro_auc'] < high
   with open(tmp_path / 'predictions.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['lesion_id'] for r in rows] == list(lesions)

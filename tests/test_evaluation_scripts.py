@@ -131,7 +131,11 @@ def test_test_split_evaluation_reproduces_the_report_and_sklearn(run, trained):
     assert metrics['per_class'][name]['support'] == support[i]
   # Intervals by lesion: the split's lesion ids are in predictions.csv and drive the resampling.
   lesions = np.array([r['lesion_id'] for r in rows])
-  assert metrics['ci'] == eval_metrics.bootstrap_intervals(labels, preds, 7, mel, lesions)
+  # probs are predictions.csv's, rounded to 6 decimals: a tie more or less may move the AUC.
+  ci = eval_metrics.bootstrap_intervals(labels, preds, 7, mel, lesions, probs=probs)
+  assert {key: metrics['ci'][key] for key in eval_metrics.CI_METRICS} == {
+      key: ci[key] for key in eval_metrics.CI_METRICS}
+  np.testing.assert_allclose(metrics['ci']['macro_auc'], ci['macro_auc'], atol=1e-3)
   assert metrics['ci']['unit'] == 'lesion'
   assert_isic_submission(out / 'predictions_isic.csv', [r['image_id'] for r in rows], probs)
 
@@ -320,14 +324,25 @@ def write_config(path, expression):
   return path
 
 
+def markdown_tables(path):
+  """Each markdown table of the file as {first cell: {column title: cell}}, in order."""
+  tables, lines = [], path.read_text().splitlines() + ['']
+  block = []
+  for line in lines:
+    if line.startswith('| '):
+      block.append([cell.strip() for cell in line.strip('|').split('|')])
+    elif block and not line.startswith('|---'):
+      tables.append({cells[0]: dict(zip(block[0], cells)) for cells in block[1:]})
+      block = []
+  return tables
+
+
 def markdown_rows(path):
-  lines = [line for line in path.read_text().splitlines() if line.startswith('| ')]
-  header = [cell.strip() for cell in lines[0].strip('|').split('|')]
-  return {cells[0]: dict(zip(header, cells)) for cells in
-          ([cell.strip() for cell in line.strip('|').split('|')] for line in lines[1:])}
+  return markdown_tables(path)[0]
 
 
-def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained, study_dir):
+def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained, study_dir,
+                                                                         external_set):
   configs = study_dir / 'configs'
   configs.mkdir(exist_ok=True)
   tiny_a = write_config(configs / 'tiny_a.py', 'tiny_config()')
@@ -335,11 +350,19 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   # tiny_b: stopped after tiny_a's two epochs, before its report; its config asks for three, a
   # deliberate change the trainer accepts only when told.
   shutil.copytree(trained, study_dir / 'tiny_b', ignore=shutil.ignore_patterns('report', 'eval'))
+  folder, _, _ = external_set
   result = script('run_study.py', f'--out={study_dir}', f'--configs={tiny_a},{tiny_b}',
                   '--override', 'train.log_every_steps=3', '--override',
-                  'train.allow_config_change=true', cwd=study_dir)
+                  'train.allow_config_change=true', f'--images_dir={folder / "images"}',
+                  f'--labels_csv={folder / "isic.csv"}', cwd=study_dir)
   assert result.returncode == 0, result.stdout + result.stderr
   assert '[tiny_a] finished before; skipping.' in result.stdout
+  # Both finished runs are scored on the external set, where evaluate.py puts it by default.
+  for name in ('tiny_a', 'tiny_b'):
+    assert f'[{name}] scoring the best checkpoint on' in result.stdout
+    scored = json.loads((study_dir / name / 'eval' / 'external-isic-best' / 'metrics.json')
+                        .read_text())
+    assert scored['checkpoint'] == 'best' and scored['num_examples'] == 14
   assert '[tiny_b] training in' in result.stdout
   assert re.search(r'Resuming from step \d+ \(epoch 2\)', result.stdout)
   config_b = json.loads((study_dir / 'tiny_b' / 'config.json').read_text())
@@ -352,14 +375,29 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
 def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
   if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
     pytest.skip('needs the run that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
-  # tiny_a has been evaluated (by-lesion intervals); tiny_b only has its training report.
+  # tiny_a has been evaluated (by-lesion intervals) and scored on the study's external set;
+  # tiny_b only has its training report.
   checkpoint_eval.evaluate_checkpoint(run, checkpoint_eval.run_split(run, 'test'),
                                       trained / 'eval' / 'test-best')
+  shutil.rmtree(study_dir / 'tiny_b' / 'eval' / 'external-isic-best')  # as if never scored
   result = script('compare.py', study_dir / 'tiny_a', study_dir / 'tiny_b', f'--out={tmp_path}')
   assert result.returncode == 0, result.stderr
   assert (tmp_path / 'comparison.png').stat().st_size > 0
-  rows = markdown_rows(tmp_path / 'comparison.md')
+  test_rows, external_rows = markdown_tables(tmp_path / 'comparison.md')
+  rows = test_rows
   assert list(rows) == ['tiny_a', 'tiny_b']
+  assert '## External test set: isic' in (tmp_path / 'comparison.md').read_text()
+  scored = json.loads((trained / 'eval' / 'external-isic-best' / 'metrics.json').read_text())
+  external, tested = external_rows['tiny_a'], json.loads(
+      (trained / 'eval' / 'test-best' / 'metrics.json').read_text())
+  assert external['images'] == '14'
+  for key, title in (('balanced_accuracy', 'balanced acc. [95% CI]'),
+                     ('macro_auc', 'macro AUC [95% CI]')):
+    low, high = scored['ci'][key]
+    assert external[title] == f'{scored[key]:.3f} [{low:.3f}, {high:.3f}]'
+  gap = scored['balanced_accuracy'] - tested['balanced_accuracy']
+  assert external['gap in balanced acc. (external - test)'] == f'{gap:+.3f}'
+  assert external_rows['tiny_b']['images'] == 'not evaluated'
   for name, scores_path, epochs, size in (
       ('tiny_a', 'eval/test-best/metrics.json', '2', '24'),
       ('tiny_b', 'report/metrics.json', '3', '24')):
@@ -371,7 +409,8 @@ def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
     timing = json.loads((study_dir / name / 'report' / 'timing.json').read_text())
     assert row['train time'] == f"{timing['train_time_s']:.0f} s"
     assert row['accuracy'] == f"{scores['accuracy']:.3f}"
-    assert row['macro AUC'] == f"{scores['macro_auc']:.3f}"
+    low, high = scores['ci']['macro_auc']
+    assert row['macro AUC [95% CI]'] == f"{scores['macro_auc']:.3f} [{low:.3f}, {high:.3f}]"
     low, high = scores['ci']['balanced_accuracy']
     assert row['balanced acc. [95% CI]'] == f"{scores['balanced_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
     low, high = scores['ci']['melanoma_recall']
@@ -392,7 +431,10 @@ def test_compare_falls_back_to_predictions_csv(study_dir, trained, tmp_path):
   [row] = compare.write_comparison([old], tmp_path)
   assert row['ci_source'] == 'report/predictions.csv'
   # The trainer's predictions.csv has no lesion ids, so this is its own per-image bootstrap.
-  assert row['ci'] == {key: ci[key] for key in eval_metrics.CI_METRICS}
+  assert {key: row['ci'][key] for key in eval_metrics.CI_METRICS} == {
+      key: ci[key] for key in eval_metrics.CI_METRICS}
+  # predictions.csv holds the probabilities to 6 decimals: the AUC interval may move by a hair.
+  np.testing.assert_allclose(row['ci']['macro_auc'], ci['macro_auc'], atol=1e-3)
 
 
 def test_compare_refuses_an_unfinished_run(tmp_path):

@@ -1,9 +1,14 @@
-"""Side by side: which backbone suits skin-lesion classification, and what ImageNet init buys.
+"""Side by side: which backbone suits skin-lesion classification, what ImageNet init buys, and
+how each run holds up on images from elsewhere.
 
 One row per run, read from what the run wrote: W/config.json, W/report/metrics.json (the
 trainer's test report) and, when scripts/evaluate.py has been run on it, W/eval/test-best/.
 Intervals come from the first that has them: W/eval/test-best/metrics.json, W/report/metrics.json,
 or a bootstrap over W/report/predictions.csv (runs reported before intervals existed).
+
+External test sets come from evaluate.py's default folders, W/eval/external-<ground truth>-best/
+(the best checkpoint, without TTA, as on the test split): one more table per set, with the gap
+between its balanced accuracy and the test split's. A set a run was not scored on shows n/a.
 """
 
 import csv
@@ -19,11 +24,14 @@ import numpy as np  # noqa: E402
 from skinjax.data import datasets  # noqa: E402
 from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
 
-# (metrics.json key, column title); the first three carry 95% intervals.
+# (metrics.json key, column title); the first four carry 95% intervals.
 METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),
-           ('melanoma_recall', 'melanoma recall'), ('accuracy', 'accuracy'),
-           ('macro_auc', 'macro AUC'))
+           ('melanoma_recall', 'melanoma recall'), ('macro_auc', 'macro AUC'),
+           ('accuracy', 'accuracy'))
+CI_KEYS = tuple(key for key, _ in METRICS[:4])
 EVAL_SUBDIR = pathlib.Path('eval') / 'test-best'
+# evaluate.py's default folder for an external set: eval/external-<csv stem>-<checkpoint>.
+EXTERNAL_PREFIX, EXTERNAL_SUFFIX = 'external-', '-best'
 
 
 class CompareError(ValueError):
@@ -70,11 +78,32 @@ def read_run(workdir) -> dict:
       'train_time_s': (timing.get('train_time_s') or trained.get('train_time_s')
                        or _epoch_time_sum(workdir / 'metrics.jsonl')),
       'num_examples': scores.get('num_examples'),
-      **{key: scores.get(key) for key, _ in METRICS},
-      'ci': {key: ci.get(key) for key, _ in METRICS[:3]},
+      **_scores(scores, ci),
       'ci_unit': ci.get('unit'),
       'ci_source': ci_source,
+      'external': read_external_sets(workdir),
   }
+
+
+def _scores(metrics: dict, ci: dict) -> dict:
+  return {**{key: metrics.get(key) for key, _ in METRICS},
+          'ci': {key: ci.get(key) for key in CI_KEYS}}
+
+
+def read_external_sets(workdir: pathlib.Path) -> dict[str, dict]:
+  """{set name: scores} for each external set evaluate.py scored the best checkpoint on."""
+  sets = {}
+  for folder in sorted((workdir / 'eval').glob(f'{EXTERNAL_PREFIX}*{EXTERNAL_SUFFIX}')):
+    metrics_path = folder / 'metrics.json'
+    if not metrics_path.is_file():  # an evaluation stopped before its report
+      continue
+    metrics = _read_json(metrics_path)
+    name = folder.name.removeprefix(EXTERNAL_PREFIX).removesuffix(EXTERNAL_SUFFIX)
+    sets[name] = {**_scores(metrics, metrics.get('ci', {})),
+                  'num_examples': metrics.get('num_examples'),
+                  'ci_unit': metrics.get('ci', {}).get('unit'),
+                  'source': str(metrics_path.relative_to(workdir))}
+  return sets
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -103,10 +132,12 @@ def _bootstrap_from_predictions(path: pathlib.Path, description: datasets.Datase
   names = list(description.class_names)
   labels = np.array([names.index(r['label']) for r in rows])
   preds = np.array([names.index(r['pred']) for r in rows])
+  probs = np.array([[float(r[f'prob_{name}']) for name in names] for r in rows])
   column = description.group_column
   groups = np.array([r[column] for r in rows]) if rows and column in rows[0] else None
   return eval_metrics.bootstrap_intervals(labels, preds, len(names), description.melanoma_index,
-                                          groups, unit=column.removesuffix('_id') if column else '')
+                                          groups, unit=column.removesuffix('_id') if column else '',
+                                          probs=probs)
 
 
 def _fmt(value, digits=3) -> str:
@@ -136,31 +167,67 @@ def _fmt_time(seconds) -> str:
 
 
 HEADER = ('run', 'arch', 'init', 'params', 'image size', 'epochs', 'train time', 'accuracy',
-          'balanced acc. [95% CI]', 'macro-F1 [95% CI]', 'melanoma recall [95% CI]', 'macro AUC')
+          'balanced acc. [95% CI]', 'macro-F1 [95% CI]', 'melanoma recall [95% CI]',
+          'macro AUC [95% CI]')
+EXTERNAL_HEADER = ('run', 'images', 'balanced acc. [95% CI]', 'macro-F1 [95% CI]',
+                   'melanoma recall [95% CI]', 'macro AUC [95% CI]', 'accuracy',
+                   'gap in balanced acc. (external - test)')
+
+
+def _ci_cells(scores: dict) -> list[str]:
+  return [_fmt_ci(scores[key], scores['ci'][key]) for key in CI_KEYS]
 
 
 def table_row(run: dict) -> list[str]:
   return [run['name'], str(run['arch']), str(run['init']), _fmt_params(run['num_params']),
           str(run['image_size']), str(run['epochs_run']), _fmt_time(run['train_time_s']),
-          _fmt(run['accuracy']),
-          *[_fmt_ci(run[key], run['ci'][key]) for key, _ in METRICS[:3]],
-          _fmt(run['macro_auc'])]
+          _fmt(run['accuracy']), *_ci_cells(run)]
+
+
+def external_row(run: dict, set_name: str) -> list[str]:
+  scores = run['external'].get(set_name)
+  if scores is None:
+    return [run['name'], 'not evaluated', *['n/a'] * (len(EXTERNAL_HEADER) - 2)]
+  gap = (None if scores['balanced_accuracy'] is None or run['balanced_accuracy'] is None
+         else scores['balanced_accuracy'] - run['balanced_accuracy'])
+  return [run['name'], str(scores['num_examples']), *_ci_cells(scores), _fmt(scores['accuracy']),
+          'n/a' if gap is None else f'{gap:+.3f}']
+
+
+def external_set_names(runs: list[dict]) -> list[str]:
+  return sorted({name for run in runs for name in run['external']})
+
+
+def _table(header, rows) -> list[str]:
+  return (['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+          + ['| ' + ' | '.join(row) + ' |' for row in rows])
 
 
 def markdown(runs: list[dict]) -> str:
   lines = ['# Run comparison', '',
            'Test split, best checkpoint. Balanced accuracy (mean per-class recall) is the ISIC '
-           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).', '',
-           '| ' + ' | '.join(HEADER) + ' |', '|' + '---|' * len(HEADER)]
-  lines += ['| ' + ' | '.join(table_row(run)) + ' |' for run in runs]
+           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).', '']
+  lines += _table(HEADER, [table_row(run) for run in runs])
   lines += ['', _verdict(runs)]
+  for set_name in external_set_names(runs):
+    lines += ['', f'## External test set: {set_name}', '',
+              'Images from outside the training dataset, scored by scripts/evaluate.py '
+              f'(W/eval/{EXTERNAL_PREFIX}{set_name}{EXTERNAL_SUFFIX}/); the gap is this balanced '
+              "accuracy minus the run's test split's.", '']
+    lines += _table(EXTERNAL_HEADER, [external_row(run, set_name) for run in runs])
+    lines += ['', _verdict([{**run, **run['external'][set_name]} for run in runs
+                            if set_name in run['external']])]
   trained_on = sorted({run['dataset'] for run in runs})
   if len(trained_on) > 1:  # a test split of another dataset is another exam
     lines += ['', f"Warning: these runs were trained and tested on different datasets "
                   f"({', '.join(trained_on)}); their scores are not comparable."]
   lines += ['', 'Sources:']
-  lines += [f"- {run['name']}: {run['workdir']}; dataset {run['dataset']}; n={run['num_examples']}; "
-            f"intervals from {run['ci_source']}, resampled by {run['ci_unit']}" for run in runs]
+  for run in runs:
+    lines.append(f"- {run['name']}: {run['workdir']}; dataset {run['dataset']}; "
+                 f"n={run['num_examples']}; intervals from {run['ci_source']}, resampled by "
+                 f"{run['ci_unit']}")
+    lines += [f"  - {set_name}: {scores['source']}, n={scores['num_examples']}, resampled by "
+              f"{scores['ci_unit']}" for set_name, scores in run['external'].items()]
   return '\n'.join(lines) + '\n'
 
 
@@ -181,24 +248,36 @@ def _verdict(runs: list[dict]) -> str:
 
 
 def plot(runs: list[dict], path: pathlib.Path):
-  """Grouped bars: one group per metric, one bar per run, whiskers at the 95% intervals."""
-  fig, ax = plt.subplots(figsize=(10, 5.5))
+  """Grouped bars, one panel per test set (the test split, then each external set): one group
+  per metric, one bar per run, whiskers at the 95% intervals."""
+  panels = [('test split', runs)]
+  panels += [(name, [{**run, **run['external'][name]} if name in run['external'] else None
+                     for run in runs]) for name in external_set_names(runs)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(10 * len(panels), 5.5), squeeze=False)
   width = 0.8 / len(runs)
   positions = np.arange(len(METRICS))
-  for i, run in enumerate(runs):
-    x = positions + (i - (len(runs) - 1) / 2) * width
-    values = [np.nan if run[key] is None else run[key] for key, _ in METRICS]
-    ax.bar(x, np.nan_to_num(values), width, label=f"{run['name']} ({run['arch']}, {run['init']})")
-    for j, (key, _) in enumerate(METRICS[:3]):  # only these have intervals
-      interval = run['ci'][key]
-      if interval is not None and run[key] is not None:
-        ax.errorbar(x[j], run[key], yerr=[[max(run[key] - interval[0], 0)],
-                                          [max(interval[1] - run[key], 0)]],
-                    color='black', capsize=3, lw=1, fmt='none')
-  ax.set_xticks(positions, [title for _, title in METRICS])
-  ax.set(ylim=(0, 1.05), ylabel='test split', title='Run comparison (whiskers: 95% bootstrap intervals)')
-  ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08), ncol=min(len(runs), 3))
-  ax.grid(axis='y', alpha=0.3)
+  for ax, (title, scored) in zip(axes[0], panels):
+    for i, (run, scores) in enumerate(zip(runs, scored)):
+      x = positions + (i - (len(runs) - 1) / 2) * width
+      label = f"{run['name']} ({run['arch']}, {run['init']})"
+      if scores is None:  # not scored on this set: keep its colour and slot empty
+        ax.bar(x, np.zeros(len(METRICS)), width, label=label)
+        continue
+      values = [np.nan if scores[key] is None else scores[key] for key, _ in METRICS]
+      ax.bar(x, np.nan_to_num(values), width, label=label)
+      for j, key in enumerate(CI_KEYS):
+        interval = scores['ci'][key]
+        if interval is not None and scores[key] is not None:
+          ax.errorbar(x[j], scores[key], yerr=[[max(scores[key] - interval[0], 0)],
+                                               [max(interval[1] - scores[key], 0)]],
+                      color='black', capsize=3, lw=1, fmt='none')
+    ax.set_xticks(positions, [name for _, name in METRICS])
+    ax.set(ylim=(0, 1.05), title=title)
+    ax.grid(axis='y', alpha=0.3)
+  axes[0][0].set_ylabel('score (whiskers: 95% bootstrap intervals)')
+  axes[0][0].legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08),
+                    ncol=min(len(runs), 3))
+  fig.suptitle('Run comparison')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -13,8 +13,11 @@ from sklearn import metrics as skm
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000
 CI_LEVEL = 0.95
-# The metrics that get intervals; each is a function of a (weighted) confusion matrix.
+# The metrics that get intervals from the predicted classes alone: each is a function of a
+# (weighted) confusion matrix.
 CI_METRICS = ('balanced_accuracy', 'macro_f1', 'melanoma_recall')
+# The one that needs the probabilities too (bootstrap_intervals with `probs`).
+AUC_CI_METRIC = 'macro_auc'
 
 
 def reliability_bins(labels: np.ndarray, probs: np.ndarray, num_bins: int = ECE_BINS) -> dict:
@@ -76,12 +79,42 @@ def metrics_from_confusion(matrices: np.ndarray, melanoma_index: int) -> dict[st
   }
 
 
+def weighted_auc(positives: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """ROC-AUC of `scores` for each row of `weights` (R, N) at once: sklearn's roc_auc_score with
+  that row as sample_weight. NaN where a row weighs no positive or no negative.
+
+  The AUC is the weighted share of (positive, negative) pairs ranked right, a tie counting half.
+  Sorted by score, each positive's share is the negative weight below its score plus half that at
+  its score; one cumulative sum per row gives both, so 1000 resamples cost a few array passes.
+  """
+  positives = np.asarray(positives, bool)
+  order = np.argsort(scores, kind='stable')
+  sorted_scores, positives = np.asarray(scores)[order], positives[order]
+  weights = np.asarray(weights, np.float64)[:, order]
+  negative_weights = weights * ~positives
+  below_or_at = np.cumsum(negative_weights, axis=1)
+  # Each score's run of ties: [first, last] positions in the sorted order.
+  new_value = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+  first = np.maximum.accumulate(np.where(new_value, np.arange(len(order)), 0))
+  last = np.r_[np.flatnonzero(new_value)[1:] - 1, len(order) - 1][np.cumsum(new_value) - 1]
+  below = below_or_at[:, first] - negative_weights[:, first]
+  tied = below_or_at[:, last] - below
+  ranked_right = ((weights * positives) * (below + 0.5 * tied)).sum(1)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    return ranked_right / ((weights * positives).sum(1) * negative_weights.sum(1))
+
+
 def bootstrap_intervals(labels: np.ndarray, preds: np.ndarray, num_classes: int,
                         melanoma_index: int | None, groups=None, *,
                         num_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
-                        level: float = CI_LEVEL, unit: str = 'lesion') -> dict:
-  """Percentile bootstrap intervals of CI_METRICS; resamples `groups` (lesions, or the `unit`
-  they are) if given. Without a melanoma class, melanoma_recall's interval is None."""
+                        level: float = CI_LEVEL, unit: str = 'lesion', probs=None) -> dict:
+  """Percentile bootstrap intervals of CI_METRICS, and of macro_auc when `probs` (N, C) are
+  given; resamples `groups` (lesions, or the `unit` they are) if given. Without a melanoma class,
+  melanoma_recall's interval is None.
+
+  macro_auc in a resample is the mean one-vs-rest AUC over the classes with both positives and
+  negatives in it, as the report's macro_auc is over the whole set.
+  """
   labels, preds = np.asarray(labels), np.asarray(preds)
   unit = 'image' if groups is None else unit
   groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
@@ -91,9 +124,17 @@ def bootstrap_intervals(labels: np.ndarray, preds: np.ndarray, num_classes: int,
   values = metrics_from_confusion(matrices, 0 if melanoma_index is None else melanoma_index)
   if melanoma_index is None:
     values['melanoma_recall'] = np.full(num_resamples, np.nan)
+  names = CI_METRICS
+  if probs is not None:
+    per_class = np.stack([weighted_auc(labels == c, np.asarray(probs)[:, c], weights)
+                          for c in range(num_classes)])
+    with warnings.catch_warnings():  # a resample with no class scorable: NaN, dropped below
+      warnings.simplefilter('ignore', RuntimeWarning)
+      values[AUC_CI_METRIC] = np.nanmean(per_class, axis=0)
+    names = (*CI_METRICS, AUC_CI_METRIC)
   tail = 100 * (1 - level) / 2
   intervals = {}
-  for name in CI_METRICS:
+  for name in names:
     finite = values[name][np.isfinite(values[name])]
     intervals[name] = (None if finite.size == 0
                        else [float(v) for v in np.percentile(finite, [tail, 100 - tail])])

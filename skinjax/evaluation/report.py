@@ -149,7 +149,8 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   metrics['ece_bins'] = eval_metrics.ECE_BINS
   metrics['ci'] = eval_metrics.bootstrap_intervals(
       labels, preds, len(class_names), description.melanoma_index, groups,
-      num_resamples=bootstrap_resamples, seed=bootstrap_seed, unit=_unit(description))
+      num_resamples=bootstrap_resamples, seed=bootstrap_seed, unit=_unit(description),
+      probs=probs)
   if isic_challenge is not None:
     metrics['isic_challenge'] = isic_challenge
   metrics.update(extra or {})
