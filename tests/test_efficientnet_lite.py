@@ -295,6 +295,25 @@ def test_trainer_fine_tunes_from_the_installed_weights(tmp_path, capsys):
   assert metrics
 
 
+def test_the_cpu_transfer_recipe_and_its_scratch_control_differ_only_where_said():
+  """configs/cpu_transfer_scratch.py is the study's control: same architecture, resolution,
+  epochs, sampling and augmentation; only the ImageNet-specific choices differ."""
+  sys.path.insert(0, str(REPO))  # the configs import each other as the `configs` package
+  from configs import cpu_transfer, cpu_transfer_scratch  # pylint: disable=import-outside-toplevel
+  transfer, scratch = cpu_transfer.get_config(), cpu_transfer_scratch.get_config()
+  for config in (transfer, scratch):
+    config_checks.validate(config)
+  assert (transfer.model.arch, transfer.model.init) == ('efficientnet_lite0', 'imagenet')
+  assert transfer.data.split == 'lesion_grouped'
+  assert (scratch.model.init, scratch.train.freeze_backbone_epochs,
+          scratch.train.backbone_lr_multiplier) == ('scratch', 0, 1.0)
+  assert transfer.train.freeze_backbone_epochs > 0 and transfer.train.backbone_lr_multiplier < 1
+  scratch.model.init = transfer.model.init
+  scratch.train.freeze_backbone_epochs = transfer.train.freeze_backbone_epochs
+  scratch.train.backbone_lr_multiplier = transfer.train.backbone_lr_multiplier
+  assert scratch.to_dict() == transfer.to_dict()  # nothing else differs
+
+
 # ---------------------------------------------------------------------------------------------
 # scripts/imagenet_eval.py
 # ---------------------------------------------------------------------------------------------
