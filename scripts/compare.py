@@ -1,12 +1,14 @@
 r"""Compares finished runs: one table row and one group of bars per run.
 
-  python scripts/compare.py W1 W2 ... [--out=DIR]
+  python scripts/compare.py W1 W2 ... [--out=DIR] [--tta=none|flip|flip_rot]
 
 Writes DIR/comparison.md (arch, init, parameters, image size, epochs, training time, accuracy,
-balanced accuracy, macro-F1 and melanoma recall with 95% bootstrap intervals, macro AUC) and
+balanced accuracy, macro-F1, melanoma recall and macro AUC with 95% bootstrap intervals) and
 DIR/comparison.png. DIR defaults to the folder that holds the runs. Intervals come from
 W/eval/test-best/ when scripts/evaluate.py has been run (resampled by lesion), else from the
-training report.
+training report. Each external set evaluate.py scored the runs on (W/eval/external-<name>-best/)
+gets a table and a panel of its own. --tta=flip|flip_rot reads evaluate.py's results of that TTA
+mode instead (W/eval/test-best-tta_<mode>/ and so on), for every run.
 """
 
 import os
@@ -17,9 +19,12 @@ from absl import app
 from absl import flags
 
 from skinjax.evaluation import compare
+from skinjax.evaluation import tta
 from skinjax.runtime import cli_flags
 
 _OUT = flags.DEFINE_string('out', None, 'Output folder; default: the common parent of the runs.')
+_TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
+                         "Read evaluate.py's results of this TTA mode, for every run.")
 
 
 def main(argv):
@@ -29,7 +34,7 @@ def main(argv):
   cli_flags.check_folder('out', _OUT.value)
   out = _OUT.value or os.path.commonpath([w.absolute().parent for w in workdirs])
   try:
-    runs = compare.write_comparison(workdirs, out)
+    runs = compare.write_comparison(workdirs, out, _TTA.value)
   except ValueError as error:
     sys.exit(f'error: {error}')
   print((pathlib.Path(out) / 'comparison.md').read_text()

@@ -2,15 +2,17 @@ r"""The study: the from-scratch baseline and the four ImageNet backbones, one af
 
   python scripts/run_study.py --data_dir=~/tensorflow_datasets --out=runs/study \
       [--override key=value ...] [--configs=configs/scratch_cnn.py,configs/vgg16.py,...] \
-      [--images_dir=DIR --labels_csv=CSV]
+      [--images_dir=DIR --labels_csv=CSV] [--tta=none|flip|flip_rot]
 
 Each config trains in OUT/<config name> through `python -m skinjax.main`, with every --override
 passed on as --config.<key>=<value>. Run it again to continue: finished runs (with
 W/report/metrics.json) are skipped and unfinished ones resume from their latest checkpoint. A
 run that fails is reported and the others still run. With --images_dir and --labels_csv, every
 finished run's best checkpoint is also scored on that external set by scripts/evaluate.py (into
-W/eval/external-<csv name>-best/, once). It ends with scripts/compare.py's OUT/comparison.md and
-OUT/comparison.png over the finished runs, one table per test set.
+W/eval/external-<csv name>-best/, once). With --tta=flip|flip_rot every score is evaluate.py's
+with those views, the test split's included (W/eval/test-best-tta_<mode>/). It ends with
+scripts/compare.py's OUT/comparison.md and OUT/comparison.png over the finished runs, one table
+per test set.
 """
 
 import pathlib
@@ -26,6 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from skinjax.evaluation import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from skinjax.evaluation import tta  # pylint: disable=g-import-not-at-top,wrong-import-position
 from skinjax.runtime import cli_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STUDY_CONFIGS = ('configs/scratch_cnn.py', 'configs/vgg16.py', 'configs/xception.py',
@@ -40,6 +43,8 @@ _CONFIGS = flags.DEFINE_list('configs', list(STUDY_CONFIGS),
 _IMAGES_DIR = flags.DEFINE_string('images_dir', None,
                                   'Folder of an external labelled test set (as evaluate.py).')
 _LABELS_CSV = flags.DEFINE_string('labels_csv', None, "That set's labels (as evaluate.py).")
+_TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
+                         'Score every run with these test-time views (evaluate.py --tta).')
 
 
 def config_args(config: pathlib.Path, data_dir, overrides) -> list[str]:
@@ -59,19 +64,24 @@ def train_command(config: pathlib.Path, workdir: pathlib.Path, data_dir, overrid
           f'--workdir={workdir}']
 
 
-def evaluate_command(workdir: pathlib.Path, images_dir, labels_csv) -> list[str]:
+def evaluate_command(workdir: pathlib.Path, tta_mode: str, images_dir=None,
+                     labels_csv=None) -> list[str]:
+  external = [f'--images_dir={images_dir}', f'--labels_csv={labels_csv}'] if images_dir else []
   return [sys.executable, str(REPO / 'scripts' / 'evaluate.py'), f'--workdir={workdir}',
-          f'--images_dir={images_dir}', f'--labels_csv={labels_csv}']
+          f'--tta={tta_mode}', *external]
 
 
-def score_external(workdir: pathlib.Path, name: str, images_dir, labels_csv) -> bool:
-  """Scores the run's best checkpoint on the external set unless it was before; False on failure."""
-  if (workdir / 'eval' / f'external-{pathlib.Path(labels_csv).stem}-best' / 'metrics.json').is_file():
+def score(workdir: pathlib.Path, tta_mode: str, images_dir=None, labels_csv=None) -> bool:
+  """Scores the run's best checkpoint on its test split or an external set, unless evaluate.py
+  did before (its output folder holds metrics.json); False on failure."""
+  split = f'external-{pathlib.Path(labels_csv).stem}' if labels_csv else 'test'
+  if (workdir / 'eval' / f'{split}{compare.eval_suffix(tta_mode)}' / 'metrics.json').is_file():
     return True
-  print(f'[{name}] scoring the best checkpoint on {labels_csv} ...', flush=True)
-  result = subprocess.run(evaluate_command(workdir, images_dir, labels_csv), cwd=REPO)
+  print(f'[{workdir.name}] scoring the best checkpoint on {labels_csv or "the test split"} '
+        f'(tta {tta_mode}) ...', flush=True)
+  result = subprocess.run(evaluate_command(workdir, tta_mode, images_dir, labels_csv), cwd=REPO)
   if result.returncode != 0:
-    print(f'[{name}] external evaluation failed (exit {result.returncode}); see its output above.',
+    print(f'[{workdir.name}] evaluation failed (exit {result.returncode}); see its output above.',
           flush=True)
   return result.returncode == 0
 
@@ -123,12 +133,16 @@ def main(argv):
     else:
       print(f'[{name}] failed (exit {result.returncode}); see its output above.', flush=True)
       failed.append(name)
-  if _IMAGES_DIR.value:
-    for workdir in finished:
-      if not score_external(workdir, workdir.name, images_dir.absolute(), labels_csv.absolute()):
-        failed.append(f'{workdir.name} (external evaluation)')
+  for workdir in list(finished):
+    # The training report has no TTA: with views, the test split is scored again.
+    scored = _TTA.value == 'none' or score(workdir, _TTA.value)
+    if scored and _IMAGES_DIR.value:
+      scored = score(workdir, _TTA.value, images_dir.absolute(), labels_csv.absolute())
+    if not scored:
+      failed.append(f'{workdir.name} (evaluation)')
+      finished.remove(workdir)
   if finished:
-    compare.write_comparison(finished, out)
+    compare.write_comparison(finished, out, _TTA.value)
     print((out / 'comparison.md').read_text())
   if failed:
     sys.exit(f'error: {len(failed)} of {len(configs)} runs failed: {", ".join(failed)}. Fix the '

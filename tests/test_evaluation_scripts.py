@@ -354,15 +354,18 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   result = script('run_study.py', f'--out={study_dir}', f'--configs={tiny_a},{tiny_b}',
                   '--override', 'train.log_every_steps=3', '--override',
                   'train.allow_config_change=true', f'--images_dir={folder / "images"}',
-                  f'--labels_csv={folder / "isic.csv"}', cwd=study_dir)
+                  f'--labels_csv={folder / "isic.csv"}', '--tta=flip', cwd=study_dir)
   assert result.returncode == 0, result.stdout + result.stderr
   assert '[tiny_a] finished before; skipping.' in result.stdout
-  # Both finished runs are scored on the external set, where evaluate.py puts it by default.
+  # Both finished runs are scored with the flips on their test split and on the external set,
+  # where evaluate.py puts them by default.
   for name in ('tiny_a', 'tiny_b'):
     assert f'[{name}] scoring the best checkpoint on' in result.stdout
-    scored = json.loads((study_dir / name / 'eval' / 'external-isic-best' / 'metrics.json')
-                        .read_text())
-    assert scored['checkpoint'] == 'best' and scored['num_examples'] == 14
+    for split, size in (('test', 48), ('external-isic', 14)):
+      scored = json.loads((study_dir / name / 'eval' / f'{split}-best-tta_flip' / 'metrics.json')
+                          .read_text())
+      assert (scored['checkpoint'], scored['tta'], scored['num_examples']) == ('best', 'flip', size)
+  assert 'TTA views (flip)' in (study_dir / 'comparison.md').read_text()
   assert '[tiny_b] training in' in result.stdout
   assert re.search(r'Resuming from step \d+ \(epoch 2\)', result.stdout)
   config_b = json.loads((study_dir / 'tiny_b' / 'config.json').read_text())
@@ -372,14 +375,17 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   assert markdown_rows(study_dir / 'comparison.md').keys() == {'tiny_a', 'tiny_b'}
 
 
-def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
+def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp_path):
   if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
     pytest.skip('needs the run that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
-  # tiny_a has been evaluated (by-lesion intervals) and scored on the study's external set;
-  # tiny_b only has its training report.
+  # tiny_a has been evaluated (by-lesion intervals) and scored on an external set; tiny_b only
+  # has its training report (and the study's results with TTA, which a plain table leaves out).
   checkpoint_eval.evaluate_checkpoint(run, checkpoint_eval.run_split(run, 'test'),
                                       trained / 'eval' / 'test-best')
-  shutil.rmtree(study_dir / 'tiny_b' / 'eval' / 'external-isic-best')  # as if never scored
+  folder, _, _ = external_set
+  result = script('evaluate.py', f'--workdir={trained}', f'--images_dir={folder / "images"}',
+                  f'--labels_csv={folder / "isic.csv"}')
+  assert result.returncode == 0, result.stderr
   result = script('compare.py', study_dir / 'tiny_a', study_dir / 'tiny_b', f'--out={tmp_path}')
   assert result.returncode == 0, result.stderr
   assert (tmp_path / 'comparison.png').stat().st_size > 0
@@ -418,6 +424,29 @@ def test_compare_table_reads_each_run(trained, study_dir, run, tmp_path):
   text = (tmp_path / 'comparison.md').read_text()
   assert 'intervals from eval/test-best/metrics.json, resampled by lesion' in text
   assert 'intervals from report/metrics.json, resampled by lesion' in text
+
+
+def test_compare_with_tta_reads_only_results_of_that_mode(trained, run, external_set, tmp_path):
+  workdir = tmp_path / 'w'  # the run without the evaluations other tests made
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns('eval'))
+  with pytest.raises(compare.CompareError, match='evaluate.py --workdir=.* --tta=flip first'):
+    compare.write_comparison([workdir], tmp_path, tta='flip')
+  test_data = checkpoint_eval.run_split(run, 'test')
+  flipped = checkpoint_eval.evaluate_checkpoint(
+      run, test_data, workdir / 'eval' / 'test-best-tta_flip', tta_mode='flip')
+  folder, _, _ = external_set
+  external = checkpoint_eval.external_set(folder / 'images', folder / 'ham.csv', run)
+  assert checkpoint_eval.default_out_dir(run, external, 'flip').name == 'external-ham-best-tta_flip'
+  external_flipped = checkpoint_eval.evaluate_checkpoint(
+      run, external, workdir / 'eval' / 'external-ham-best-tta_flip', tta_mode='flip')
+  [row] = compare.write_comparison([workdir], tmp_path, tta='flip')
+  assert row['ci_source'] == 'eval/test-best-tta_flip/metrics.json'
+  assert row['balanced_accuracy'] == flipped['balanced_accuracy']
+  assert row['external']['ham']['balanced_accuracy'] == external_flipped['balanced_accuracy']
+  assert 'TTA views (flip)' in (tmp_path / 'comparison.md').read_text()
+  # Without TTA, the flipped results are not read as plain ones.
+  [plain] = compare.write_comparison([workdir], tmp_path)
+  assert plain['external'] == {} and plain['ci_source'] == 'report/metrics.json'
 
 
 def test_compare_falls_back_to_predictions_csv(study_dir, trained, tmp_path):

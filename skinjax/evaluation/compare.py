@@ -7,8 +7,12 @@ Intervals come from the first that has them: W/eval/test-best/metrics.json, W/re
 or a bootstrap over W/report/predictions.csv (runs reported before intervals existed).
 
 External test sets come from evaluate.py's default folders, W/eval/external-<ground truth>-best/
-(the best checkpoint, without TTA, as on the test split): one more table per set, with the gap
-between its balanced accuracy and the test split's. A set a run was not scored on shows n/a.
+(the best checkpoint, as on the test split): one more table per set, with the gap between its
+balanced accuracy and the test split's. A set a run was not scored on shows n/a.
+
+With tta='flip' or 'flip_rot', every score comes from evaluate.py's folders of that mode instead
+(W/eval/test-best-tta_<mode>/, W/eval/external-<name>-best-tta_<mode>/): each run is then scored
+the same way, and a run its test split was not evaluated on that way is refused by name.
 """
 
 import csv
@@ -23,24 +27,32 @@ import numpy as np  # noqa: E402
 
 from skinjax.data import datasets  # noqa: E402
 from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
+from skinjax.evaluation import tta as tta_views  # noqa: E402
 
 # (metrics.json key, column title); the first four carry 95% intervals.
 METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),
            ('melanoma_recall', 'melanoma recall'), ('macro_auc', 'macro AUC'),
            ('accuracy', 'accuracy'))
 CI_KEYS = tuple(key for key, _ in METRICS[:4])
-EVAL_SUBDIR = pathlib.Path('eval') / 'test-best'
-# evaluate.py's default folder for an external set: eval/external-<csv stem>-<checkpoint>.
-EXTERNAL_PREFIX, EXTERNAL_SUFFIX = 'external-', '-best'
+# evaluate.py's default folders (checkpoint_eval.default_out_dir) for the best checkpoint:
+# eval/<split>-best[-tta_<mode>], the split of an external set being external-<csv stem>.
+EXTERNAL_PREFIX = 'external-'
+
+
+def eval_suffix(tta: str) -> str:
+  if tta not in tta_views.TTA_MODES:
+    raise CompareError(f'tta={tta!r} is not one of {", ".join(tta_views.TTA_MODES)}.')
+  return '-best' if tta == 'none' else f'-best-tta_{tta}'
 
 
 class CompareError(ValueError):
   """A workdir that cannot be compared; the message says what is missing and how to get it."""
 
 
-def read_run(workdir) -> dict:
+def read_run(workdir, tta: str = 'none') -> dict:
   """One table row: what the run is, what it cost, and how it scored on its test split."""
   workdir = pathlib.Path(workdir).expanduser()
+  eval_subdir = pathlib.Path('eval') / f'test{eval_suffix(tta)}'
   report_path = workdir / 'report' / 'metrics.json'
   if not workdir.exists():  # a mistyped path, not an unfinished run
     raise CompareError(f'{workdir} does not exist; check the path of the run.')
@@ -54,11 +66,14 @@ def read_run(workdir) -> dict:
   trained = _read_json(report_path)
   timing_path = workdir / 'report' / 'timing.json'
   timing = _read_json(timing_path) if timing_path.is_file() else {}
-  evaluated_path = workdir / EVAL_SUBDIR / 'metrics.json'
+  evaluated_path = workdir / eval_subdir / 'metrics.json'
   evaluated = _read_json(evaluated_path) if evaluated_path.is_file() else None
+  if evaluated is None and tta != 'none':  # the training report has no TTA: not the same exam
+    raise CompareError(f'{workdir} has no {eval_subdir}/metrics.json; run python '
+                       f'scripts/evaluate.py --workdir={workdir} --tta={tta} first.')
   # The evaluation scores the same best checkpoint on the same split, with intervals by lesion.
   if evaluated and 'ci' in evaluated:
-    scores, ci, ci_source = evaluated, evaluated['ci'], f'{EVAL_SUBDIR}/metrics.json'
+    scores, ci, ci_source = evaluated, evaluated['ci'], f'{eval_subdir}/metrics.json'
   elif 'ci' in trained:
     scores, ci, ci_source = trained, trained['ci'], 'report/metrics.json'
   else:
@@ -81,7 +96,8 @@ def read_run(workdir) -> dict:
       **_scores(scores, ci),
       'ci_unit': ci.get('unit'),
       'ci_source': ci_source,
-      'external': read_external_sets(workdir),
+      'external': read_external_sets(workdir, tta),
+      'tta': tta,
   }
 
 
@@ -90,15 +106,18 @@ def _scores(metrics: dict, ci: dict) -> dict:
           'ci': {key: ci.get(key) for key in CI_KEYS}}
 
 
-def read_external_sets(workdir: pathlib.Path) -> dict[str, dict]:
+def read_external_sets(workdir: pathlib.Path, tta: str = 'none') -> dict[str, dict]:
   """{set name: scores} for each external set evaluate.py scored the best checkpoint on."""
   sets = {}
-  for folder in sorted((workdir / 'eval').glob(f'{EXTERNAL_PREFIX}*{EXTERNAL_SUFFIX}')):
+  suffix = eval_suffix(tta)
+  for folder in sorted((workdir / 'eval').glob(f'{EXTERNAL_PREFIX}*{suffix}')):
+    if tta == 'none' and '-best-tta_' in folder.name:  # 'external-x-best-tta_flip' is not '-best'
+      continue
     metrics_path = folder / 'metrics.json'
     if not metrics_path.is_file():  # an evaluation stopped before its report
       continue
     metrics = _read_json(metrics_path)
-    name = folder.name.removeprefix(EXTERNAL_PREFIX).removesuffix(EXTERNAL_SUFFIX)
+    name = folder.name.removeprefix(EXTERNAL_PREFIX).removesuffix(suffix)
     sets[name] = {**_scores(metrics, metrics.get('ci', {})),
                   'num_examples': metrics.get('num_examples'),
                   'ci_unit': metrics.get('ci', {}).get('unit'),
@@ -204,15 +223,17 @@ def _table(header, rows) -> list[str]:
 
 
 def markdown(runs: list[dict]) -> str:
+  tta = runs[0].get('tta', 'none') if runs else 'none'
+  views = '' if tta == 'none' else f' Every score averages the softmax over TTA views ({tta}).'
   lines = ['# Run comparison', '',
            'Test split, best checkpoint. Balanced accuracy (mean per-class recall) is the ISIC '
-           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).', '']
+           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).' + views, '']
   lines += _table(HEADER, [table_row(run) for run in runs])
   lines += ['', _verdict(runs)]
   for set_name in external_set_names(runs):
     lines += ['', f'## External test set: {set_name}', '',
               'Images from outside the training dataset, scored by scripts/evaluate.py '
-              f'(W/eval/{EXTERNAL_PREFIX}{set_name}{EXTERNAL_SUFFIX}/); the gap is this balanced '
+              f'(W/eval/{EXTERNAL_PREFIX}{set_name}{eval_suffix(tta)}/); the gap is this balanced '
               "accuracy minus the run's test split's.", '']
     lines += _table(EXTERNAL_HEADER, [external_row(run, set_name) for run in runs])
     lines += ['', _verdict([{**run, **run['external'][set_name]} for run in runs
@@ -283,8 +304,9 @@ def plot(runs: list[dict], path: pathlib.Path):
   plt.close(fig)
 
 
-def write_comparison(workdirs, out_dir) -> list[dict]:
-  """Writes comparison.md and comparison.png into `out_dir`; returns the rows."""
+def write_comparison(workdirs, out_dir, tta: str = 'none') -> list[dict]:
+  """Writes comparison.md and comparison.png into `out_dir`; returns the rows. `tta` picks
+  evaluate.py's results of that mode for every run (see the module docstring)."""
   if not workdirs:
     raise CompareError('No runs to compare; pass one or more workdirs.')
   seen = {}
@@ -293,7 +315,7 @@ def write_comparison(workdirs, out_dir) -> list[dict]:
     if resolved in seen:
       raise CompareError(f'{w} and {seen[resolved]} are the same run; pass each run once.')
     seen[resolved] = w
-  runs = [read_run(w) for w in workdirs]
+  runs = [read_run(w, tta) for w in workdirs]
   names = [run['name'] for run in runs]
   if len(set(names)) < len(names):  # runs/a/w and runs/b/w: tell them apart by their paths
     for run in runs:
