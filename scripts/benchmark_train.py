@@ -1,7 +1,8 @@
 r"""Measures the real skinjax train step (classifier head, optimiser, donation) and, optionally, Keras.
 
   python scripts/benchmark_train.py --arch=resnet50 --image_size=224 --batch_size=16 \
-      [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] [--compare=keras[,keras_torch]] \
+      [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] \
+      [--compare=keras[,keras_torch]|torch_reference] \
       [--torch_python=PYTHON] [--nodonate] [--json]
 
 It reports steady-state images/s (after a warm-up, timed with block_until_ready), trace and
@@ -14,8 +15,11 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8).
 --compare=keras builds the same architecture with the same head, loss (sparse cross-entropy) and
 Adam in Keras 3 on JAX (jit_compile=True, train_on_batch) in this process; keras_torch does the
 same in Keras 3 on PyTorch, in a worker process (scripts/keras_step.py) run by --torch_python, an
-interpreter with torch and keras installed. Timed rounds of all of them alternate, so that machine
-noise hits each alike; each ratio is skinjax images/s over theirs.
+interpreter with torch and keras installed. For the EfficientNet-Lite architectures, which Keras
+lacks, torch_reference times the reference PyTorch model that skinjax ports
+(efficientnet-lite-pytorch) with PyTorch's own train step, channels_last, Adam
+(scripts/torch_lite_step.py), run the same way. Timed rounds of all of them alternate, so that
+machine noise hits each alike; each ratio is skinjax images/s over theirs.
 """
 
 import json
@@ -58,14 +62,21 @@ _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (alternating with Kera
                                lower_bound=1)
 _COMPARE = flags.DEFINE_list(
     'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), e.g. '
-    '--compare=keras,keras_torch.')
+    '--compare=keras,keras_torch; for efficientnet_lite*, the reference PyTorch model '
+    '(torch_reference).')
 _TORCH_PYTHON = flags.DEFINE_string(
-    'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch.')
+    'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch, '
+    'or with torch and efficientnet-lite-pytorch for --compare=torch_reference.')
 _DONATE = flags.DEFINE_bool('donate', True, 'Donate the train state to the step, as the trainer '
                             'does (--nodonate: measure what donation saves).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 KERAS_STEP_SCRIPT = pathlib.Path(__file__).with_name('keras_step.py')
+TORCH_LITE_STEP_SCRIPT = pathlib.Path(__file__).with_name('torch_lite_step.py')
+LITE_PREFIX = 'efficientnet_lite'
+WORKERS = ('keras_torch', 'torch_reference')  # the comparisons that run in a worker process
+LABELS = {'keras': 'Keras 3 on JAX', 'keras_torch': 'Keras 3 on PyTorch',
+          'torch_reference': 'the reference PyTorch model'}
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
@@ -135,25 +146,39 @@ class SkinjaxStep:
     jax.block_until_ready((self.state, metrics))
 
 
-class KerasWorkerStep:
-  """Keras 3 on another backend, in a worker process (scripts/keras_step.py) driven over pipes."""
+class WorkerStep:
+  """A step in a worker process (scripts/keras_step.py or torch_lite_step.py) driven over pipes."""
 
-  def __init__(self, python: str, backend: str, arch: str, image_size: int, batch_size: int):
-    command = [python, str(KERAS_STEP_SCRIPT), f'--arch={arch}', f'--image_size={image_size}',
-               f'--batch_size={batch_size}', f'--num_classes={NUM_CLASSES}']
+  def __init__(self, command: list[str], env: dict, what: str, needs: str):
     # stderr to a file, not a pipe: a chatty worker would block on a full pipe nobody reads.
     self.stderr = tempfile.TemporaryFile('w+')
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=self.stderr, text=True,
-                                    env=dict(os.environ, KERAS_BACKEND=backend))
+                                    stderr=self.stderr, text=True, env=env)
     ready = self.process.stdout.readline()
     if not ready:
       error = self._stderr_tail().splitlines()[-1:] or ['no output']
       raise app.UsageError(
-          f'The Keras {backend} worker ({python}) failed: {error[0]}. --torch_python must name an '
-          f'interpreter with torch and keras, e.g. a venv made with `pip install torch keras`.')
+          f'The {what} worker ({command[0]}) failed: {error[0]}. --torch_python must name an '
+          f'interpreter with {needs}.')
     self.info = json.loads(ready)
     self.compile_s = self.info['compile_s']
+
+  @classmethod
+  def keras(cls, python: str, backend: str, arch: str, image_size: int, batch_size: int):
+    """Keras 3 on another backend (Keras Applications' model, Keras' own train step)."""
+    command = [python, str(KERAS_STEP_SCRIPT), f'--arch={arch}', f'--image_size={image_size}',
+               f'--batch_size={batch_size}', f'--num_classes={NUM_CLASSES}']
+    return cls(command, dict(os.environ, KERAS_BACKEND=backend), f'Keras {backend}',
+               f'{backend} and keras, e.g. a venv made with `pip install {backend} keras`')
+
+  @classmethod
+  def torch_reference(cls, python: str, arch: str, image_size: int, batch_size: int):
+    """The reference PyTorch EfficientNet-Lite with PyTorch's own train step."""
+    command = [python, str(TORCH_LITE_STEP_SCRIPT), f'--variant={arch.removeprefix("efficientnet_")}',
+               f'--image_size={image_size}', f'--batch_size={batch_size}',
+               f'--num_classes={NUM_CLASSES}']
+    return cls(command, dict(os.environ), 'reference PyTorch', 'torch and efficientnet-lite-pytorch'
+               ', e.g. a venv made with `pip install torch efficientnet-lite-pytorch numpy`')
 
   def run(self, n: int):
     self.process.stdin.write(f'{n}\n')
@@ -190,23 +215,37 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   cache = compilation_cache.enable()  # as the trainer does; SKINJAX_COMPILATION_CACHE=off for cold
   compared = [name for name in _COMPARE.value if name != 'none']
-  if unknown := set(compared) - {'keras', 'keras_torch'}:
+  if unknown := set(compared) - set(LABELS):
     raise app.UsageError(f'--compare: unknown {", ".join(sorted(unknown))}; use keras, keras_torch '
-                         'or both, comma-separated.')
-  if compared and _ARCH.value not in KERAS_APPLICATIONS:
+                         'or both, comma-separated, or torch_reference for efficientnet_lite*.')
+  is_lite = _ARCH.value.startswith(LITE_PREFIX)
+  if is_lite and set(compared) - {'torch_reference'}:
+    raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare it with '
+                         'its reference PyTorch model: --compare=torch_reference.')
+  if not is_lite and 'torch_reference' in compared:
+    raise app.UsageError(f'--compare=torch_reference: only the EfficientNet-Lite models have one; '
+                         f'compare {_ARCH.value} with keras or keras_torch.')
+  if compared and not is_lite and _ARCH.value not in KERAS_APPLICATIONS:
     raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare one of '
                          f'{", ".join(KERAS_APPLICATIONS)}.')
-  if 'keras_torch' in compared and shutil.which(_TORCH_PYTHON.value) is None:
+  if set(compared) & set(WORKERS) and shutil.which(_TORCH_PYTHON.value) is None:
     # Popen would raise a FileNotFoundError traceback.
     raise app.UsageError(f'--torch_python={_TORCH_PYTHON.value}: no such interpreter; give the '
-                         'python of a venv with torch and keras (pip install torch keras).')
+                         'python of a venv with torch (and keras, or efficientnet-lite-pytorch).')
   batch = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
   # The worker first: a --torch_python without torch fails before any long compile.
-  torch_worker = (KerasWorkerStep(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
-                                  _BATCH_SIZE.value) if 'keras_torch' in compared else None)
+  worker_name = next((name for name in compared if name in WORKERS), None)
+  if worker_name == 'keras_torch':
+    torch_worker = WorkerStep.keras(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
+                                    _BATCH_SIZE.value)
+  elif worker_name == 'torch_reference':
+    torch_worker = WorkerStep.torch_reference(_TORCH_PYTHON.value, _ARCH.value, _IMAGE_SIZE.value,
+                                              _BATCH_SIZE.value)
+  else:
+    torch_worker = None
   steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value)}
   if torch_worker is not None:
-    steps_timed['keras_torch'] = torch_worker
+    steps_timed[worker_name] = torch_worker
   if 'keras' in compared:
     steps_timed['keras'] = KerasStep(_ARCH.value, np.asarray(batch['image']),
                                      np.asarray(batch['label']), NUM_CLASSES, jit_compile=True)
@@ -250,7 +289,7 @@ def main(argv):
         f"{ours.compile_s:.1f} s, "
         f"{result['achieved_flops_per_sec'] / 1e9:.1f} GFLOP/s = MFU {result['mfu']:.1%} of the "
         f"measured {peak / 1e9:.0f} GFLOP/s matmul peak")
-  for name, label in (('keras', 'Keras 3 on JAX'), ('keras_torch', 'Keras 3 on PyTorch')):
+  for name, label in LABELS.items():
     if name in compared:
       print(f"{label}: {rates[name]:.2f} images/s, first step {steps_timed[name].compile_s:.1f} s; "
             f"skinjax / {label} = {result[f'speedup_vs_{name}']:.2f}x")

@@ -71,6 +71,19 @@ def test_benchmark_train_compares_with_keras_on_pytorch_in_a_worker():
       result['images_per_sec'] / result['keras_torch_images_per_sec'])
 
 
+@pytest.mark.skipif(not os.environ.get('SKINJAX_LITE_REFERENCE_PYTHON'),
+                    reason='set SKINJAX_LITE_REFERENCE_PYTHON to an interpreter with torch and '
+                           'efficientnet-lite-pytorch (scripts/lite_reference_logits.py says how)')
+def test_benchmark_train_compares_lite_with_its_reference_pytorch_model():
+  result = run_json('scripts/benchmark_train.py', '--arch=efficientnet_lite0', '--image_size=32',
+                    '--batch_size=2', '--steps=1', '--rounds=2', '--compare=torch_reference',
+                    f'--torch_python={os.environ["SKINJAX_LITE_REFERENCE_PYTHON"]}')
+  assert result['torch_reference_images_per_sec'] > 0 and result['torch_version']
+  assert result['speedup_vs_torch_reference'] == pytest.approx(
+      result['images_per_sec'] / result['torch_reference_images_per_sec'])
+  assert [len(result['round_seconds'][name]) for name in ('skinjax', 'torch_reference')] == [2, 2]
+
+
 def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):
   stderr = run_failing('scripts/benchmark_train.py', '--arch=small_cnn', '--compare=keras')
   assert 'Keras Applications has no small_cnn' in stderr
@@ -80,3 +93,10 @@ def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):
   stderr = run_failing('scripts/benchmark_train.py', '--arch=vgg16', '--compare=keras_torch',
                        f'--torch_python={no_torch}')
   assert 'No module named torch' in stderr and '--torch_python must name' in stderr
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=efficientnet_lite0',
+                       '--compare=torch_reference', f'--torch_python={no_torch}')
+  assert 'No module named torch' in stderr and 'efficientnet-lite-pytorch' in stderr
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=efficientnet_lite0', '--compare=keras')
+  assert 'compare it with its reference PyTorch model: --compare=torch_reference' in stderr
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=vgg16', '--compare=torch_reference')
+  assert 'only the EfficientNet-Lite models have one' in stderr
