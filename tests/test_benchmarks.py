@@ -60,28 +60,25 @@ def test_benchmark_train_compares_with_keras_in_alternating_rounds():
   assert [len(result['round_seconds'][name]) for name in ('skinjax', 'keras')] == [2, 2]
 
 
-@pytest.mark.skipif(not os.environ.get('SKINJAX_TORCH_PYTHON'),
-                    reason='set SKINJAX_TORCH_PYTHON to an interpreter with torch and keras')
-def test_benchmark_train_compares_with_keras_on_pytorch_in_a_worker():
-  result = run_json('scripts/benchmark_train.py', '--arch=vgg16', '--image_size=32',
-                    '--batch_size=2', '--steps=1', '--rounds=2', '--compare=keras_torch',
-                    f'--torch_python={os.environ["SKINJAX_TORCH_PYTHON"]}')
-  assert result['keras_torch_images_per_sec'] > 0 and result['torch_version']
-  assert result['speedup_vs_keras_torch'] == pytest.approx(
-      result['images_per_sec'] / result['keras_torch_images_per_sec'])
+def _worker_case(compare, arch, env_var, needs):
+  return pytest.param(compare, arch, env_var, id=compare, marks=pytest.mark.skipif(
+      not os.environ.get(env_var), reason=f'set {env_var} to an interpreter with {needs}'))
 
 
-@pytest.mark.skipif(not os.environ.get('SKINJAX_LITE_REFERENCE_PYTHON'),
-                    reason='set SKINJAX_LITE_REFERENCE_PYTHON to an interpreter with torch and '
-                           'efficientnet-lite-pytorch (scripts/lite_reference_logits.py says how)')
-def test_benchmark_train_compares_lite_with_its_reference_pytorch_model():
-  result = run_json('scripts/benchmark_train.py', '--arch=efficientnet_lite0', '--image_size=32',
-                    '--batch_size=2', '--steps=1', '--rounds=2', '--compare=torch_reference',
-                    f'--torch_python={os.environ["SKINJAX_LITE_REFERENCE_PYTHON"]}')
-  assert result['torch_reference_images_per_sec'] > 0 and result['torch_version']
-  assert result['speedup_vs_torch_reference'] == pytest.approx(
-      result['images_per_sec'] / result['torch_reference_images_per_sec'])
-  assert [len(result['round_seconds'][name]) for name in ('skinjax', 'torch_reference')] == [2, 2]
+@pytest.mark.parametrize('compare, arch, env_var', [
+    _worker_case('keras_torch', 'vgg16', 'SKINJAX_TORCH_PYTHON', 'torch and keras'),
+    _worker_case('torch_reference', 'efficientnet_lite0', 'SKINJAX_LITE_REFERENCE_PYTHON',
+                 'torch and efficientnet-lite-pytorch (scripts/lite_reference_logits.py says how)'),
+])
+def test_benchmark_train_compares_with_pytorch_in_a_worker(compare, arch, env_var):
+  """Keras 3 on PyTorch, or the reference PyTorch EfficientNet-Lite, timed in a worker process."""
+  result = run_json('scripts/benchmark_train.py', f'--arch={arch}', '--image_size=32',
+                    '--batch_size=2', '--steps=1', '--rounds=2', f'--compare={compare}',
+                    f'--torch_python={os.environ[env_var]}')
+  assert result[f'{compare}_images_per_sec'] > 0 and result['torch_version']
+  assert result[f'speedup_vs_{compare}'] == pytest.approx(
+      result['images_per_sec'] / result[f'{compare}_images_per_sec'])
+  assert [len(result['round_seconds'][name]) for name in ('skinjax', compare)] == [2, 2]
 
 
 def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):
