@@ -110,9 +110,8 @@ def read_external_sets(workdir: pathlib.Path, tta: str = 'none') -> dict[str, di
   """{set name: scores} for each external set evaluate.py scored the best checkpoint on."""
   sets = {}
   suffix = eval_suffix(tta)
+  # The pattern ends in the suffix, so with '-best' the TTA folders (…-best-tta_flip) stay out.
   for folder in sorted((workdir / 'eval').glob(f'{EXTERNAL_PREFIX}*{suffix}')):
-    if tta == 'none' and '-best-tta_' in folder.name:  # 'external-x-best-tta_flip' is not '-best'
-      continue
     metrics_path = folder / 'metrics.json'
     if not metrics_path.is_file():  # an evaluation stopped before its report
       continue
