@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.split_seed = 0
   data.resize = 'center_crop'  # evaluation resize: 'center_crop' (keeps aspect) | 'squash'
   data.preprocessing = 'keras'  # 'keras' (the backbone's own) | 'minus_one_one' (the study's)
+  # 'none' | 'shades_of_grey': each image's colour cast removed (the same at training, evaluation
+  # and prediction), with the Minkowski power below; the ISIC winners used p=6.
+  data.colour_constancy = 'none'
+  data.shades_of_grey_power = 6.0
   data.num_workers = 2  # grain multiprocessing workers for training; 0 reads in the main process
   data.synthetic_examples = 700  # size of the synthetic source
 

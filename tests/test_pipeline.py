@@ -1,11 +1,14 @@
 """The grain pipelines: determinism, checkpointable position, sharding, padding, balance."""
 
+import re
+
 import numpy as np
 import pytest
 
 from skinjax.data import augment
 from skinjax.data import pipeline
 from skinjax.data import synthetic
+from skinjax.training import config_checks
 from tests.conftest import tiny_config
 
 
@@ -104,3 +107,70 @@ def test_random_resized_crop_and_flips_keep_shape_and_dtype():
   views = [augment.train_view(image, 32, spec, 'center_crop', rng) for _ in range(5)]
   assert all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)
   assert len({v.tobytes() for v in views}) == 5
+
+
+def _lesion_like(seed=0, shape=(60, 80)):
+  """A smooth, reddish-brown image in mid-range values, so that a colour cast never clips."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[:shape[0], :shape[1]] / max(shape)
+  base = 90 + 50 * np.sin(5 * x + 3 * y)[..., None] + rng.normal(0, 6, shape + (1,))
+  return np.clip(base * np.array([1.3, 0.9, 0.8]), 0, 255)
+
+
+def test_shades_of_grey_removes_a_colour_cast_and_leaves_a_neutral_image_alone():
+  image = _lesion_like()
+  cast = np.array([1.15, 0.95, 0.7])  # a warm dermoscope light
+  # The cast image is corrected to the same image, up to one brightness factor for all channels.
+  corrected = image * augment.shades_of_grey_gains(image, 6)
+  corrected_cast = image * cast * augment.shades_of_grey_gains(image * cast, 6)
+  ratio = corrected_cast / corrected
+  np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+  assert abs(ratio.flat[0] - 1) < 0.2 and not np.allclose(cast, cast[0])
+  # ... whose p-mean illuminant is neutral (grey), with the original estimate's length.
+  def illuminant(x):
+    return np.mean(x.reshape(-1, 3) ** 6, axis=0) ** (1 / 6)
+  np.testing.assert_allclose(illuminant(corrected), np.linalg.norm(illuminant(image)) / np.sqrt(3),
+                             rtol=1e-5)
+  grey = np.repeat(image[..., :1], 3, axis=-1)
+  np.testing.assert_allclose(augment.shades_of_grey_gains(grey, 6), 1.0, rtol=1e-6)
+  # p=1 is the grey-world assumption: gains proportional to 1 / channel mean.
+  gains = augment.shades_of_grey_gains(image, 1)
+  means = image.reshape(-1, 3).mean(axis=0)
+  np.testing.assert_allclose(gains / gains[0], means[0] / means, rtol=1e-5)
+  np.testing.assert_array_equal(augment.shades_of_grey_gains(np.zeros((4, 4, 3)), 6), 1.0)
+
+
+def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_correction():
+  """A record and its colour-cast copy look alike to the model only with colour constancy on,
+  in the training views (same random draw), the evaluation view and Grad-CAM's view."""
+  image = _lesion_like(seed=1)
+  records = [{'image': np.rint(image).astype(np.uint8), 'label': 0},
+             {'image': np.rint(image * [1.1, 0.95, 0.75]).astype(np.uint8), 'label': 0}]
+  spec = pipeline.AugmentSpec.from_config(tiny_config(**{
+      'data.augment.brightness': 0.0, 'data.augment.contrast': 0.0,
+      'data.augment.saturation': 0.0}).data.augment)
+
+  def gap(power):
+    train = [pipeline.TrainTransform(records, 32, spec, 'center_crop', power).random_map(
+        i, np.random.default_rng(7)) for i in (0, 1)]
+    evals = [pipeline.EvalTransform(records, np.arange(2), 32, 'center_crop', power).map(i)
+             for i in (0, 1)]
+    return [np.abs(a['image'].astype(int) - b['image'].astype(int)).mean()
+            for a, b in (train, evals)]
+
+  assert min(gap(None)) > 10  # the cast is plain to see without correction
+  assert max(gap(6.0)) < 1.5  # and gone, to within rounding, with it
+  on = tiny_config(**{'data.colour_constancy': 'shades_of_grey', 'data.shades_of_grey_power': 4.0})
+  assert augment.colour_constancy_power(on.data) == 4.0
+  assert augment.colour_constancy_power(tiny_config().data) is None
+  # A run saved before the key existed trained without it.
+  assert augment.colour_constancy_power({'resize': 'center_crop'}) is None
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('data.colour_constancy', 'grey_world', "config.data.colour_constancy='grey_world' is not one of none, shades_of_grey"),
+    ('data.shades_of_grey_power', 0.0, 'config.data.shades_of_grey_power=0.0 must be positive'),
+])
+def test_colour_constancy_settings_are_checked_before_any_work(key, value, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_checks.validate(tiny_config(**{key: value}))

@@ -38,6 +38,27 @@ def eval_resize(pil: Image.Image, size: int, mode: str) -> np.ndarray:
   return np.asarray(pil.resize((size, size), Image.BILINEAR, box=box))
 
 
+def shades_of_grey_gains(image: np.ndarray, power: float) -> np.ndarray:
+  """Per-channel gains that make the image's Shades of Grey illuminant estimate neutral.
+
+  The estimate is each channel's Minkowski p-mean, (mean(I_c ** p)) ** (1/p): p=1 is grey world,
+  p=inf is max-RGB, and p=6 is what the ISIC 2017-2019 winners used against the colour casts of
+  different dermoscopes (Barata et al. 2015). The gains keep the estimate's length, so a neutral
+  image is left as it is and only the cast is removed.
+  """
+  pixels = np.asarray(image, np.float64).reshape(-1, 3)
+  illuminant = np.mean(pixels ** power, axis=0) ** (1.0 / power)
+  if not np.all(illuminant > 0):  # a channel that is black everywhere has no cast to remove
+    return np.ones(3, np.float32)
+  return (np.linalg.norm(illuminant) / (np.sqrt(3.0) * illuminant)).astype(np.float32)
+
+
+def apply_gains(image: np.ndarray, gains: np.ndarray | None) -> np.ndarray:
+  if gains is None:
+    return image
+  return np.clip(np.rint(image.astype(np.float32) * gains), 0, 255).astype(np.uint8)
+
+
 def random_resized_crop(pil: Image.Image, size: int, scale, ratio, rng: np.random.Generator):
   """Inception-style crop: a random area fraction and aspect ratio, resized to size x size."""
   w, h = pil.size
@@ -70,11 +91,28 @@ def colour_jitter(image: np.ndarray, cfg: ml_collections.ConfigDict, rng: np.ran
   return np.clip(x, 0, 255).astype(np.uint8)
 
 
+def colour_gains(pil: Image.Image, power: float | None) -> np.ndarray | None:
+  """The colour constancy gains of the whole decoded image (None: no colour constancy).
+
+  They are estimated on the whole image and applied to the view, so that a training crop, the
+  evaluation's centre crop and each TTA view of one image get the same correction.
+  """
+  return None if power is None else shades_of_grey_gains(np.asarray(pil), power)
+
+
+def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float | None = None):
+  """The deterministic view evaluation and prediction see, as uint8 (size, size, 3)."""
+  pil = to_pil(image, size)
+  gains = colour_gains(pil, colour_constancy_power)
+  return np.ascontiguousarray(apply_gains(eval_resize(pil, size, resize_mode), gains))
+
+
 def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: str,
-               rng: np.random.Generator) -> np.ndarray:
+               rng: np.random.Generator, colour_constancy_power: float | None = None) -> np.ndarray:
   """One augmented training view of a record's image, as uint8 (size, size, 3)."""
   # Decode at about twice the output size: enough for the tightest random crop we take.
   pil = to_pil(image, min_side=2 * size)
+  gains = colour_gains(pil, colour_constancy_power)
   if cfg.random_resized_crop:
     out = random_resized_crop(pil, size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), rng)
   else:
@@ -85,4 +123,12 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
     out = out[::-1]
   if cfg.rot90:
     out = np.rot90(out, k=int(rng.integers(0, 4)))
-  return np.ascontiguousarray(colour_jitter(out, cfg, rng))
+  # The jitter comes after the correction: it then varies a neutral image, as intended.
+  return np.ascontiguousarray(colour_jitter(apply_gains(out, gains), cfg, rng))
+
+
+def colour_constancy_power(data_config: ml_collections.ConfigDict) -> float | None:
+  """config.data's colour constancy as the Shades of Grey power, None when it is off."""
+  if data_config.get('colour_constancy', 'none') == 'none':  # runs from before the key: off
+    return None
+  return float(data_config.get('shades_of_grey_power', 6))

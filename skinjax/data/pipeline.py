@@ -65,21 +65,26 @@ class BalancedDraws:
 
 
 class TrainTransform(grain.transforms.RandomMap):
-  def __init__(self, source, image_size: int, spec: AugmentSpec, resize_mode: str):
+  def __init__(self, source, image_size: int, spec: AugmentSpec, resize_mode: str,
+               colour_constancy_power: float | None = None):
     self.source, self.image_size, self.spec, self.resize_mode = source, image_size, spec, resize_mode
+    self.colour_constancy_power = colour_constancy_power
 
   def random_map(self, index, rng: np.random.Generator):
     record = self.source[int(index)]
-    image = augment.train_view(record['image'], self.image_size, self.spec, self.resize_mode, rng)
+    image = augment.train_view(record['image'], self.image_size, self.spec, self.resize_mode, rng,
+                               self.colour_constancy_power)
     return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
 
 
 class EvalTransform(grain.transforms.Map):
   """Position -1 is padding: a blank image with mask 0, so every real example counts once."""
 
-  def __init__(self, source, indices: np.ndarray, image_size: int, resize_mode: str):
+  def __init__(self, source, indices: np.ndarray, image_size: int, resize_mode: str,
+               colour_constancy_power: float | None = None):
     self.source, self.indices = source, indices
     self.image_size, self.resize_mode = image_size, resize_mode
+    self.colour_constancy_power = colour_constancy_power
 
   def map(self, position):
     position = int(position)
@@ -87,9 +92,9 @@ class EvalTransform(grain.transforms.Map):
       blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
       return {'image': blank, 'label': np.int32(0), 'mask': np.float32(0.0), 'position': np.int32(-1)}
     record = self.source[int(self.indices[position])]
-    image = augment.eval_resize(augment.to_pil(record['image'], self.image_size), self.image_size,
-                                self.resize_mode)
-    return {'image': np.ascontiguousarray(image), 'label': np.int32(record['label']),
+    image = augment.eval_view(record['image'], self.image_size, self.resize_mode,
+                              self.colour_constancy_power)
+    return {'image': image, 'label': np.int32(record['label']),
             'mask': np.float32(1.0), 'position': np.int32(position)}
 
 
@@ -131,7 +136,8 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
   else:
     ds = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat(num_epochs)
   transform = TrainTransform(source, config.data.image_size,
-                             AugmentSpec.from_config(config.data.augment), config.data.resize)
+                             AugmentSpec.from_config(config.data.augment), config.data.resize,
+                             augment.colour_constancy_power(config.data))
   # Augment before sharding: each example's random draw then depends on its global position only.
   ds = ds.random_map(transform, seed=seed + 1)
   ds = ProcessShard(ds, process_index, process_count, process_batch_size)
@@ -147,13 +153,15 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
 
 def eval_dataset(source, indices: np.ndarray, *, image_size: int, resize_mode: str,
                  global_batch_size: int, process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 4) -> grain.IterDataset:
+                 num_threads: int = 4, colour_constancy_power: float | None = None
+                 ) -> grain.IterDataset:
   """One deterministic pass over `indices`, padded to whole global batches and masked."""
   positions = np.arange(len(indices))
   padding = -len(positions) % global_batch_size
   positions = np.concatenate([positions, np.full(padding, -1)])
   ds = grain.MapDataset.source(positions)[process_index::process_count]
-  ds = ds.map(EvalTransform(source, np.asarray(indices), image_size, resize_mode))
+  ds = ds.map(EvalTransform(source, np.asarray(indices), image_size, resize_mode,
+                            colour_constancy_power))
   ds = ds.batch(global_batch_size // process_count)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
 

@@ -15,6 +15,7 @@ CHOICES = {
     'data.split': ('lesion_grouped', 'random_image'),
     'data.resize': ('center_crop', 'squash'),
     'data.preprocessing': ('keras', 'minus_one_one'),
+    'data.colour_constancy': ('none', 'shades_of_grey'),
     'model.dtype': ('float32', 'bfloat16'),
     'train.optimizer': ('adamw', 'sgd'),
     'train.schedule': ('cosine', 'constant'),
@@ -43,7 +44,7 @@ def validate(config: ml_collections.ConfigDict):
       raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
   # Sizes too: a negative image_size would otherwise pass, start training and fail deep inside
   # augmentation, after the workdir is written.
-  for key in ('image_size', 'prepared_size', 'synthetic_examples'):
+  for key in ('image_size', 'prepared_size', 'synthetic_examples', 'shades_of_grey_power'):
     if key in config.data and config.data[key] <= 0:
       raise ValueError(f'config.data.{key}={config.data[key]} must be positive.')
   if 'num_workers' in config.data and config.data.num_workers < 0:

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 from tensorboardX import SummaryWriter
 
+from skinjax.data import augment
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.evaluation import evaluate
@@ -91,7 +92,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     return pipeline.eval_dataset(
         source, splits[split], image_size=config.data.image_size, resize_mode=config.data.resize,
         global_batch_size=config.train.eval_batch_size, process_index=process_index,
-        process_count=process_count)
+        process_count=process_count,
+        colour_constancy_power=augment.colour_constancy_power(config.data))
 
   class_weights = jnp.asarray(sources.class_weights(
       labels[splits['train']], num_classes, config.train.class_weighting))

@@ -119,9 +119,11 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 
 def _upgraded(flat: dict) -> dict:
   """A run's config as today's keys say it: runs from before data.dataset trained on HAM10000,
-  through data.source='ham10000', now called 'prepared'."""
+  through data.source='ham10000', now called 'prepared', and without colour constancy."""
   flat = dict(flat)
   flat.setdefault('data.dataset', 'ham10000')
+  flat.setdefault('data.colour_constancy', 'none')
+  flat.setdefault('data.shades_of_grey_power', 6.0)
   if flat.get('data.source') == 'ham10000':
     flat['data.source'] = 'prepared'
   return flat
