@@ -1,7 +1,9 @@
 """Shared test helpers: a tiny synthetic-data config that trains in seconds on 2 CPU cores."""
 
+import os
 import pathlib
 
+import jax
 import pytest
 from jax._src.interpreters import partial_eval
 
@@ -43,12 +45,34 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope='session', autouse=True)
-def isolated_compilation_cache(tmp_path_factory):
-  """The CLIs' persistent compilation cache (on by default) goes to a fresh folder per session,
-  so that tests neither read nor fill the user's ~/.cache."""
+def shared_compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the whole test run, kept out of the user's ~/.cache.
+
+  Most tests train the same tiny models at the same shapes, each in a fresh process or with
+  freshly traced functions; with a shared cache each program is compiled once per run instead of
+  once per test. The cache only stores the compiled executables (keyed by the program and the
+  compile options), so what a test computes and asserts is unchanged. Every test process sees it:
+  - the xdist workers, through jax.config (the two workers share one folder);
+  - the CLIs they start (main.py, evaluate.py, ...), through $SKINJAX_COMPILATION_CACHE;
+  - other child processes (tests/kill_during.py, `python -c`), through $JAX_COMPILATION_CACHE_DIR.
+  tests/test_compilation_cache.py sets its own folders to test the cache itself.
+  """
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  directory = root / 'jax-compilation'
+  directory.mkdir(exist_ok=True)
   patch = pytest.MonkeyPatch()
-  patch.setenv('SKINJAX_COMPILATION_CACHE', str(tmp_path_factory.mktemp('jax-compilation')))
-  yield
+  patch.setenv('SKINJAX_COMPILATION_CACHE', str(directory))
+  patch.setenv('JAX_COMPILATION_CACHE_DIR', str(directory))
+  # A tiny model's programs compile in well under JAX's default threshold of a second.
+  patch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  previous = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update('jax_compilation_cache_dir', str(directory))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  yield directory
+  jax.config.update('jax_compilation_cache_dir', previous[0])
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', previous[1])
   patch.undo()
 
 
