@@ -154,6 +154,7 @@ class WorkerStep:
     self.stderr = tempfile.TemporaryFile('w+')
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=self.stderr, text=True, env=env)
+    self.what = what
     ready = self.process.stdout.readline()
     if not ready:
       error = self._stderr_tail().splitlines()[-1:] or ['no output']
@@ -184,7 +185,7 @@ class WorkerStep:
     self.process.stdin.write(f'{n}\n')
     self.process.stdin.flush()
     if self.process.stdout.readline().strip() != 'done':
-      raise RuntimeError(f'The Keras worker died: {self._stderr_tail()}')
+      raise RuntimeError(f'The {self.what} worker died: {self._stderr_tail()}')
 
   def _stderr_tail(self) -> str:
     self.process.wait(timeout=60)

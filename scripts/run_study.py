@@ -116,7 +116,7 @@ def main(argv):
   for config in configs:
     config_file, *args = config_args(config, _DATA_DIR.value, _OVERRIDES.value)
     cli_flags.check_overrides(config_file.removeprefix('--config='), args)
-  finished, failed = [], []
+  finished, failed, unscored = [], [], []
   for config, name in zip(configs, names):
     workdir = out / name
     if (workdir / 'report' / 'metrics.json').is_file():
@@ -139,14 +139,19 @@ def main(argv):
     if scored and _IMAGES_DIR.value:
       scored = score(workdir, _TTA.value, images_dir.absolute(), labels_csv.absolute())
     if not scored:
-      failed.append(f'{workdir.name} (evaluation)')
+      unscored.append(workdir.name)
       finished.remove(workdir)
   if finished:
     compare.write_comparison(finished, out, _TTA.value)
     print((out / 'comparison.md').read_text())
+  problems = []
   if failed:
-    sys.exit(f'error: {len(failed)} of {len(configs)} runs failed: {", ".join(failed)}. Fix the '
-             'cause and run the same command again; finished runs are kept.')
+    problems.append(f'{len(failed)} of {len(configs)} runs failed to train: {", ".join(failed)}')
+  if unscored:
+    problems.append(f'{len(unscored)} trained runs could not be evaluated: {", ".join(unscored)}')
+  if problems:
+    sys.exit(f'error: {"; ".join(problems)}. Fix the cause and run the same command again; '
+             'finished runs and evaluations are kept.')
 
 
 if __name__ == '__main__':

@@ -375,6 +375,23 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   assert markdown_rows(study_dir / 'comparison.md').keys() == {'tiny_a', 'tiny_b'}
 
 
+def test_study_says_which_runs_could_not_be_evaluated(study_dir, tmp_path):
+  if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
+    pytest.skip('needs the runs that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
+  (tmp_path / 'images').mkdir()
+  (tmp_path / 'broken.csv').write_text('image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0000001,1,0,0,0,0,0,0\n')
+  configs = study_dir / 'configs'
+  result = script('run_study.py', f'--out={study_dir}',
+                  f'--configs={configs / "tiny_a.py"},{configs / "tiny_b.py"}',
+                  f'--images_dir={tmp_path / "images"}', f'--labels_csv={tmp_path / "broken.csv"}',
+                  cwd=study_dir)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: 2 trained runs could not be evaluated: tiny_a, tiny_b. Fix the cause and run the '
+      'same command again; finished runs and evaluations are kept.')
+  assert 'failed to train' not in result.stderr
+
+
 def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp_path):
   if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
     pytest.skip('needs the run that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
