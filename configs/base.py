@@ -19,6 +19,11 @@ def get_config() -> ml_collections.ConfigDict:
   data.data_dir = '~/tensorflow_datasets'
   data.prepared_size = 256  # short side the dataset was prepared at (--image_size of prepare)
   data.image_size = 224  # side of the square images the model sees
+  # Side of the evaluation views (validation, test, evaluate.py, predict.py); 0: data.image_size.
+  # Training's random crops enlarge lesions, so a network often does better when tested on
+  # larger views than it trained on (Touvron et al. 2019, "Fixing the train-test resolution
+  # discrepancy"); the classifier's global pooling takes any size.
+  data.eval_image_size = 0
   data.split = 'lesion_grouped'  # 'lesion_grouped' | 'random_image' (the study's leaky split)
   data.split_fractions = (0.6, 0.2, 0.2)
   data.split_seed = 0

@@ -6,6 +6,7 @@ user's command would. The two make the comparison's rows.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -174,6 +175,25 @@ def test_flip_tta_averages_the_softmax_over_flipped_images(run, external_set, tm
                              size, mode)
   flipped = [view, view[:, ::-1], view[::-1], view[::-1, ::-1]]
   np.testing.assert_allclose(probs[1], model_probs(run, flipped).mean(0), atol=2e-6)
+
+
+def test_evaluation_views_follow_eval_image_size_and_colour_constancy(run, external_set, tmp_path):
+  """The run's evaluation settings reach every evaluation path: scoring a set and Grad-CAM's view."""
+  folder, ids, _ = external_set
+  config = run.config.copy_and_resolve_references()
+  config.data.eval_image_size = 32  # the run trained at 24 px
+  config.data.colour_constancy = 'shades_of_grey'
+  changed = dataclasses.replace(run, config=config)
+  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', changed)
+  checkpoint_eval.evaluate_checkpoint(changed, data, tmp_path)
+  _, _, probs = read_predictions(tmp_path / 'predictions.csv')
+  views = []
+  for image_id in ids[:3]:
+    pil = augment.to_pil((folder / 'images' / f'{image_id}.jpg').read_bytes(), 32)
+    gains = augment.shades_of_grey_gains(np.asarray(pil), 6.0)
+    views.append(augment.apply_gains(augment.eval_resize(pil, 32, config.data.resize), gains))
+  np.testing.assert_allclose(probs[:3], model_probs(run, views), atol=2e-6)
+  np.testing.assert_array_equal(inference.eval_view(changed, data.source, 0), views[0])
 
 
 # ------------------------------------------------------------ refusals

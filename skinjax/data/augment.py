@@ -127,6 +127,11 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
   return np.ascontiguousarray(colour_jitter(apply_gains(out, gains), cfg, rng))
 
 
+def eval_image_size(data_config: ml_collections.ConfigDict) -> int:
+  """The side of the evaluation views: config.data.eval_image_size, or the training size."""
+  return data_config.get('eval_image_size', 0) or data_config.image_size  # 0 or absent: the same
+
+
 def colour_constancy_power(data_config: ml_collections.ConfigDict) -> float | None:
   """config.data's colour constancy as the Shades of Grey power, None when it is off."""
   if data_config.get('colour_constancy', 'none') == 'none':  # runs from before the key: off

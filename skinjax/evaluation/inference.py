@@ -154,7 +154,8 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
   predict_step = jax.jit(
       tta.with_tta(steps.make_predict_step(run.graphdef, normalise=run.normalise), tta_mode),
       out_shardings=sharding.batch_sharding(mesh))
-  batches = pipeline.eval_dataset(source, np.asarray(indices), image_size=run.config.data.image_size,
+  batches = pipeline.eval_dataset(source, np.asarray(indices),
+                                  image_size=augment.eval_image_size(run.config.data),
                                   resize_mode=run.config.data.resize, global_batch_size=batch_size,
                                   colour_constancy_power=augment.colour_constancy_power(run.config.data))
   return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
@@ -163,7 +164,8 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
 
 def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
   """The uint8 image the model sees for `source[index]` (what Grad-CAM is drawn on)."""
-  transform = pipeline.EvalTransform(source, np.arange(len(source)), run.config.data.image_size,
+  transform = pipeline.EvalTransform(source, np.arange(len(source)),
+                                     augment.eval_image_size(run.config.data),
                                      run.config.data.resize,
                                      augment.colour_constancy_power(run.config.data))
   return transform.map(index)['image']

@@ -47,6 +47,9 @@ def validate(config: ml_collections.ConfigDict):
   for key in ('image_size', 'prepared_size', 'synthetic_examples', 'shades_of_grey_power'):
     if key in config.data and config.data[key] <= 0:
       raise ValueError(f'config.data.{key}={config.data[key]} must be positive.')
+  if config.data.eval_image_size < 0:
+    raise ValueError(f'config.data.eval_image_size={config.data.eval_image_size} must be 0 (the '
+                     'training size, data.image_size) or a positive size.')
   if 'num_workers' in config.data and config.data.num_workers < 0:
     raise ValueError(f'config.data.num_workers={config.data.num_workers} must be 0 (read in the '
                      'main process) or more.')

@@ -90,7 +90,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
 
   def eval_batches(split):
     return pipeline.eval_dataset(
-        source, splits[split], image_size=config.data.image_size, resize_mode=config.data.resize,
+        source, splits[split], image_size=augment.eval_image_size(config.data),
+        resize_mode=config.data.resize,
         global_batch_size=config.train.eval_batch_size, process_index=process_index,
         process_count=process_count,
         colour_constancy_power=augment.colour_constancy_power(config.data))

@@ -124,6 +124,7 @@ def _upgraded(flat: dict) -> dict:
   flat.setdefault('data.dataset', 'ham10000')
   flat.setdefault('data.colour_constancy', 'none')
   flat.setdefault('data.shades_of_grey_power', 6.0)
+  flat.setdefault('data.eval_image_size', 0)
   if flat.get('data.source') == 'ham10000':
     flat['data.source'] = 'prepared'
   return flat
