@@ -17,9 +17,10 @@ demo: $(VENV)/.installed
 
 # Two workers, each running whole test files (their module fixtures: trained runs, Keras models,
 # prepared datasets, are then built once): the CI machine has two cores. TEST_WORKERS=0 runs serially.
+# The 30 slowest tests are listed at the end, so that the suite's time stays in view.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 clean:
 	rm -rf runs/demo

@@ -39,4 +39,10 @@ def get_config():
   config.model.init = 'scratch'
   config.train.freeze_backbone_epochs = 0
   config.train.backbone_lr_multiplier = 1.0
+  # Pinned to cpu_transfer.py as it was when this control ran (its figures above): colour
+  # constancy and the larger evaluation views came to the recipe afterwards, and a rerun with
+  # them (39 CPU minutes) did not fit that session. Both are kept off so that the figures stay
+  # reproducible; the README's table says so.
+  config.data.colour_constancy = 'none'
+  config.data.eval_image_size = 0
   return config
