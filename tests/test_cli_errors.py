@@ -234,3 +234,30 @@ def test_a_tiny_image_is_predicted_with_a_warning(places):
   assert len(warnings) == 1 and str(places['tiny_png']) in warnings[0], result.stderr
   assert '1x1 pixels' in warnings[0] and 'Traceback' not in result.stderr
   assert len(result.stdout.strip().splitlines()) == 2  # both are still predicted
+
+
+# Scripts that need torch, which the suite does not install.
+TORCH_SCRIPTS = ('lite_reference_logits', 'torch_lite_step')
+
+
+def test_commands_start_without_sklearn_or_matplotlib():
+  """A mistake is reported within a second or so: no command imports sklearn (and scipy and
+  pandas with it) or matplotlib until it computes a metric or draws a plot."""
+  scripts = sorted(p.stem for p in (REPO / 'scripts').glob('*.py') if p.stem not in TORCH_SCRIPTS)
+  code = f"""
+import importlib.util, sys
+sys.path.insert(0, {str(REPO / 'scripts')!r})
+from absl import flags
+import skinjax.main
+for name in {scripts!r}:
+  for flag in list(flags.FLAGS):  # each script defines its own --config, --workdir, ...
+    delattr(flags.FLAGS, flag)
+  spec = importlib.util.spec_from_file_location(name, {str(REPO / 'scripts')!r} + '/' + name + '.py')
+  spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'sklearn', 'matplotlib', 'scipy', 'pandas'}}))
+"""
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split('\n')[-2] == '[]', result.stdout
+  assert len(scripts) >= 10, scripts

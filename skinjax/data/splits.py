@@ -15,7 +15,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 SPLIT_NAMES = ('train', 'val', 'test')
 METHODS = ('lesion_grouped', 'random_image')
@@ -91,6 +90,8 @@ def _grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray
 
 
 def _random_image_split(labels: np.ndarray, fractions: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+  # Imported here: sklearn takes a second to import, and only the study's split needs it.
+  from sklearn.model_selection import train_test_split
   indices = np.arange(len(labels))
   rest, test = train_test_split(indices, test_size=fractions[2], stratify=labels, random_state=seed)
   val_share_of_rest = fractions[1] / (fractions[0] + fractions[1])

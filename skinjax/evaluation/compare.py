@@ -19,15 +19,12 @@ import csv
 import json
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from skinjax.data import datasets  # noqa: E402
-from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
-from skinjax.evaluation import tta as tta_views  # noqa: E402
+from skinjax.data import datasets
+from skinjax.evaluation import metrics as eval_metrics
+from skinjax.evaluation import tta as tta_views
+from skinjax.evaluation.deferred import pyplot as plt
 
 # (metrics.json key, column title); the first four carry 95% intervals.
 METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),

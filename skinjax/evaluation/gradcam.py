@@ -10,11 +10,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from flax import nnx
 from PIL import Image
 
+from skinjax.evaluation.deferred import matplotlib
 
 
 def make_gradcam_fn(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:

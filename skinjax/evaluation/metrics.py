@@ -8,7 +8,8 @@ lesion are not independent, so when lesion ids are known whole lesions are resam
 import warnings
 
 import numpy as np
-from sklearn import metrics as skm
+
+from skinjax.evaluation.deferred import sklearn_metrics as skm
 
 ECE_BINS = 15
 BOOTSTRAP_RESAMPLES = 1000

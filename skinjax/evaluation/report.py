@@ -12,15 +12,12 @@ import csv
 import json
 import pathlib
 
-import matplotlib
+import numpy as np
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-
-from skinjax.data import datasets  # noqa: E402
-from skinjax.evaluation import metrics as eval_metrics  # noqa: E402
+from skinjax.data import datasets
+from skinjax.evaluation import metrics as eval_metrics
+from skinjax.evaluation.deferred import pyplot as plt
+from skinjax.evaluation.deferred import sklearn_metrics as skm
 
 SPECIFICITIES = (0.80, 0.90, 0.95)
 
