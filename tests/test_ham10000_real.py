@@ -49,10 +49,10 @@ def real_metadata(prepared_dir):
 
 
 def test_scratch_cnn_trains_on_the_real_images(prepared_dir, tmp_path):
-  """One short epoch of configs/scratch_cnn.py at 32 px, through grain workers, to the report."""
+  """One short epoch of configs/scratch_cnn.py at 16 px, through grain workers, to the report."""
   config = scratch_cnn.get_config()
   config.data.data_dir = str(prepared_dir)
-  config.data.image_size = 32
+  config.data.image_size = 16  # the CNN's four 2x2 poolings leave 1x1: the least that runs
   config.train.num_epochs = 1
   config.train.batch_size = 64
   config.train.eval_batch_size = 256
@@ -63,7 +63,7 @@ def test_scratch_cnn_trains_on_the_real_images(prepared_dir, tmp_path):
 
 
 def test_cpu_small_recipe_trains_on_the_real_images(prepared_dir, tmp_path):
-  """configs/cpu_small.py as it is (weighting, augmentation, schedule), cut to one epoch at 32 px.
+  """configs/cpu_small.py as it is (weighting, augmentation, schedule), cut to one epoch at 16 px.
 
   A smoke test of the recipe's wiring on the real images, not of its figures: it must train
   through grain workers, pick the best checkpoint by validation balanced accuracy and write the
@@ -72,7 +72,7 @@ def test_cpu_small_recipe_trains_on_the_real_images(prepared_dir, tmp_path):
   config = cpu_small.get_config()
   assert config.data.split == 'lesion_grouped'
   config.data.data_dir = str(prepared_dir)
-  config.data.image_size = 32
+  config.data.image_size = 16  # the CNN's four 2x2 poolings leave 1x1: the least that runs
   config.train.num_epochs = 1
   config.train.batch_size = 64
   config.train.eval_batch_size = 256
