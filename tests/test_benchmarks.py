@@ -17,21 +17,28 @@ def run_json(*args, env=None):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_benchmark_train_reports_rate_flops_and_mfu():
-  result = run_json('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32',
-                    '--batch_size=4', '--steps=1', '--rounds=1')
+SMALL_RUN = ('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32', '--batch_size=4',
+             '--steps=1', '--rounds=1')
+
+
+@pytest.fixture(scope='module')
+def one_device_run():
+  """The small benchmark on one device, read by the two tests below."""
+  return run_json(*SMALL_RUN)
+
+
+def test_benchmark_train_reports_rate_flops_and_mfu(one_device_run):
+  result = one_device_run
   assert result['images_per_sec'] > 0 and result['compile_s'] > 0
   assert result['flops_per_step'] > 0 and 0 < result['mfu'] < 1
   assert result['matmul_peak_flops_per_sec'] > 0
   assert result['donate'] is True  # as in training; --nodonate measures what it saves
 
 
-def test_benchmark_train_counts_the_flops_of_all_devices():
+def test_benchmark_train_counts_the_flops_of_all_devices(one_device_run):
   """XLA's cost analysis of a partitioned step covers one device's share; the script scales it."""
-  args = ('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32', '--batch_size=4',
-          '--steps=1', '--rounds=1')
-  one = run_json(*args)
-  two = run_json(*args, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+  one = one_device_run
+  two = run_json(*SMALL_RUN, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert (one['num_devices'], two['num_devices']) == (1, 2)
   assert two['flops_per_step'] == pytest.approx(one['flops_per_step'], rel=0.05)
 

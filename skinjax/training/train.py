@@ -3,6 +3,7 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
+import functools
 import json
 import pathlib
 import time
@@ -126,8 +127,11 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   # ----------------------------------------------------------- mesh/sharding
   replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 
-  def init_state(phase):
+  def init_model():
     _, params, rest = nnx.split(build_model(), nnx.Param, ...)
+    return params, rest
+
+  def init_state(phase, params, rest):
     return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[phase].init(params))
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -144,7 +148,12 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   # ----------------------------------------------------------------- restore
   start_step = checkpoints.latest_step()
   if start_step is None:
-    state = jax.jit(lambda: init_state(phase_of(0)), out_shardings=replicated)()
+    # Two programs rather than one: the model's random initialisers take seconds to compile, and
+    # its program depends on the model alone, so runs that differ only in their optimiser or
+    # schedule read it back from the persistent compilation cache. The values are the same.
+    params, rest = jax.jit(init_model, out_shardings=replicated)()
+    state = jax.jit(functools.partial(init_state, phase_of(0)), out_shardings=replicated,
+                    donate_argnums=(0, 1))(params, rest)
     if config.model.init != 'scratch':
       state = _with_pretrained_backbone(state, config, replicated)
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping(), 'nonfinite_skips': 0}
@@ -152,7 +161,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
     # taken at exactly that step still holds the phase-1 layout.
     saved_phase = 1 if 0 < phase_two_start and start_step <= phase_two_start else 2
-    abstract_state = ckpt.abstract(jax.eval_shape(lambda: init_state(saved_phase)), replicated)
+    abstract_state = ckpt.abstract(
+        jax.eval_shape(lambda: init_state(saved_phase, *init_model())), replicated)
     state, progress = checkpoints.restore_latest(abstract_state, train_iter)
     logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
     print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')
