@@ -21,7 +21,8 @@ def _both(lhs, rhs, strides, padding, groups):
     def loss(x, w):
       y = conv(x, w, strides, padding, dimension_numbers=NHWC_HWIO, feature_group_count=groups)
       return jnp.sum(jnp.sin(y.astype(jnp.float32))), y
-    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(lhs, rhs)
+    # Under jit, as in the train step (and one compilation instead of one per operation).
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(lhs, rhs)
     return y, grads
   return run(cpu_conv.conv_general_dilated), run(lax.conv_general_dilated)
 
@@ -81,8 +82,10 @@ def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
   cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 7)
 
   def run(pool):
-    y, backward = jax.vjp(pool, x)
-    return y, backward(cotangent)[0]
+    def forward_and_back(x, cotangent):
+      y, backward = jax.vjp(pool, x)
+      return y, backward(cotangent)[0]
+    return jax.jit(forward_and_back)(x, cotangent)
 
   y, grad = run(lambda x: cpu_conv.max_pool(x, window, strides, padding))
   want_y, want_grad = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
@@ -98,7 +101,7 @@ def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, stri
   cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 9)
 
   def grad(pool):
-    return jax.vjp(pool, x)[1](cotangent)[0]
+    return jax.jit(lambda x, cotangent: jax.vjp(pool, x)[1](cotangent)[0])(x, cotangent)
 
   ours = grad(lambda x: cpu_conv.max_pool(x, window, strides, padding))
   flax_grad = grad(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
