@@ -161,8 +161,8 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
     # taken at exactly that step still holds the phase-1 layout.
     saved_phase = 1 if 0 < phase_two_start and start_step <= phase_two_start else 2
-    abstract_state = ckpt.abstract(
-        jax.eval_shape(lambda: init_state(saved_phase, *init_model())), replicated)
+    abstract_state = ckpt.abstract(jax.eval_shape(
+        functools.partial(init_state, saved_phase), abstract_params, abstract_rest), replicated)
     state, progress = checkpoints.restore_latest(abstract_state, train_iter)
     logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
     print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')
