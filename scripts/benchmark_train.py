@@ -2,7 +2,7 @@ r"""Measures the real skinjax train step (classifier head, optimiser, donation) 
 
   python scripts/benchmark_train.py --arch=resnet50 --image_size=224 --batch_size=16 \
       [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] \
-      [--compare=keras[,keras_torch]|torch_reference] \
+      [--compare=keras[,keras_torch][,torch_resnet50]|torch_reference] \
       [--torch_python=PYTHON] [--nodonate] [--json]
 
 It reports steady-state images/s (after a warm-up, timed with block_until_ready), trace and
@@ -15,11 +15,14 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8).
 --compare=keras builds the same architecture with the same head, loss (sparse cross-entropy) and
 Adam in Keras 3 on JAX (jit_compile=True, train_on_batch) in this process; keras_torch does the
 same in Keras 3 on PyTorch, in a worker process (scripts/keras_step.py) run by --torch_python, an
-interpreter with torch and keras installed. For the EfficientNet-Lite architectures, which Keras
-lacks, torch_reference times the reference PyTorch model that skinjax ports
-(efficientnet-lite-pytorch) with PyTorch's own train step, channels_last, Adam
-(scripts/torch_lite_step.py), run the same way. Timed rounds of all of them alternate, so that
-machine noise hits each alike; each ratio is skinjax images/s over theirs.
+interpreter with torch and keras installed. Keras' eager step on PyTorch is not how PyTorch users
+train, so for resnet50 torch_resnet50 also times Keras' ResNet50 written in plain torch.nn with
+PyTorch's own train step, channels_last, Adam (scripts/torch_resnet50_step.py), in a worker of
+its own. For the EfficientNet-Lite architectures, which Keras lacks, torch_reference times the
+reference PyTorch model that skinjax ports (efficientnet-lite-pytorch) with that same step
+(scripts/torch_lite_step.py). Several comparisons, workers included, can run at once (e.g.
+--compare=keras_torch,torch_resnet50); timed rounds of all of them alternate, so that machine
+noise hits each alike; each ratio is skinjax images/s over theirs.
 """
 
 import json
@@ -61,21 +64,26 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per round.', lower_bound=
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (alternating with Keras).',
                                lower_bound=1)
 _COMPARE = flags.DEFINE_list(
-    'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), e.g. '
-    '--compare=keras,keras_torch; for efficientnet_lite*, the reference PyTorch model '
-    '(torch_reference).')
+    'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), and for '
+    'resnet50 a plain PyTorch ResNet50 (torch_resnet50), e.g. '
+    '--compare=keras,keras_torch,torch_resnet50; for efficientnet_lite*, the reference PyTorch '
+    'model (torch_reference).')
 _TORCH_PYTHON = flags.DEFINE_string(
     'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch, '
-    'or with torch and efficientnet-lite-pytorch for --compare=torch_reference.')
+    'with torch and numpy for --compare=torch_resnet50, or with torch and '
+    'efficientnet-lite-pytorch for --compare=torch_reference.')
 _DONATE = flags.DEFINE_bool('donate', True, 'Donate the train state to the step, as the trainer '
                             'does (--nodonate: measure what donation saves).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object.')
 
 KERAS_STEP_SCRIPT = pathlib.Path(__file__).with_name('keras_step.py')
 TORCH_LITE_STEP_SCRIPT = pathlib.Path(__file__).with_name('torch_lite_step.py')
+TORCH_RESNET50_STEP_SCRIPT = pathlib.Path(__file__).with_name('torch_resnet50_step.py')
 LITE_PREFIX = 'efficientnet_lite'
-WORKERS = ('keras_torch', 'torch_reference')  # the comparisons that run in a worker process
+# The comparisons that run in a worker process.
+WORKERS = ('keras_torch', 'torch_resnet50', 'torch_reference')
 LABELS = {'keras': 'Keras 3 on JAX', 'keras_torch': 'Keras 3 on PyTorch',
+          'torch_resnet50': 'plain PyTorch ResNet50',
           'torch_reference': 'the reference PyTorch model'}
 
 
@@ -147,7 +155,7 @@ class SkinjaxStep:
 
 
 class WorkerStep:
-  """A step in a worker process (scripts/keras_step.py or torch_lite_step.py) driven over pipes."""
+  """A step in a worker process (scripts/keras_step.py, torch_*_step.py) driven over pipes."""
 
   def __init__(self, command: list[str], env: dict, what: str, needs: str):
     # stderr to a file, not a pipe: a chatty worker would block on a full pipe nobody reads.
@@ -180,6 +188,23 @@ class WorkerStep:
                f'--num_classes={NUM_CLASSES}']
     return cls(command, dict(os.environ), 'reference PyTorch', 'torch and efficientnet-lite-pytorch'
                ', e.g. a venv made with `pip install torch efficientnet-lite-pytorch numpy`')
+
+  @classmethod
+  def torch_resnet50(cls, python: str, image_size: int, batch_size: int):
+    """Keras' ResNet50 in plain torch.nn with PyTorch's own train step."""
+    command = [python, str(TORCH_RESNET50_STEP_SCRIPT), f'--image_size={image_size}',
+               f'--batch_size={batch_size}', f'--num_classes={NUM_CLASSES}']
+    return cls(command, dict(os.environ), 'plain PyTorch ResNet50',
+               'torch and numpy, e.g. a venv made with `pip install torch numpy`')
+
+  @classmethod
+  def start(cls, name: str, python: str, arch: str, image_size: int, batch_size: int):
+    """The worker that --compare=`name` names."""
+    if name == 'keras_torch':
+      return cls.keras(python, 'torch', arch, image_size, batch_size)
+    if name == 'torch_resnet50':
+      return cls.torch_resnet50(python, image_size, batch_size)
+    return cls.torch_reference(python, arch, image_size, batch_size)
 
   def run(self, n: int):
     self.process.stdin.write(f'{n}\n')
@@ -218,7 +243,11 @@ def main(argv):
   compared = [name for name in _COMPARE.value if name != 'none']
   if unknown := set(compared) - set(LABELS):
     raise app.UsageError(f'--compare: unknown {", ".join(sorted(unknown))}; use keras, keras_torch '
-                         'or both, comma-separated, or torch_reference for efficientnet_lite*.')
+                         'or both, comma-separated, torch_resnet50 for resnet50, or '
+                         'torch_reference for efficientnet_lite*.')
+  if 'torch_resnet50' in compared and _ARCH.value != 'resnet50':
+    raise app.UsageError(f'--compare=torch_resnet50: only --arch=resnet50 can use it, not '
+                         f'{_ARCH.value}.')
   is_lite = _ARCH.value.startswith(LITE_PREFIX)
   if is_lite and set(compared) - {'torch_reference'}:
     raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare it with '
@@ -234,19 +263,12 @@ def main(argv):
     raise app.UsageError(f'--torch_python={_TORCH_PYTHON.value}: no such interpreter; give the '
                          'python of a venv with torch (and keras, or efficientnet-lite-pytorch).')
   batch = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
-  # The worker first: a --torch_python without torch fails before any long compile.
-  worker_name = next((name for name in compared if name in WORKERS), None)
-  if worker_name == 'keras_torch':
-    torch_worker = WorkerStep.keras(_TORCH_PYTHON.value, 'torch', _ARCH.value, _IMAGE_SIZE.value,
+  # The workers first: a --torch_python without torch fails before any long compile.
+  workers = {name: WorkerStep.start(name, _TORCH_PYTHON.value, _ARCH.value, _IMAGE_SIZE.value,
                                     _BATCH_SIZE.value)
-  elif worker_name == 'torch_reference':
-    torch_worker = WorkerStep.torch_reference(_TORCH_PYTHON.value, _ARCH.value, _IMAGE_SIZE.value,
-                                              _BATCH_SIZE.value)
-  else:
-    torch_worker = None
-  steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value)}
-  if torch_worker is not None:
-    steps_timed[worker_name] = torch_worker
+             for name in compared if name in WORKERS}
+  steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value),
+                 **workers}
   if 'keras' in compared:
     steps_timed['keras'] = KerasStep(_ARCH.value, np.asarray(batch['image']),
                                      np.asarray(batch['label']), NUM_CLASSES, jit_compile=True)
@@ -254,8 +276,8 @@ def main(argv):
   for _ in range(_ROUNDS.value):  # alternate, so slow phases of the machine hit all alike
     for name, step in steps_timed.items():
       round_times[name].append(timed(step, _STEPS.value))
-  if torch_worker is not None:
-    torch_worker.close()
+  for worker in workers.values():
+    worker.close()
   peak = matmul_peak_flops()
   images = _BATCH_SIZE.value * _STEPS.value
   # The median round: robust to one round that a noisy neighbour slowed down.
@@ -279,8 +301,8 @@ def main(argv):
     result.update({f'{name}_images_per_sec': rates[name],
                    f'{name}_compile_s': steps_timed[name].compile_s,
                    f'speedup_vs_{name}': images_per_sec / rates[name]})
-  if torch_worker is not None:
-    result['torch_version'] = torch_worker.info['backend_version']
+  if workers:  # all run by the same --torch_python
+    result['torch_version'] = next(iter(workers.values())).info['backend_version']
   if _JSON.value:
     print(json.dumps(result))
     return

@@ -7,24 +7,20 @@ with --torch_python, an interpreter with torch and the reference package (no jax
   /tmp/refenv/bin/pip install torch==2.13.0 efficientnet-lite-pytorch==0.1.0 numpy
   python scripts/torch_lite_step.py --variant=lite0 --image_size=128 --batch_size=32
 
-The step is PyTorch's usual one: channels_last, the reference model with a new head of
---num_classes, cross-entropy, Adam, zero_grad/backward/step, in training mode (batch statistics,
-dropout). The batch is the benchmark's own uint8 images, scaled as skinjax's 'lite' preprocessing
-((x - 127) / 128) on every step, as skinjax's step normalises on the device. The protocol is
-keras_step.py's: one JSON line when ready (the first step's time as compile_s), then a number of
-steps per line on stdin, answered with 'done'.
+The step is PyTorch's usual one (torch_step.py, shared with torch_resnet50_step.py): channels_last,
+the reference model with a new head of --num_classes, cross-entropy, Adam, zero_grad/backward/step,
+in training mode (batch statistics, dropout). The batch is the benchmark's own uint8 images, scaled
+as skinjax's 'lite' preprocessing ((x - 127) / 128) on every step, as skinjax's step normalises on
+the device. The protocol is keras_step.py's: one JSON line when ready (the first step's time as
+compile_s), then a number of steps per line on stdin, answered with 'done'.
 """
 
 import argparse
-import json
-import sys
-import time
 
-import numpy as np
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 
-from keras_step import synthetic_images_and_labels
+from torch_step import serve
 
 
 def main():
@@ -37,29 +33,7 @@ def main():
   args = parser.parse_args()
   torch.manual_seed(0)
   model = EfficientNet.from_name(f'efficientnet-{args.variant}', num_classes=args.num_classes)
-  model = model.to(memory_format=torch.channels_last).train()
-  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-  images, labels = synthetic_images_and_labels(args.batch_size, args.image_size, args.num_classes)
-  # NHWC uint8 -> NCHW float in channels_last memory: the same bytes, viewed as PyTorch wants.
-  pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
-      memory_format=torch.channels_last)
-  targets = torch.from_numpy(labels.astype(np.int64))
-
-  def step():
-    optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model((pixels.float() - 127.0) / 128.0), targets)
-    loss.backward()
-    optimizer.step()
-
-  start = time.perf_counter()
-  step()
-  print(json.dumps({'compile_s': time.perf_counter() - start,
-                    'backend_version': torch.__version__,
-                    'threads': torch.get_num_threads()}), flush=True)
-  for line in sys.stdin:
-    for _ in range(int(line)):
-      step()
-    print('done', flush=True)
+  serve(model, lambda x: (x - 127.0) / 128.0, args.image_size, args.batch_size, args.num_classes)
 
 
 if __name__ == '__main__':

@@ -74,18 +74,42 @@ def _worker_case(compare, arch, env_var, needs):
 
 @pytest.mark.parametrize('compare, arch, env_var', [
     _worker_case('keras_torch', 'vgg16', 'SKINJAX_TORCH_PYTHON', 'torch and keras'),
+    # Two workers in one run, as the README's resnet50 table compares them.
+    _worker_case('keras_torch,torch_resnet50', 'resnet50', 'SKINJAX_TORCH_PYTHON',
+                 'torch and keras'),
     _worker_case('torch_reference', 'efficientnet_lite0', 'SKINJAX_LITE_REFERENCE_PYTHON',
                  'torch and efficientnet-lite-pytorch (scripts/lite_reference_logits.py says how)'),
 ])
 def test_benchmark_train_compares_with_pytorch_in_a_worker(compare, arch, env_var):
-  """Keras 3 on PyTorch, or the reference PyTorch EfficientNet-Lite, timed in a worker process."""
+  """Keras 3 on PyTorch, a plain PyTorch ResNet50 or the reference PyTorch EfficientNet-Lite,
+  each timed in a worker process, in rounds that alternate with skinjax's."""
   result = run_json('scripts/benchmark_train.py', f'--arch={arch}', '--image_size=32',
                     '--batch_size=2', '--steps=1', '--rounds=2', f'--compare={compare}',
                     f'--torch_python={os.environ[env_var]}')
-  assert result[f'{compare}_images_per_sec'] > 0 and result['torch_version']
-  assert result[f'speedup_vs_{compare}'] == pytest.approx(
-      result['images_per_sec'] / result[f'{compare}_images_per_sec'])
-  assert [len(result['round_seconds'][name]) for name in ('skinjax', compare)] == [2, 2]
+  assert result['torch_version']
+  for name in compare.split(','):
+    assert result[f'{name}_images_per_sec'] > 0 and result[f'{name}_compile_s'] > 0
+    assert result[f'speedup_vs_{name}'] == pytest.approx(
+        result['images_per_sec'] / result[f'{name}_images_per_sec'])
+  assert [len(times) for times in result['round_seconds'].values()] == [2] * (
+      1 + len(compare.split(',')))
+
+
+@pytest.mark.skipif(not os.environ.get('SKINJAX_TORCH_PYTHON'),
+                    reason='set SKINJAX_TORCH_PYTHON to an interpreter with torch and numpy')
+def test_torch_resnet50_has_keras_resnet50_weight_count():
+  """The plain PyTorch ResNet50 has Keras Applications' layers: its weights, counted as Keras counts
+  them (BatchNorm's moving statistics included), with Keras' 1000-class head, are Keras' figures."""
+  result = subprocess.run([os.environ['SKINJAX_TORCH_PYTHON'], 'scripts/torch_resnet50_step.py',
+                           '--count_params', '--num_classes=1000'], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout) == {'params': 25_636_712, 'trainable_params': 25_583_592}
+
+
+def test_benchmark_train_torch_resnet50_is_for_resnet50_only():
+  stderr = run_failing('scripts/benchmark_train.py', '--arch=vgg16', '--compare=torch_resnet50')
+  assert '--compare=torch_resnet50: only --arch=resnet50 can use it, not vgg16.' in stderr
 
 
 def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):

@@ -15,7 +15,8 @@ class ConvStage(nnx.Module):
   def __init__(self, in_features: int, features: int, *, dtype, rngs: nnx.Rngs):
     # No conv bias: the BatchNorm right after it has its own shift.
     conv = dict(kernel_size=(3, 3), padding='SAME', use_bias=False, dtype=dtype,
-                param_dtype=jnp.float32, rngs=rngs)
+                param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated,
+                rngs=rngs)
     self.conv1 = nnx.Conv(in_features, features, **conv)
     # Not a Keras port, so not bound to Keras' 0.99: with 0.9 the running statistics catch up
     # within one short epoch, and evaluation after few steps is not thrown off by stale ones.

@@ -25,6 +25,8 @@ import ml_collections
 from ml_collections.config_flags import config_flags
 from ml_collections.config_flags import config_path
 
+from skinjax import kernels
+
 USAGE_ERROR = 2  # the conventional exit status of a command-line usage error (argparse's)
 
 
@@ -155,12 +157,13 @@ def check_overrides(config_file, config_args):
 
 
 def run(main, name='config'):
-  """`app.run(main)` for the scripts: a bad or missing flag, and an app.UsageError raised by
-  `main`, are one `error:` line with exit status 2, not the module's help followed by the error."""
+  """`app.run(main)` for the scripts: a bad or missing flag, an app.UsageError raised by `main`
+  and a $SKINJAX_CPU_KERNELS that cannot be honoured are one `error:` line with exit status 2,
+  not the module's help followed by the error."""
   def main_with_usage_errors(argv):
     try:
       return main(argv)
-    except app.UsageError as error:
+    except (app.UsageError, kernels.KernelChoiceError) as error:
       fail(str(error))
   app.run(main_with_usage_errors, flags_parser=lambda argv: parse_flags(argv, name=name))
 

@@ -1,0 +1,49 @@
+"""Native CPU kernels: oneDNN convolutions called from jitted code through jax.ffi.
+
+$SKINJAX_CPU_KERNELS picks the CPU convolutions:
+- unset or `auto`: oneDNN where it can be built and loaded, else XLA's path, with one line why;
+- `onednn`: oneDNN, or a `KernelChoiceError` saying what is missing;
+- `xla`: the pure-JAX path (skinjax.models.cpu_conv), as before the kernels existed.
+GPUs and TPUs never use these: cpu_conv only asks on the CPU backend.
+"""
+
+import functools
+import os
+
+from absl import logging
+
+ENV_VAR = 'SKINJAX_CPU_KERNELS'
+CHOICES = ('auto', 'onednn', 'xla')
+
+
+class KernelChoiceError(ValueError):
+  """$SKINJAX_CPU_KERNELS asks for what cannot be had; one line says what and how to fix it.
+
+  A ValueError, so that the commands report it as the bad input it is: one `error:` line."""
+
+
+def choice() -> str:
+  value = os.environ.get(ENV_VAR, '').strip().lower() or 'auto'
+  if value not in CHOICES:
+    raise KernelChoiceError(f'{ENV_VAR}={value!r} is not one of {", ".join(CHOICES)}; unset it '
+                            'to use oneDNN where it is available.')
+  return value
+
+
+@functools.cache
+def onednn_enabled() -> bool:
+  """Whether CPU convolutions go to oneDNN in this process (decided once, at the first conv)."""
+  wanted = choice()
+  if wanted == 'xla':
+    return False
+  from skinjax.kernels import build, conv  # noqa: PLC0415 (g++ and ctypes only when asked)
+  try:
+    conv.register()
+  except build.Unavailable as why:
+    if wanted == 'onednn':
+      raise KernelChoiceError(f'{ENV_VAR}=onednn, but the oneDNN kernels are unavailable: {why}; '
+                              f'or set {ENV_VAR}=xla.') from None
+    logging.warning('CPU convolutions use XLA\'s slower path: the oneDNN kernels are unavailable '
+                    '(%s). Set %s=xla to silence this.', why, ENV_VAR)
+    return False
+  return True

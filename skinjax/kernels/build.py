@@ -1,0 +1,114 @@
+"""Builds the oneDNN convolution library on first use, and loads it.
+
+Built at first use rather than at install: an editable install (`pip install -e .`, what the
+Makefile does) runs no build step of ours, and the library must match the jaxlib and oneDNN found
+at run time, which a later `pip install -U jax` would change under an install-time build. The
+compiled file is cached like JAX's compilation cache, keyed by the source, jaxlib's version, the
+oneDNN version and the compiler, so only the first start after a change pays the ~5 s of g++.
+
+oneDNN comes from the package index (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`: oneDNN 3.2 built
+against the system's libgomp only; Linux x86_64). Anything missing (the packages, a C++ compiler,
+the library's import) is an `Unavailable` whose message says what and how to fix it; the caller
+then keeps the pure-JAX path.
+"""
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+
+SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
+CACHE_ENV_VAR = 'SKINJAX_KERNEL_CACHE'
+DEFAULT_CACHE = pathlib.Path('~/.cache/skinjax/kernels')
+LIBRARY_NAME = 'libskinjax_onednn.so'
+RUNTIME_PACKAGE, HEADERS_PACKAGE = 'onednn-cpu-gomp', 'onednn-devel-cpu-gomp'
+INSTALL_HINT = f"pip install '{RUNTIME_PACKAGE}==2023.2.0' '{HEADERS_PACKAGE}==2023.2.0'"
+
+
+class Unavailable(Exception):
+  """The native kernels cannot be used here; the message says why and what would fix it."""
+
+
+def _package_file(package: str, name: str) -> pathlib.Path:
+  """The installed file of `package` whose path ends with `name` (the wheels put them outside
+  site-packages: <prefix>/lib/libdnnl.so, <prefix>/include/oneapi/dnnl/dnnl.hpp)."""
+  try:
+    files = importlib.metadata.distribution(package).files or ()
+  except importlib.metadata.PackageNotFoundError:
+    raise Unavailable(f'{package} is not installed ({INSTALL_HINT})') from None
+  for file in files:
+    if file.as_posix().endswith(name):
+      return pathlib.Path(file.locate()).resolve()
+  raise Unavailable(f'{package} has no {name}; reinstall it ({INSTALL_HINT})')
+
+
+def _compiler() -> str:
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not compiler:
+    raise Unavailable('no C++ compiler (g++ or $CXX) to build them')
+  return compiler
+
+
+def _compiler_version(compiler: str) -> str:
+  return subprocess.run([compiler, '--version'], capture_output=True, text=True).stdout
+
+
+def _cache_root() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE).expanduser()
+
+
+def _key(compiler: str, onednn_version: str) -> str:
+  digest = hashlib.sha256(SOURCE.read_bytes())
+  for part in (jaxlib.__version__, onednn_version, _compiler_version(compiler)):
+    digest.update(part.encode())
+  return digest.hexdigest()[:16]
+
+
+def _compile(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,
+             output: pathlib.Path):
+  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include_dir}',
+             f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(output), f'-L{library_dir}',
+             '-ldnnl', f'-Wl,-rpath,{library_dir}']
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode:
+    first_error = next((line for line in result.stderr.splitlines() if 'error' in line),
+                       result.stderr.strip()[:300])
+    raise Unavailable(f'building {SOURCE.name} failed: {first_error}')
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+  """The built library, loaded (built first if this source, jaxlib and oneDNN have no build)."""
+  if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'AMD64'):
+    raise Unavailable(f'the oneDNN packages exist for Linux x86_64 only, not '
+                      f'{platform.system()} {platform.machine()}')
+  runtime = _package_file(RUNTIME_PACKAGE, '/libdnnl.so')
+  include_dir = _package_file(HEADERS_PACKAGE, '/oneapi/dnnl/dnnl.hpp').parents[2]
+  compiler = _compiler()
+  version = importlib.metadata.version(RUNTIME_PACKAGE)
+  folder = _cache_root() / _key(compiler, version)
+  target = folder / LIBRARY_NAME
+  if not target.exists():
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two processes starting at once (test workers, hosts sharing a home) build it once.
+    with open(folder / '.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not target.exists():
+        with tempfile.TemporaryDirectory(dir=folder) as staging:
+          built = pathlib.Path(staging) / LIBRARY_NAME
+          _compile(compiler, runtime.parent, include_dir, built)
+          built.rename(target)
+  try:
+    return ctypes.CDLL(str(target))
+  except OSError as error:
+    raise Unavailable(f'loading {target} failed: {error}') from None

@@ -1,0 +1,296 @@
+// 2-D convolution in NHWC/HWIO float32 on the CPU through oneDNN, as XLA FFI handlers: the
+// forward pass, the gradient of the input and the gradient of the kernel.
+//
+// Why: XLA's CPU backend has no fast convolution kernels (general or depthwise, forward or
+// backward); PyTorch calls oneDNN. skinjax/kernels/conv.py wraps these handlers in a custom_vjp
+// and plugs them into skinjax.models.cpu_conv; lax.conv_general_dilated stays the reference.
+//
+// Every handler takes the same attributes: strides (2), padding (4: top, bottom, left, right, as
+// lax's low/high pairs, so TF "SAME" asymmetric pads come through as they are) and groups (1, or
+// the number of input channels for a depthwise convolution).
+//
+// Activations stay in the caller's NHWC layout (oneDNN's convolutions on AVX2/AVX-512 run nhwc
+// natively); kernels are reordered from HWIO to whatever layout the chosen implementation wants,
+// on every call, as they change every step.
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+using Dims = memory::dims;
+using Tag = memory::format_tag;
+constexpr auto kF32 = memory::data_type::f32;
+
+dnnl::engine& CpuEngine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution's geometry, read from the buffers' shapes and the attributes.
+struct Geometry {
+  int64_t n, h, w, c;          // input, NHWC
+  int64_t kh, kw, o;           // kernel, HWIO (its I is c / groups)
+  int64_t oh, ow;              // output
+  int64_t groups;
+  Dims strides, pad_l, pad_r;  // oneDNN's (top, left) and (bottom, right)
+
+  auto Key(int kind) const {
+    return std::make_tuple(kind, n, h, w, c, kh, kw, o, groups, strides[0], strides[1], pad_l[0],
+                           pad_l[1], pad_r[0], pad_r[1]);
+  }
+  memory::desc Activations() const { return {{n, c, h, w}, kF32, Tag::nhwc}; }
+  memory::desc Outputs() const { return {{n, o, oh, ow}, kF32, Tag::nhwc}; }
+  // The caller's HWIO kernel; grouped as (G, O/G, I/G, KH, KW), HWIO is oneDNN's hwigo.
+  memory::desc UserKernel() const {
+    if (groups == 1) return {{o, c, kh, kw}, kF32, Tag::hwio};
+    return {{groups, o / groups, c / groups, kh, kw}, kF32, Tag::hwigo};
+  }
+  memory::desc AnyKernel() const {
+    if (groups == 1) return {{o, c, kh, kw}, kF32, Tag::any};
+    return {{groups, o / groups, c / groups, kh, kw}, kF32, Tag::any};
+  }
+};
+
+ffi::Error ReadGeometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> k_dims,
+                        ffi::Span<const int64_t> y_dims, ffi::Span<const int64_t> strides,
+                        ffi::Span<const int64_t> padding, int64_t groups, Geometry* g) {
+  if (x_dims.size() != 4 || k_dims.size() != 4 || y_dims.size() != 4 || strides.size() != 2 ||
+      padding.size() != 4) {
+    return ffi::Error::InvalidArgument("onednn conv: expects NHWC input, HWIO kernel, 2 strides "
+                                       "and 4 pads");
+  }
+  *g = Geometry{x_dims[0], x_dims[1], x_dims[2], x_dims[3], k_dims[0], k_dims[1], k_dims[3],
+                y_dims[1], y_dims[2], groups, {strides[0], strides[1]},
+                {padding[0], padding[2]}, {padding[1], padding[3]}};
+  if (groups < 1 || g->c % groups || g->o % groups || k_dims[2] * groups != g->c ||
+      y_dims[0] != g->n || y_dims[3] != g->o) {
+    return ffi::Error::InvalidArgument("onednn conv: inconsistent shapes or groups");
+  }
+  return ffi::Error::Success();
+}
+
+// A primitive with user-managed scratchpad: XLA may run two convolutions at once on two of its
+// threads, and a library-managed scratchpad is shared between them in oneDNN's default build.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, dnnl::prop_kind prop) {
+  return {CpuEngine(), prop, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(),
+          g.Outputs(), g.strides, g.pad_l, g.pad_r, UserScratchpad()};
+}
+
+// Everything one call needs besides the data: built once per shape (the descriptor's
+// implementation search costs far more than the convolution of a small layer) and kept.
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel_md;        // the layout the implementation wants
+  memory::desc scratchpad_md;
+  bool reorder_kernel = false;   // the wanted layout is not HWIO
+  dnnl::reorder kernel_reorder;  // HWIO -> wanted (forward, input gradient) or back (kernel gradient)
+};
+
+enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+
+Plan MakePlan(const Geometry& g, Kind kind) {
+  Plan plan;
+  auto user = g.UserKernel();
+  auto& engine = CpuEngine();
+  if (kind == kForward) {
+    auto pd = ForwardDesc(g, dnnl::prop_kind::forward_inference);
+    plan.conv = dnnl::convolution_forward(pd);
+    plan.kernel_md = pd.weights_desc();
+    plan.scratchpad_md = pd.scratchpad_desc();
+  } else if (kind == kInputGrad) {
+    auto hint = ForwardDesc(g, dnnl::prop_kind::forward_training);
+    dnnl::convolution_backward_data::primitive_desc pd(
+        engine, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(), g.Outputs(),
+        g.strides, g.pad_l, g.pad_r, hint, UserScratchpad());
+    plan.conv = dnnl::convolution_backward_data(pd);
+    plan.kernel_md = pd.weights_desc();
+    plan.scratchpad_md = pd.scratchpad_desc();
+  } else {
+    auto hint = ForwardDesc(g, dnnl::prop_kind::forward_training);
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        engine, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(), g.Outputs(),
+        g.strides, g.pad_l, g.pad_r, hint, UserScratchpad());
+    plan.conv = dnnl::convolution_backward_weights(pd);
+    plan.kernel_md = pd.diff_weights_desc();
+    plan.scratchpad_md = pd.scratchpad_desc();
+  }
+  plan.reorder_kernel = plan.kernel_md != user;
+  if (plan.reorder_kernel) {
+    plan.kernel_reorder = kind == kKernelGrad
+                              ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                    engine, plan.kernel_md, engine, user))
+                              : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                    engine, user, engine, plan.kernel_md));
+  }
+  return plan;
+}
+
+const Plan& PlanFor(const Geometry& g, Kind kind) {
+  static std::mutex mutex;
+  static std::map<decltype(g.Key(0)), std::unique_ptr<Plan>> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& plan = plans[g.Key(kind)];
+  if (!plan) plan = std::make_unique<Plan>(MakePlan(g, kind));
+  return *plan;
+}
+
+// Buffers owned by one call: the scratchpad and the kernel in the implementation's layout.
+struct CallMemory {
+  std::vector<uint8_t> scratchpad, kernel;
+  memory Scratchpad(const Plan& plan) {
+    scratchpad.resize(plan.scratchpad_md.get_size());
+    return memory(plan.scratchpad_md, CpuEngine(), scratchpad.data());
+  }
+  memory Kernel(const Plan& plan) {
+    kernel.resize(plan.kernel_md.get_size());
+    return memory(plan.kernel_md, CpuEngine(), kernel.data());
+  }
+};
+
+// The convolution runs in the XLA thread that calls it, with oneDNN's OpenMP team: one team at a
+// time, so that two convolutions XLA starts at once (an input and a kernel gradient) do not put
+// four busy threads on two cores. See skinjax/kernels/conv.py for the thread counts.
+std::mutex& ExecutionMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+
+template <typename F>
+ffi::Error Guarded(F&& body) {
+  try {
+    std::lock_guard<std::mutex> lock(ExecutionMutex());
+    body();
+    return ffi::Error::Success();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(e.what());
+  }
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                   ffi::Span<const int64_t> padding, int64_t groups) {
+  Geometry g;
+  if (auto e = ReadGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
+                            padding, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    const Plan& plan = PlanFor(g, kForward);
+    auto& engine = CpuEngine();
+    dnnl::stream stream(engine);
+    CallMemory owned;
+    memory user_kernel(g.UserKernel(), engine, kernel.typed_data());
+    memory kernel_mem = user_kernel;
+    if (plan.reorder_kernel) {
+      kernel_mem = owned.Kernel(plan);
+      plan.kernel_reorder.execute(stream, user_kernel, kernel_mem);
+    }
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Activations(), engine, x.typed_data())},
+                               {DNNL_ARG_WEIGHTS, kernel_mem},
+                               {DNNL_ARG_DST, memory(g.Outputs(), engine, y->typed_data())},
+                               {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}});
+    stream.wait();
+  });
+}
+
+// Gradient of the input: the output gradient dy and the kernel in, dx out (x's shape).
+ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
+                     ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> strides,
+                     ffi::Span<const int64_t> padding, int64_t groups) {
+  Geometry g;
+  if (auto e = ReadGeometry(dx->dimensions(), kernel.dimensions(), dy.dimensions(), strides,
+                            padding, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    const Plan& plan = PlanFor(g, kInputGrad);
+    auto& engine = CpuEngine();
+    dnnl::stream stream(engine);
+    CallMemory owned;
+    memory user_kernel(g.UserKernel(), engine, kernel.typed_data());
+    memory kernel_mem = user_kernel;
+    if (plan.reorder_kernel) {
+      kernel_mem = owned.Kernel(plan);
+      plan.kernel_reorder.execute(stream, user_kernel, kernel_mem);
+    }
+    plan.conv.execute(stream,
+                      {{DNNL_ARG_DIFF_DST, memory(g.Outputs(), engine, dy.typed_data())},
+                       {DNNL_ARG_WEIGHTS, kernel_mem},
+                       {DNNL_ARG_DIFF_SRC, memory(g.Activations(), engine, dx->typed_data())},
+                       {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}});
+    stream.wait();
+  });
+}
+
+// Gradient of the kernel: the input x and the output gradient dy in, dk out (HWIO).
+ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                      ffi::ResultBuffer<ffi::F32> dkernel, ffi::Span<const int64_t> strides,
+                      ffi::Span<const int64_t> padding, int64_t groups) {
+  Geometry g;
+  if (auto e = ReadGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
+                            padding, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guarded([&] {
+    const Plan& plan = PlanFor(g, kKernelGrad);
+    auto& engine = CpuEngine();
+    dnnl::stream stream(engine);
+    CallMemory owned;
+    memory user_kernel(g.UserKernel(), engine, dkernel->typed_data());
+    memory kernel_mem = plan.reorder_kernel ? owned.Kernel(plan) : user_kernel;
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Activations(), engine, x.typed_data())},
+                               {DNNL_ARG_DIFF_DST, memory(g.Outputs(), engine, dy.typed_data())},
+                               {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
+                               {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}});
+    if (plan.reorder_kernel) plan.kernel_reorder.execute(stream, kernel_mem, user_kernel);
+    stream.wait();
+  });
+}
+
+}  // namespace
+
+#define SKINJAX_CONV_BINDING(first, second, result)                   \
+  ffi::Ffi::Bind()                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()                                   \
+      .Arg<ffi::Buffer<ffi::F32>>()                                   \
+      .Ret<ffi::Buffer<ffi::F32>>()                                   \
+      .Attr<ffi::Span<const int64_t>>("strides")                      \
+      .Attr<ffi::Span<const int64_t>>("padding")                      \
+      .Attr<int64_t>("groups")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvForward, Forward,
+                              SKINJAX_CONV_BINDING(x, kernel, y));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvInputGrad, InputGrad,
+                              SKINJAX_CONV_BINDING(dy, kernel, dx));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvKernelGrad, KernelGrad,
+                              SKINJAX_CONV_BINDING(x, dy, dkernel));
+
+// The oneDNN version the library was built against, for the build cache's key and the logs.
+extern "C" int64_t skinjax_onednn_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return v->major * 10000 + v->minor * 100 + v->patch;
+}

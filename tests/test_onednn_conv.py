@@ -1,0 +1,122 @@
+"""oneDNN's convolutions (skinjax.kernels) against lax.conv_general_dilated, the reference.
+
+The cases are every kind of convolution the registered architectures contain (kernel size,
+stride, padding, grouping), read from the models themselves, at a small input of odd and even
+size so that TF's "SAME" gives both its symmetric and its asymmetric (0, 1) pads.
+"""
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax import lax
+
+from skinjax import kernels
+from skinjax.models import cpu_conv, registry
+
+NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
+
+pytestmark = pytest.mark.skipif(
+    not kernels.onednn_enabled(), reason='LOUD SKIP: the oneDNN kernels are unavailable here '
+    '(see the warning above); .ci/run sets SKINJAX_CPU_KERNELS=onednn, which fails instead')
+
+
+def _kind(conv: nnx.Conv) -> tuple:
+  kernel_size, in_features = conv.kernel_size, conv.in_features
+  depthwise = conv.feature_group_count == in_features > 1
+  if conv.feature_group_count not in (1, in_features):
+    raise AssertionError(f'a grouped convolution the kernels do not cover: {conv}')
+  strides = conv.strides if isinstance(conv.strides, int) else conv.strides[0]
+  return tuple(kernel_size), strides, conv.padding, 'depthwise' if depthwise else 'dense'
+
+
+# EfficientNetB1-B7 and Lite1-4 are B0's and Lite0's blocks (DEFAULT_BLOCKS_ARGS) scaled in width
+# and depth, so they hold the same kinds of convolution; building B7 alone takes ~6 s.
+SCALED_VARIANT = re.compile(r'efficientnet(b|_lite)[1-9]')
+
+
+@functools.cache
+def _model_conv_kinds() -> tuple:
+  """(kernel, stride, padding, grouping) of every convolution in the registered architectures."""
+  kinds = set()
+  for arch in (a for a in registry.ARCHITECTURES if not SCALED_VARIANT.fullmatch(a)):
+    model = nnx.eval_shape(lambda arch=arch: registry.build_classifier(
+        arch, num_classes=7, dropout_rate=0.0, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    kinds |= {_kind(module) for _, module in nnx.iter_graph(model) if isinstance(module, nnx.Conv)}
+  return tuple(sorted(kinds, key=repr))
+
+
+def test_the_models_use_the_kinds_the_issue_lists():
+  """What the kernels must cover, as the models define it: if an architecture adds another kind
+  of convolution, the parametrised test below covers it and this list says so."""
+  kinds = _model_conv_kinds()
+  assert {kernel for kernel, *_ in kinds} == {(1, 1), (3, 3), (5, 5), (7, 7)}
+  assert {stride for _, stride, *_ in kinds} == {1, 2}
+  assert {padding for *_, padding, _ in kinds} == {'SAME', 'VALID'}
+  assert {grouping for *_, grouping in kinds} == {'dense', 'depthwise'}
+
+
+def _random(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _value_and_grads(conv, x, kernel, strides, padding, groups, dy):
+  def apply(x, kernel):
+    return conv(x, kernel, strides, padding, dimension_numbers=NHWC_HWIO,
+                feature_group_count=groups)
+  y, vjp = jax.vjp(apply, x, kernel)
+  return (y, *vjp(dy))
+
+
+@pytest.mark.parametrize('size', [11, 12])
+@pytest.mark.parametrize('kind', _model_conv_kinds() if kernels.onednn_enabled() else [], ids=repr)
+def test_kernels_match_lax_to_float32_rounding(kind, size):
+  """Forward, input and kernel gradients within 1e-5 of the magnitude of the sums they compute
+  (the same sums of |terms|), the rounding that summing in another order gives."""
+  (kh, kw), stride, padding, grouping = kind
+  channels = 24
+  out_features, groups = (channels, channels) if grouping == 'depthwise' else (16, 1)
+  x = _random((3, size, size + 2, channels), 0)
+  kernel = _random((kh, kw, channels // groups, out_features), 1)
+  out_shape = jax.eval_shape(lambda: lax.conv_general_dilated(
+      x, kernel, (stride, stride), padding, dimension_numbers=NHWC_HWIO,
+      feature_group_count=groups)).shape
+  dy = _random(out_shape, 2)
+  args = ((stride, stride), padding, groups)
+  ours = jax.jit(lambda x, k, dy: _value_and_grads(cpu_conv.conv_general_dilated, x, k, *args,
+                                                   dy))(x, kernel, dy)
+  reference = _value_and_grads(lax.conv_general_dilated, x, kernel, *args, dy)
+  magnitude = _value_and_grads(lax.conv_general_dilated, jnp.abs(x), jnp.abs(kernel), *args,
+                               jnp.abs(dy))
+  jaxpr = str(jax.make_jaxpr(lambda x, k: cpu_conv.conv_general_dilated(
+      x, k, *args[:2], dimension_numbers=NHWC_HWIO, feature_group_count=groups))(x, kernel))
+  assert 'skinjax_conv_forward' in jaxpr
+  for name, got, want, scale in zip(('forward', 'input grad', 'kernel grad'), ours, reference,
+                                    magnitude):
+    error = np.max(np.abs(np.asarray(got) - np.asarray(want)) / (np.asarray(scale) + 1e-30))
+    assert error < 1e-5, f'{name}: {error:.2e} of the magnitude'
+
+
+def test_kernel_gradient_is_bitwise_reproducible():
+  """Exact resume needs two runs of one step to agree to the bit: oneDNN's reductions over the
+  batch and the image (split among threads) must not depend on timing."""
+  x, dy = _random((16, 40, 40, 32), 3), _random((16, 20, 20, 48), 4)
+  kernel = _random((3, 3, 32, 48), 5)
+  depthwise_kernel, depthwise_dy = _random((5, 5, 1, 32), 6), _random((16, 20, 20, 32), 7)
+
+  @jax.jit
+  def grads(x, kernel, dy, depthwise_kernel, depthwise_dy):
+    dense = _value_and_grads(cpu_conv.conv_general_dilated, x, kernel, (2, 2), 'SAME', 1, dy)
+    depthwise = _value_and_grads(cpu_conv.conv_general_dilated, x, depthwise_kernel, (2, 2),
+                                 'SAME', 32, depthwise_dy)
+    return dense, depthwise
+
+  first = jax.device_get(grads(x, kernel, dy, depthwise_kernel, depthwise_dy))
+  for _ in range(3):
+    again = jax.device_get(grads(x, kernel, dy, depthwise_kernel, depthwise_dy))
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+      np.testing.assert_array_equal(a, b)
