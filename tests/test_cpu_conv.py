@@ -1,4 +1,8 @@
-"""The CPU fast paths compute what lax.conv_general_dilated computes, values and gradients."""
+"""The CPU fast paths compute what lax.conv_general_dilated computes, values and gradients.
+
+The convolution tests run on both CPU paths: oneDNN (skinjax.kernels, also tested on its own in
+test_onednn_conv.py) and the pure-JAX rewrites that are its fallback ($SKINJAX_CPU_KERNELS=xla).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
+from skinjax import kernels
 from skinjax.models import cpu_conv
 
 NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
@@ -14,6 +19,27 @@ NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
 
 def _random(shape, seed, dtype=jnp.float32):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _use_kernels(monkeypatch, choice):
+  if choice == 'onednn' and not kernels.onednn_enabled():
+    pytest.skip('LOUD SKIP: the oneDNN kernels are unavailable here')
+  monkeypatch.setenv(kernels.ENV_VAR, choice)
+  kernels.onednn_enabled.cache_clear()
+
+
+@pytest.fixture(params=['onednn', 'xla'])
+def cpu_kernels(request, monkeypatch):
+  _use_kernels(monkeypatch, request.param)
+  yield request.param
+  kernels.onednn_enabled.cache_clear()
+
+
+@pytest.fixture
+def xla_kernels(monkeypatch):
+  _use_kernels(monkeypatch, 'xla')
+  yield
+  kernels.onednn_enabled.cache_clear()
 
 
 def _both(lhs, rhs, strides, padding, groups):
@@ -29,7 +55,7 @@ def _both(lhs, rhs, strides, padding, groups):
 
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', ((1, 0), (0, 1))])
-def test_pointwise_conv_matches_lax(strides, padding):
+def test_pointwise_conv_matches_lax(strides, padding, cpu_kernels):
   lhs, rhs = _random((2, 9, 8, 5), 0), _random((1, 1, 5, 7), 1)
   (y, grads), (want_y, want_grads) = _both(lhs, rhs, strides, padding, 1)
   np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
@@ -40,7 +66,7 @@ def test_pointwise_conv_matches_lax(strides, padding):
 @pytest.mark.parametrize('kernel', [3, 5])
 @pytest.mark.parametrize('strides', [(1, 1), (2, 2)])
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', ((0, 1), (0, 1))])
-def test_depthwise_conv_matches_lax(kernel, strides, padding):
+def test_depthwise_conv_matches_lax(kernel, strides, padding, cpu_kernels):
   lhs, rhs = _random((2, 11, 10, 6), 2), _random((kernel, kernel, 1, 6), 3)
   (y, grads), (want_y, want_grads) = _both(lhs, rhs, strides, padding, 6)
   assert y.shape == want_y.shape
@@ -60,7 +86,7 @@ def test_bfloat16_depthwise_accumulates_like_the_convolution():
   np.testing.assert_allclose(y.astype(jnp.float32), exact, rtol=2 ** -8, atol=1e-2)
 
 
-def test_other_convolutions_are_left_to_lax():
+def test_other_convolutions_are_left_to_lax(xla_kernels):
   lhs, rhs = _random((1, 8, 8, 4), 6), _random((3, 3, 2, 6), 7)  # grouped, not depthwise
   jaxpr = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=2))(lhs, rhs)
@@ -68,6 +94,19 @@ def test_other_convolutions_are_left_to_lax():
   pointwise = jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO))(lhs, _random((1, 1, 4, 6), 8))
   assert 'conv_general_dilated' not in str(pointwise) and 'dot_general' in str(pointwise)
+
+
+def test_onednn_takes_float32_dense_and_depthwise_only(cpu_kernels):
+  lhs = _random((1, 8, 8, 4), 6)
+  def lowered(rhs, groups, dtype=jnp.float32):
+    return str(jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=groups))(
+            lhs.astype(dtype), rhs.astype(dtype)))
+  native = 'skinjax_conv_forward'
+  assert (native in lowered(_random((3, 3, 4, 6), 7), 1)) == (cpu_kernels == 'onednn')
+  assert (native in lowered(_random((3, 3, 1, 4), 7), 4)) == (cpu_kernels == 'onednn')
+  assert native not in lowered(_random((3, 3, 2, 6), 7), 2)  # grouped, not depthwise
+  assert native not in lowered(_random((3, 3, 4, 6), 7), 1, jnp.bfloat16)
 
 
 @pytest.mark.parametrize('window, strides, padding', [
@@ -91,6 +130,19 @@ def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
   want_y, want_grad = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
   np.testing.assert_array_equal(y, want_y)  # a maximum is exact
   np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_onednn_takes_float32_dense_and_depthwise_only(cpu_kernels):
+  lhs = _random((1, 8, 8, 4), 6)
+  def lowered(rhs, groups, dtype=jnp.float32):
+    return str(jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=groups))(
+            lhs.astype(dtype), rhs.astype(dtype)))
+  native = 'skinjax_conv_forward'
+  assert (native in lowered(_random((3, 3, 4, 6), 7), 1)) == (cpu_kernels == 'onednn')
+  assert (native in lowered(_random((3, 3, 1, 4), 7), 4)) == (cpu_kernels == 'onednn')
+  assert native not in lowered(_random((3, 3, 2, 6), 7), 2)  # grouped, not depthwise
+  assert native not in lowered(_random((3, 3, 4, 6), 7), 1, jnp.bfloat16)
 
 
 @pytest.mark.parametrize('window, strides, padding', [((2, 2), (2, 2), 'VALID'),
