@@ -237,7 +237,7 @@ def test_a_tiny_image_is_predicted_with_a_warning(places):
 
 
 # Scripts that need torch, which the suite does not install.
-TORCH_SCRIPTS = ('lite_reference_logits', 'torch_lite_step')
+TORCH_SCRIPTS = ('lite_reference_logits', 'torch_lite_step', 'torch_resnet50_step', 'torch_step')
 
 
 def test_commands_start_without_sklearn_or_matplotlib():

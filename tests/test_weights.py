@@ -214,6 +214,14 @@ def test_parameter_counts_equal_keras(arch, include_top):
     assert count == DOCUMENTED_PARAMS[arch]
 
 
+# Two float32 computations of one network agree to the sum of their errors against the exact
+# result. Measured on EfficientNetB0 (random weights, 224 px) against the same port in float64:
+# Keras' own float32 output is off by 6.4e-6 of the largest activation, skinjax's by 6.3e-6 on
+# XLA's convolutions and 9.5e-6 on oneDNN's (another summation order). So ours and Keras' may
+# differ by about 1.6e-5 of the largest activation with both exact to float32 rounding.
+FLOAT32_AGREEMENT = 2e-5
+
+
 def block_outputs_match(arch, keras_names, our_blocks, keras_h5_file):
   images = random_images(arch, 1)
   expected = keras_forward(keras_model(arch, False), keras_preprocess(arch, images),
@@ -224,7 +232,8 @@ def block_outputs_match(arch, keras_names, our_blocks, keras_h5_file):
   assert len(actual) == len(expected) == len(keras_names)
   for name, ours, theirs in zip(keras_names, actual, expected):
     # Activations grow through the blocks: compare relative to each block's scale.
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * max(1.0, np.abs(theirs).max()),
+    np.testing.assert_allclose(ours, theirs, rtol=0,
+                               atol=FLOAT32_AGREEMENT * max(1.0, np.abs(theirs).max()),
                                err_msg=name)
 
 
@@ -260,7 +269,8 @@ def test_notop_port_is_the_keras_feature_extractor(arch, keras_h5_file):
   model = ported(arch, keras_h5_file(arch, False), False)
   actual = nnx.jit(lambda m, x: m(x))(model, preprocessing.normalize(
       images, registry.get_spec(arch).preprocessing))
-  np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+  np.testing.assert_allclose(actual, expected, rtol=0,
+                             atol=FLOAT32_AGREEMENT * np.abs(expected).max())
 
 
 def test_live_keras_model_converts_like_its_h5_file(keras_h5_file):

@@ -7,6 +7,7 @@ $SKINJAX_CPU_KERNELS picks the CPU convolutions:
 GPUs and TPUs never use these: cpu_conv only asks on the CPU backend.
 """
 
+import contextlib
 import functools
 import os
 
@@ -47,3 +48,23 @@ def onednn_enabled() -> bool:
                     '(%s). Set %s=xla to silence this.', why, ENV_VAR)
     return False
   return True
+
+
+@contextlib.contextmanager
+def forced(value: str):
+  """Traces the code inside with $SKINJAX_CPU_KERNELS=value, then restores the process's choice.
+
+  For measurements only: scripts/benchmark_train.py counts a step's FLOPs on the pure-JAX path,
+  whose convolutions XLA's cost analysis can count (it counts none in a custom call).
+  """
+  before = os.environ.get(ENV_VAR)
+  os.environ[ENV_VAR] = value
+  onednn_enabled.cache_clear()
+  try:
+    yield
+  finally:
+    if before is None:
+      del os.environ[ENV_VAR]
+    else:
+      os.environ[ENV_VAR] = before
+    onednn_enabled.cache_clear()

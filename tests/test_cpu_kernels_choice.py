@@ -1,0 +1,54 @@
+"""$SKINJAX_CPU_KERNELS: oneDNN, XLA's path, and the fallback when oneDNN cannot be built."""
+
+import os
+import subprocess
+import sys
+
+from test_cli import REPO, TINY, main_command
+
+
+def run_main(workdir, *flags, env):
+  return subprocess.run(main_command(workdir, *flags), cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=env)
+
+
+def _env(**values):
+  return dict(os.environ, **values)
+
+
+def _onednn_enabled(env) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-c', 'from skinjax import kernels; print(kernels.onednn_enabled())'],
+      cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_training_runs_on_the_xla_path(tmp_path):
+  """The fallback every machine without oneDNN runs, kept tested where oneDNN is on."""
+  result = run_main(tmp_path / 'w', *TINY, '--config.train.num_epochs=1',
+                    env=_env(SKINJAX_CPU_KERNELS='xla'))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (tmp_path / 'w' / 'report' / 'metrics.json').exists()
+  assert 'oneDNN' not in result.stderr
+
+
+def test_a_failed_build_falls_back_with_one_line(tmp_path):
+  """No compiler (or no oneDNN): XLA's path and one line saying why and how to silence it."""
+  broken = _env(SKINJAX_KERNEL_CACHE=str(tmp_path / 'cache'), CXX='/bin/false',
+                SKINJAX_CPU_KERNELS='auto')
+  result = _onednn_enabled(broken)
+  assert result.returncode == 0 and result.stdout.strip() == 'False'
+  warnings = [line for line in result.stderr.splitlines() if 'oneDNN' in line]
+  assert len(warnings) == 1 and 'SKINJAX_CPU_KERNELS=xla' in warnings[0], result.stderr
+
+
+def test_forcing_unavailable_kernels_is_one_error_line(tmp_path):
+  broken = _env(SKINJAX_KERNEL_CACHE=str(tmp_path / 'cache'), CXX='/bin/false',
+                SKINJAX_CPU_KERNELS='onednn')
+  result = run_main(tmp_path / 'w', *TINY, env=broken)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith('error: SKINJAX_CPU_KERNELS=onednn, '
+                                                           'but the oneDNN kernels are unavailable')
+  assert 'Traceback' not in result.stderr
+  result = run_main(tmp_path / 'w2', *TINY, env=_env(SKINJAX_CPU_KERNELS='fast'))
+  assert result.stderr.strip().splitlines()[-1].startswith("error: SKINJAX_CPU_KERNELS='fast' is "
+                                                           'not one of auto, onednn, xla')
