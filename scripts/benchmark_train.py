@@ -2,19 +2,21 @@ r"""Measures the real skinjax train step (classifier head, optimiser, donation) 
 
   python scripts/benchmark_train.py --arch=resnet50 --image_size=224 --batch_size=16 \
       [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] \
-      [--compare=keras[,keras_torch][,torch_resnet50]|torch_reference] \
+      [--compare=xla,keras[,keras_torch][,torch_resnet50]|torch_reference] \
       [--torch_python=PYTHON] [--nodonate] [--json]
 
 It reports steady-state images/s (after a warm-up, timed with block_until_ready), trace and
 compile time (the persistent compilation cache is on, as in training; set
 SKINJAX_COMPILATION_CACHE=off for a cold compile), peak memory, FLOPs per step from XLA's cost
-analysis of the step traced on the pure-JAX path (it counts nothing inside oneDNN's calls), and
+analysis of the step compiled on the pure-JAX path (it counts nothing inside oneDNN's calls), and
 MFU against the higher of two float32 peaks measured in the same run: XLA's matmul and, on CPU, a
 large 1x1 convolution through skinjax's convolution (oneDNN's GEMM kernel when the native CPU
 kernels are on; $SKINJAX_CPU_KERNELS=xla times the pure-JAX path). The batch is split
 over all devices as in training (virtual CPU devices:
 XLA_FLAGS=--xla_force_host_platform_device_count=8).
 
+--compare=xla times skinjax's own step traced with SKINJAX_CPU_KERNELS=xla (XLA's convolutions,
+without the oneDNN kernels) in this process: the before and after of those kernels, side by side.
 --compare=keras builds the same architecture with the same head, loss (sparse cross-entropy) and
 Adam in Keras 3 on JAX (jit_compile=True, train_on_batch) in this process; keras_torch does the
 same in Keras 3 on PyTorch, in a worker process (scripts/keras_step.py) run by --torch_python, an
@@ -72,7 +74,7 @@ _COMPARE = flags.DEFINE_list(
     'compare', [], 'Also time Keras 3 on JAX (keras) and/or on PyTorch (keras_torch), and for '
     'resnet50 a plain PyTorch ResNet50 (torch_resnet50), e.g. '
     '--compare=keras,keras_torch,torch_resnet50; for efficientnet_lite*, the reference PyTorch '
-    'model (torch_reference).')
+    'model (torch_reference); xla: skinjax itself without its native CPU kernels.')
 _TORCH_PYTHON = flags.DEFINE_string(
     'torch_python', sys.executable, 'Interpreter with torch and keras for --compare=keras_torch, '
     'with torch and numpy for --compare=torch_resnet50, or with torch and '
@@ -87,7 +89,7 @@ TORCH_RESNET50_STEP_SCRIPT = pathlib.Path(__file__).with_name('torch_resnet50_st
 LITE_PREFIX = 'efficientnet_lite'
 # The comparisons that run in a worker process.
 WORKERS = ('keras_torch', 'torch_resnet50', 'torch_reference')
-LABELS = {'keras': 'Keras 3 on JAX', 'keras_torch': 'Keras 3 on PyTorch',
+LABELS = {'xla': "skinjax on XLA's convolutions", 'keras': 'Keras 3 on JAX', 'keras_torch': 'Keras 3 on PyTorch',
           'torch_resnet50': 'plain PyTorch ResNet50',
           'torch_reference': 'the reference PyTorch model'}
 
@@ -123,15 +125,6 @@ def conv_peak_flops(channels: int = 1024, repeats: int = 5) -> float:
     out = conv(x, kernel)
   out.block_until_ready()
   return 2 * x.size * channels * repeats / (time.perf_counter() - start)
-
-
-def step_flops(step, state, batch) -> float:
-  """The step's FLOPs as XLA's cost analysis counts them on the pure-JAX path: it counts nothing
-  inside oneDNN's custom calls, so the step is traced (not compiled) once more without them."""
-  with kernels.forced('xla'):
-    cost = jax.jit(step).lower(state, batch).cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', 0.0)) if cost else 0.0
 
 
 def synthetic_batch(batch_size: int, image_size: int) -> dict:
@@ -171,7 +164,11 @@ class SkinjaxStep:
     start = time.perf_counter()
     self.compiled = lowered.compile()  # what the persistent compilation cache saves
     self.compile_s = time.perf_counter() - start
-    self.flops_per_step = step_flops(step, self.state, self.batch)
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # XLA's cost analysis of a partitioned program counts one device's share, and nothing inside
+    # a custom call (see count_flops).
+    self.flops_per_step = float(cost.get('flops', 0.0)) * mesh.devices.size if cost else 0.0
     self.run(2)  # warm-up
 
   def run(self, n: int):
@@ -269,19 +266,20 @@ def main(argv):
   compared = [name for name in _COMPARE.value if name != 'none']
   if unknown := set(compared) - set(LABELS):
     raise app.UsageError(f'--compare: unknown {", ".join(sorted(unknown))}; use keras, keras_torch '
-                         'or both, comma-separated, torch_resnet50 for resnet50, or '
-                         'torch_reference for efficientnet_lite*.')
+                         'or both, comma-separated, torch_resnet50 for resnet50, '
+                         'torch_reference for efficientnet_lite*, or xla (skinjax without its '
+                         'native CPU kernels).')
   if 'torch_resnet50' in compared and _ARCH.value != 'resnet50':
     raise app.UsageError(f'--compare=torch_resnet50: only --arch=resnet50 can use it, not '
                          f'{_ARCH.value}.')
   is_lite = _ARCH.value.startswith(LITE_PREFIX)
-  if is_lite and set(compared) - {'torch_reference'}:
+  if is_lite and set(compared) - {'torch_reference', 'xla'}:
     raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare it with '
                          'its reference PyTorch model: --compare=torch_reference.')
   if not is_lite and 'torch_reference' in compared:
     raise app.UsageError(f'--compare=torch_reference: only the EfficientNet-Lite models have one; '
                          f'compare {_ARCH.value} with keras or keras_torch.')
-  if compared and not is_lite and _ARCH.value not in KERAS_APPLICATIONS:
+  if set(compared) - {'xla'} and not is_lite and _ARCH.value not in KERAS_APPLICATIONS:
     raise app.UsageError(f'--compare: Keras Applications has no {_ARCH.value}; compare one of '
                          f'{", ".join(KERAS_APPLICATIONS)}.')
   if set(compared) & set(WORKERS) and shutil.which(_TORCH_PYTHON.value) is None:
@@ -295,6 +293,14 @@ def main(argv):
              for name in compared if name in WORKERS}
   steps_timed = {'skinjax': SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value),
                  **workers}
+  # The same step without the native kernels: timed with --compare=xla, and in any case the one
+  # whose FLOPs XLA's cost analysis can count (it counts none inside oneDNN's custom calls).
+  counted = steps_timed['skinjax']
+  if 'xla' in compared or (jax.default_backend() == 'cpu' and kernels.onednn_enabled()):
+    with kernels.forced('xla'):
+      counted = SkinjaxStep(_ARCH.value, batch, _DTYPE.value, _DONATE.value)
+    if 'xla' in compared:
+      steps_timed['xla'] = counted
   if 'keras' in compared:
     steps_timed['keras'] = KerasStep(_ARCH.value, np.asarray(batch['image']),
                                      np.asarray(batch['label']), NUM_CLASSES, jit_compile=True)
@@ -317,12 +323,12 @@ def main(argv):
       'dtype': _DTYPE.value, 'donate': _DONATE.value, 'device': str(jax.devices()[0].device_kind),
       'num_devices': jax.device_count(),
       'images_per_sec': images_per_sec, 'trace_s': ours.trace_s, 'compile_s': ours.compile_s,
-      'flops_per_step': ours.flops_per_step,
-      'achieved_flops_per_sec': ours.flops_per_step * images_per_sec / _BATCH_SIZE.value,
+      'flops_per_step': counted.flops_per_step,
+      'achieved_flops_per_sec': counted.flops_per_step * images_per_sec / _BATCH_SIZE.value,
       'matmul_peak_flops_per_sec': matmul_peak, 'conv_peak_flops_per_sec': conv_peak,
       'cpu_kernels': 'onednn' if jax.default_backend() == 'cpu' and kernels.onednn_enabled()
                      else 'xla',
-      'mfu': ours.flops_per_step * images_per_sec / _BATCH_SIZE.value / peak,
+      'mfu': counted.flops_per_step * images_per_sec / _BATCH_SIZE.value / peak,
       'peak_memory_bytes': peak_memory_bytes(),
       'compilation_cache': str(cache) if cache else None,
       'round_seconds': round_times,

@@ -26,7 +26,7 @@ SMALL_RUN = ('scripts/benchmark_train.py', '--arch=small_cnn', '--image_size=32'
 @pytest.fixture(scope='module')
 def one_device_run():
   """The small benchmark on one device, read by the two tests below."""
-  return run_json(*SMALL_RUN)
+  return run_json(*SMALL_RUN, '--compare=xla')
 
 
 def test_benchmark_train_reports_rate_flops_and_mfu(one_device_run):
@@ -35,13 +35,17 @@ def test_benchmark_train_reports_rate_flops_and_mfu(one_device_run):
   assert result['flops_per_step'] > 0 and 0 < result['mfu'] < 1
   assert result['matmul_peak_flops_per_sec'] > 0 and result['conv_peak_flops_per_sec'] > 0
   # oneDNN's custom calls count no FLOPs in XLA's cost analysis: the count comes from the step
-  # traced on the pure-JAX path, so it is there whichever path ran.
+  # compiled on the pure-JAX path, so it is there whichever path ran.
   assert result['cpu_kernels'] == ('onednn' if kernels.onednn_enabled() else 'xla')
+  # --compare=xla: the same step without the native kernels, in alternating rounds.
+  assert len(result['round_seconds']['xla']) == len(result['round_seconds']['skinjax']) == 1
+  assert result['speedup_vs_xla'] == pytest.approx(
+      result['images_per_sec'] / result['xla_images_per_sec'])
   assert result['donate'] is True  # as in training; --nodonate measures what it saves
 
 
 def test_benchmark_train_counts_the_flops_of_all_devices(one_device_run):
-  """The count is of the whole step (traced, not partitioned), whatever the devices."""
+  """XLA's cost analysis of a partitioned step covers one device's share; the script scales it."""
   one = one_device_run
   two = run_json(*SMALL_RUN, env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
   assert (one['num_devices'], two['num_devices']) == (1, 2)

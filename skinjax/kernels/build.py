@@ -76,7 +76,8 @@ def _key(compiler: str, onednn_version: str) -> str:
 
 def _compile(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,
              output: pathlib.Path):
-  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{include_dir}',
+  # -fopenmp: the depthwise kernel gradient's own loop runs on oneDNN's OpenMP runtime (libgomp).
+  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w', f'-I{include_dir}',
              f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(output), f'-L{library_dir}',
              '-ldnnl', f'-Wl,-rpath,{library_dir}']
   result = subprocess.run(command, capture_output=True, text=True)
