@@ -25,15 +25,6 @@ pytestmark = pytest.mark.skipif(
     '(see the warning above); .ci/run sets SKINJAX_CPU_KERNELS=onednn, which fails instead')
 
 
-def _kind(conv: nnx.Conv) -> tuple:
-  kernel_size, in_features = conv.kernel_size, conv.in_features
-  depthwise = conv.feature_group_count == in_features > 1
-  if conv.feature_group_count not in (1, in_features):
-    raise AssertionError(f'a grouped convolution the kernels do not cover: {conv}')
-  strides = conv.strides if isinstance(conv.strides, int) else conv.strides[0]
-  return tuple(kernel_size), strides, conv.padding, 'depthwise' if depthwise else 'dense'
-
-
 # EfficientNetB1-B7 and Lite1-4 are B0's and Lite0's blocks (DEFAULT_BLOCKS_ARGS) scaled in width
 # and depth, so they hold the same kinds of convolution; building B7 alone takes ~6 s.
 SCALED_VARIANT = re.compile(r'efficientnet(b|_lite)[1-9]')
@@ -44,9 +35,7 @@ def _model_conv_kinds() -> tuple:
   """(kernel, stride, padding, grouping) of every convolution in the registered architectures."""
   kinds = set()
   for arch in (a for a in registry.ARCHITECTURES if not SCALED_VARIANT.fullmatch(a)):
-    model = nnx.eval_shape(lambda arch=arch: registry.build_classifier(
-        arch, num_classes=7, dropout_rate=0.0, dtype=jnp.float32, rngs=nnx.Rngs(0)))
-    kinds |= {_kind(module) for _, module in nnx.iter_graph(model) if isinstance(module, nnx.Conv)}
+    kinds |= registry.convolution_kinds(arch)
   return tuple(sorted(kinds, key=repr))
 
 
@@ -128,3 +117,26 @@ def test_kernel_gradient_is_bitwise_reproducible():
     again = jax.device_get(grads(x, kernel, dy, depthwise_kernel, depthwise_dy))
     for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
       np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('kernel_size, strides, padding', [
+    (1, 1, 'SAME'), (3, 2, 'SAME'), (7, 2, 'VALID'), (3, 1, ((1, 0), (2, 1)))])
+def test_conv_with_bias_matches_nnx_conv(kernel_size, strides, padding):
+  """cpu_conv.Conv hands its bias to oneDNN (added in the convolution's pass, its gradient from
+  the kernel gradient's): values and all three gradients equal nnx.Conv's on lax."""
+  options = dict(in_features=8, out_features=12, kernel_size=(kernel_size, kernel_size),
+                 strides=strides, padding=padding)
+  ours, reference = cpu_conv.Conv(**options, rngs=nnx.Rngs(0)), nnx.Conv(**options, rngs=nnx.Rngs(0))
+  reference.bias[...] = ours.bias[...] = _random((12,), 8)
+  x = _random((3, 13, 12, 8), 9)
+
+  def value_and_grads(conv):
+    def loss(conv, x):
+      y = conv(x)
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), (grads, dx) = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True))(conv, x)
+    return y, dx, grads.kernel[...], grads.bias[...]
+
+  assert 'skinjax_conv_forward_bias' in str(jax.make_jaxpr(lambda x: ours(x))(x))
+  for got, want in zip(value_and_grads(ours), value_and_grads(reference)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -25,8 +25,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from skinjax.kernels import build
 
-TARGETS = {'forward': 'SkinjaxConvForward', 'input_grad': 'SkinjaxConvInputGrad',
-           'kernel_grad': 'SkinjaxConvKernelGrad'}
+TARGETS = {'forward': 'SkinjaxConvForward', 'forward_bias': 'SkinjaxConvForwardBias',
+           'input_grad': 'SkinjaxConvInputGrad', 'kernel_grad': 'SkinjaxConvKernelGrad',
+           'kernel_grad_bias': 'SkinjaxConvKernelGradBias'}
 
 
 @functools.cache
@@ -43,25 +44,34 @@ def output_hw(x_shape, kernel_shape, strides, pads):
                for d in range(2))
 
 
-def _call(name, first, second, shape, strides, pads, groups):
-  return jax.ffi.ffi_call(f'skinjax_conv_{name}', jax.ShapeDtypeStruct(shape, jnp.float32),
-                          vmap_method='sequential')(
-      first, second, strides=np.asarray(strides, np.int64),
+def _call(name, operands, shapes, strides, pads, groups):
+  results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
+  out = jax.ffi.ffi_call(f'skinjax_conv_{name}', results if len(results) > 1 else results[0],
+                         vmap_method='sequential')(
+      *operands, strides=np.asarray(strides, np.int64),
       padding=np.asarray([p for pair in pads for p in pair], np.int64), groups=np.int64(groups))
+  return tuple(out) if len(results) > 1 else out
 
 
-# Per-device versions of the three calls, on the local part of the batch.
-def _forward_local(x, kernel, strides, pads, groups):
+# The three calls on one device's part of the batch. `geometry` is (kernel or input shape,
+# strides, pads, groups): static, hashable.
+def _forward_local(x, kernel, *bias, geometry):
+  _, strides, pads, groups = geometry
   shape = (x.shape[0], *output_hw(x.shape, kernel.shape, strides, pads), kernel.shape[3])
-  return _call('forward', x, kernel, shape, strides, pads, groups)
+  return _call('forward_bias' if bias else 'forward', (x, kernel, *bias), [shape], strides, pads,
+               groups)
 
 
-def _input_grad_local(dy, kernel, x_shape, strides, pads, groups):
-  return _call('input_grad', dy, kernel, (dy.shape[0], *x_shape[1:]), strides, pads, groups)
+def _input_grad_local(dy, kernel, *, geometry):
+  x_shape, strides, pads, groups = geometry
+  return _call('input_grad', (dy, kernel), [(dy.shape[0], *x_shape[1:])], strides, pads, groups)
 
 
-def _kernel_grad_local(x, dy, kernel_shape, strides, pads, groups):
-  return _call('kernel_grad', x, dy, kernel_shape, strides, pads, groups)
+def _kernel_grad_local(x, dy, *, geometry, with_bias: bool):
+  kernel_shape, strides, pads, groups = geometry
+  shapes = [kernel_shape, (kernel_shape[3],)] if with_bias else [kernel_shape]
+  return _call('kernel_grad_bias' if with_bias else 'kernel_grad', (x, dy), shapes, strides, pads,
+               groups)
 
 
 def _batch_axes(sharding):
@@ -70,61 +80,76 @@ def _batch_axes(sharding):
   return spec[0] if spec else None
 
 
-def _partitioned(local, *, reduce_batch: bool):
-  """`local(a, b, *static)` as a custom_partitioning op: the batch (axis 0 of both operands) stays
-  split as it comes, everything else is replicated; with `reduce_batch` the result (a kernel
-  gradient) is summed over the batch's devices."""
+def _partitioned(local, *, rule: str, batch_operands: int, sum_over_batch: bool):
+  """`local(*operands, geometry=...)` as a custom_partitioning op. Its first `batch_operands`
+  operands keep the batch (axis 0) split as it comes, the others (kernel, bias) are replicated.
+  The result is split the same way, or, with `sum_over_batch` (the kernel and bias gradients),
+  each device's partial sum is added up over the batch's devices."""
 
-  @functools.partial(custom_partitioning, static_argnums=(2, 3, 4, 5))
-  def op(a, b, shape_arg, strides, pads, groups):
-    return local(a, b, shape_arg, strides, pads, groups)
+  @functools.partial(custom_partitioning, static_argnums=(0,))
+  def op(geometry, *operands):
+    return local(*operands, geometry=geometry)
 
-  def partition(shape_arg, strides, pads, groups, mesh, arg_shapes, result_shape):
+  def shardings(mesh, arg_shapes):
     axes = _batch_axes(arg_shapes[0].sharding)
-    batch = NamedSharding(mesh, P(axes))
-    second = batch if reduce_batch else NamedSharding(mesh, P())
-    result = NamedSharding(mesh, P() if reduce_batch else P(axes))
+    args = tuple(NamedSharding(mesh, P(axes) if i < batch_operands else P())
+                 for i in range(len(arg_shapes)))
+    return axes, args, NamedSharding(mesh, P() if sum_over_batch else P(axes))
 
-    def lower(a, b):
-      out = local(a, b, shape_arg, strides, pads, groups)
-      return jax.lax.psum(out, axes) if reduce_batch and axes else out
+  def partition(geometry, mesh, arg_shapes, result_shape):
+    axes, args, result = shardings(mesh, arg_shapes)
 
-    return mesh, lower, result, (batch, second)
+    def lower(*operands):
+      out = local(*operands, geometry=geometry)
+      return jax.lax.psum(out, axes) if sum_over_batch and axes else out
 
-  def infer(shape_arg, strides, pads, groups, mesh, arg_shapes, result_shape):
-    return NamedSharding(mesh, P() if reduce_batch else P(_batch_axes(arg_shapes[0].sharding)))
+    results = jax.tree.map(lambda _: result, result_shape)
+    return mesh, lower, results, args
 
-  # Factors: b is the batch (shared by both operands, and by the result unless summed over).
-  rule = 'b h w c, b y z o -> i j k p' if reduce_batch else 'b h w c, i j k o -> b y z p'
+  def infer(geometry, mesh, arg_shapes, result_shape):
+    return jax.tree.map(lambda _: shardings(mesh, arg_shapes)[2], result_shape)
+
   op.def_partition(partition=partition, infer_sharding_from_operands=infer, sharding_rule=rule,
-                   reduction_factors=('b',) if reduce_batch else ())
+                   reduction_factors=('b',) if sum_over_batch else ())
   return op
 
 
-def _with_shape_arg(local):
-  return lambda a, b, _unused, strides, pads, groups: local(a, b, strides, pads, groups)
+# Sharding rules: factor b is the batch, shared by the batch-split operands and, unless summed
+# over, the result; every other dimension has a factor of its own.
+_forward = _partitioned(_forward_local, rule='b h w c, i j k o -> b y z p', batch_operands=1,
+                        sum_over_batch=False)
+_forward_bias = _partitioned(_forward_local, rule='b h w c, i j k o, q -> b y z p',
+                             batch_operands=1, sum_over_batch=False)
+_input_grad = _partitioned(_input_grad_local, rule='b y z o, i j k p -> b h w c', batch_operands=1,
+                           sum_over_batch=False)
+_kernel_grad = _partitioned(functools.partial(_kernel_grad_local, with_bias=False),
+                            rule='b h w c, b y z o -> i j k p', batch_operands=2,
+                            sum_over_batch=True)
+_kernel_grad_bias = _partitioned(functools.partial(_kernel_grad_local, with_bias=True),
+                                 rule='b h w c, b y z o -> i j k p, q', batch_operands=2,
+                                 sum_over_batch=True)
 
 
-_forward = _partitioned(_with_shape_arg(_forward_local), reduce_batch=False)
-_input_grad = _partitioned(_input_grad_local, reduce_batch=False)
-_kernel_grad = _partitioned(_kernel_grad_local, reduce_batch=True)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def conv(strides: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]], groups: int,
+         x, kernel, *bias):
+  """NHWC x, HWIO kernel (in-features x.shape[3] // groups), explicit (low, high) pads, and an
+  optional bias of one value per output feature, added in the same pass."""
+  geometry = (kernel.shape, strides, pads, groups)
+  return (_forward_bias if bias else _forward)(geometry, x, kernel, *bias)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv(x, kernel, strides: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
-         groups: int):
-  """NHWC x, HWIO kernel (in-features x.shape[3] // groups), explicit (low, high) pads."""
-  return _forward(x, kernel, None, strides, pads, groups)
-
-
-def _conv_forward(x, kernel, strides, pads, groups):
-  return conv(x, kernel, strides, pads, groups), (x, kernel)
+def _conv_forward(strides, pads, groups, x, kernel, *bias):
+  return conv(strides, pads, groups, x, kernel, *bias), (x, kernel, bool(bias))
 
 
 def _conv_backward(strides, pads, groups, residuals, dy):
-  x, kernel = residuals
-  return (_input_grad(dy, kernel, x.shape, strides, pads, groups),
-          _kernel_grad(x, dy, kernel.shape, strides, pads, groups))
+  x, kernel, with_bias = residuals
+  dx = _input_grad((x.shape, strides, pads, groups), dy, kernel)
+  geometry = (kernel.shape, strides, pads, groups)
+  if with_bias:
+    return (dx, *_kernel_grad_bias(geometry, x, dy))
+  return dx, _kernel_grad(geometry, x, dy)
 
 
 conv.defvjp(_conv_forward, _conv_backward)

@@ -21,6 +21,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <new>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -47,11 +48,13 @@ struct Geometry {
   int64_t oh, ow;              // output
   int64_t groups;
   Dims strides, pad_l, pad_r;  // oneDNN's (top, left) and (bottom, right)
+  bool bias = false;           // the forward pass adds one, the kernel gradient computes its own
 
   auto Key(int kind) const {
     return std::make_tuple(kind, n, h, w, c, kh, kw, o, groups, strides[0], strides[1], pad_l[0],
-                           pad_l[1], pad_r[0], pad_r[1]);
+                           pad_l[1], pad_r[0], pad_r[1], bias);
   }
+  memory::desc Bias() const { return {{o}, kF32, Tag::a}; }
   memory::desc Activations() const { return {{n, c, h, w}, kF32, Tag::nhwc}; }
   memory::desc Outputs() const { return {{n, o, oh, ow}, kF32, Tag::nhwc}; }
   // The caller's HWIO kernel; grouped as (G, O/G, I/G, KH, KW), HWIO is oneDNN's hwigo.
@@ -92,6 +95,10 @@ dnnl::primitive_attr UserScratchpad() {
 }
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g, dnnl::prop_kind prop) {
+  if (g.bias) {
+    return {CpuEngine(), prop, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(),
+            g.Bias(), g.Outputs(), g.strides, g.pad_l, g.pad_r, UserScratchpad()};
+  }
   return {CpuEngine(), prop, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(),
           g.Outputs(), g.strides, g.pad_l, g.pad_r, UserScratchpad()};
 }
@@ -127,9 +134,14 @@ Plan MakePlan(const Geometry& g, Kind kind) {
     plan.scratchpad_md = pd.scratchpad_desc();
   } else {
     auto hint = ForwardDesc(g, dnnl::prop_kind::forward_training);
-    dnnl::convolution_backward_weights::primitive_desc pd(
-        engine, dnnl::algorithm::convolution_direct, g.Activations(), g.AnyKernel(), g.Outputs(),
-        g.strides, g.pad_l, g.pad_r, hint, UserScratchpad());
+    auto pd = g.bias ? dnnl::convolution_backward_weights::primitive_desc(
+                           engine, dnnl::algorithm::convolution_direct, g.Activations(),
+                           g.AnyKernel(), g.Bias(), g.Outputs(), g.strides, g.pad_l, g.pad_r,
+                           hint, UserScratchpad())
+                     : dnnl::convolution_backward_weights::primitive_desc(
+                           engine, dnnl::algorithm::convolution_direct, g.Activations(),
+                           g.AnyKernel(), g.Outputs(), g.strides, g.pad_l, g.pad_r, hint,
+                           UserScratchpad());
     plan.conv = dnnl::convolution_backward_weights(pd);
     plan.kernel_md = pd.diff_weights_desc();
     plan.scratchpad_md = pd.scratchpad_desc();
@@ -212,6 +224,31 @@ ffi::Error Guarded(F&& body) {
   }
 }
 
+ffi::Error RunForward(Geometry g, const float* x, const float* kernel, const float* bias,
+                      float* y) {
+  g.bias = bias != nullptr;
+  return Guarded([&] {
+    const Plan& plan = PlanFor(g, kForward);
+    auto& engine = CpuEngine();
+    dnnl::stream stream(engine);
+    CallMemory owned;
+    memory user_kernel(g.UserKernel(), engine, const_cast<float*>(kernel));
+    memory kernel_mem = user_kernel;
+    if (plan.reorder_kernel) {
+      kernel_mem = owned.Kernel(plan);
+      plan.kernel_reorder.execute(stream, user_kernel, kernel_mem);
+    }
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(g.Activations(), engine, const_cast<float*>(x))},
+        {DNNL_ARG_WEIGHTS, kernel_mem},
+        {DNNL_ARG_DST, memory(g.Outputs(), engine, y)},
+        {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}};
+    if (bias) args.insert({DNNL_ARG_BIAS, memory(g.Bias(), engine, const_cast<float*>(bias))});
+    plan.conv.execute(stream, args);
+    stream.wait();
+  });
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
                    ffi::Span<const int64_t> padding, int64_t groups) {
@@ -221,23 +258,24 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
       e.failure()) {
     return e;
   }
-  return Guarded([&] {
-    const Plan& plan = PlanFor(g, kForward);
-    auto& engine = CpuEngine();
-    dnnl::stream stream(engine);
-    CallMemory owned;
-    memory user_kernel(g.UserKernel(), engine, kernel.typed_data());
-    memory kernel_mem = user_kernel;
-    if (plan.reorder_kernel) {
-      kernel_mem = owned.Kernel(plan);
-      plan.kernel_reorder.execute(stream, user_kernel, kernel_mem);
-    }
-    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Activations(), engine, x.typed_data())},
-                               {DNNL_ARG_WEIGHTS, kernel_mem},
-                               {DNNL_ARG_DST, memory(g.Outputs(), engine, y->typed_data())},
-                               {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}});
-    stream.wait();
-  });
+  return RunForward(g, x.typed_data(), kernel.typed_data(), nullptr, y->typed_data());
+}
+
+// The forward pass with the bias added by oneDNN, in the same pass over the output.
+ffi::Error ForwardBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                       int64_t groups) {
+  Geometry g;
+  if (auto e = ReadGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), strides,
+                            padding, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  if (bias.element_count() != static_cast<size_t>(g.o)) {
+    return ffi::Error::InvalidArgument("onednn conv: the bias must have one value per output");
+  }
+  return RunForward(g, x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data());
 }
 
 // Gradient of the input: the output gradient dy and the kernel in, dx out (x's shape).
@@ -324,6 +362,32 @@ void DepthwiseKernelGrad(const float* x, const float* dy, float* dk, const Geome
   }
 }
 
+ffi::Error RunKernelGrad(Geometry g, const float* x, const float* dy, float* dkernel,
+                         float* dbias) {
+  g.bias = dbias != nullptr;
+  return Guarded([&] {
+    if (!g.bias && HasDepthwiseKernelGrad(g)) {
+      DepthwiseKernelGrad(x, dy, dkernel, g);
+      return;
+    }
+    const Plan& plan = PlanFor(g, kKernelGrad);
+    auto& engine = CpuEngine();
+    dnnl::stream stream(engine);
+    CallMemory owned;
+    memory user_kernel(g.UserKernel(), engine, dkernel);
+    memory kernel_mem = plan.reorder_kernel ? owned.Kernel(plan) : user_kernel;
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, memory(g.Activations(), engine, const_cast<float*>(x))},
+        {DNNL_ARG_DIFF_DST, memory(g.Outputs(), engine, const_cast<float*>(dy))},
+        {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
+        {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}};
+    if (dbias) args.insert({DNNL_ARG_DIFF_BIAS, memory(g.Bias(), engine, dbias)});
+    plan.conv.execute(stream, args);
+    if (plan.reorder_kernel) plan.kernel_reorder.execute(stream, kernel_mem, user_kernel);
+    stream.wait();
+  });
+}
+
 // Gradient of the kernel: the input x and the output gradient dy in, dk out (HWIO).
 ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dkernel, ffi::Span<const int64_t> strides,
@@ -334,43 +398,68 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       e.failure()) {
     return e;
   }
-  return Guarded([&] {
-    if (HasDepthwiseKernelGrad(g)) {
-      DepthwiseKernelGrad(x.typed_data(), dy.typed_data(), dkernel->typed_data(), g);
-      return;
-    }
-    const Plan& plan = PlanFor(g, kKernelGrad);
-    auto& engine = CpuEngine();
-    dnnl::stream stream(engine);
-    CallMemory owned;
-    memory user_kernel(g.UserKernel(), engine, dkernel->typed_data());
-    memory kernel_mem = plan.reorder_kernel ? owned.Kernel(plan) : user_kernel;
-    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(g.Activations(), engine, x.typed_data())},
-                               {DNNL_ARG_DIFF_DST, memory(g.Outputs(), engine, dy.typed_data())},
-                               {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
-                               {DNNL_ARG_SCRATCHPAD, owned.Scratchpad(plan)}});
-    if (plan.reorder_kernel) plan.kernel_reorder.execute(stream, kernel_mem, user_kernel);
-    stream.wait();
-  });
+  return RunKernelGrad(g, x.typed_data(), dy.typed_data(), dkernel->typed_data(), nullptr);
+}
+
+// The same, with the bias gradient (dy summed over everything but the channel) from oneDNN's
+// same pass over dy.
+ffi::Error KernelGradBias(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                          ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> dbias,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                          int64_t groups) {
+  Geometry g;
+  if (auto e = ReadGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), strides,
+                            padding, groups, &g);
+      e.failure()) {
+    return e;
+  }
+  if (dbias->element_count() != static_cast<size_t>(g.o)) {
+    return ffi::Error::InvalidArgument("onednn conv: the bias must have one value per output");
+  }
+  return RunKernelGrad(g, x.typed_data(), dy.typed_data(), dkernel->typed_data(),
+                       dbias->typed_data());
 }
 
 }  // namespace
 
-#define SKINJAX_CONV_BINDING(first, second, result)                   \
-  ffi::Ffi::Bind()                                                    \
-      .Arg<ffi::Buffer<ffi::F32>>()                                   \
-      .Arg<ffi::Buffer<ffi::F32>>()                                   \
-      .Ret<ffi::Buffer<ffi::F32>>()                                   \
-      .Attr<ffi::Span<const int64_t>>("strides")                      \
-      .Attr<ffi::Span<const int64_t>>("padding")                      \
+// Every handler: its buffers, then the attributes described at the top of the file.
+#define SKINJAX_CONV_ATTRIBUTES(binding)                  \
+  binding.Attr<ffi::Span<const int64_t>>("strides")       \
+      .Attr<ffi::Span<const int64_t>>("padding")          \
       .Attr<int64_t>("groups")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvForward, Forward,
-                              SKINJAX_CONV_BINDING(x, kernel, y));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvInputGrad, InputGrad,
-                              SKINJAX_CONV_BINDING(dy, kernel, dx));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SkinjaxConvKernelGrad, KernelGrad,
-                              SKINJAX_CONV_BINDING(x, dy, dkernel));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SkinjaxConvForward, Forward,
+    SKINJAX_CONV_ATTRIBUTES(ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()     // x
+                                .Arg<ffi::Buffer<ffi::F32>>()     // kernel
+                                .Ret<ffi::Buffer<ffi::F32>>()));  // y
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SkinjaxConvForwardBias, ForwardBias,
+    SKINJAX_CONV_ATTRIBUTES(ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()     // x
+                                .Arg<ffi::Buffer<ffi::F32>>()     // kernel
+                                .Arg<ffi::Buffer<ffi::F32>>()     // bias
+                                .Ret<ffi::Buffer<ffi::F32>>()));  // y
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SkinjaxConvInputGrad, InputGrad,
+    SKINJAX_CONV_ATTRIBUTES(ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()     // dy
+                                .Arg<ffi::Buffer<ffi::F32>>()     // kernel
+                                .Ret<ffi::Buffer<ffi::F32>>()));  // dx
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SkinjaxConvKernelGrad, KernelGrad,
+    SKINJAX_CONV_ATTRIBUTES(ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()     // x
+                                .Arg<ffi::Buffer<ffi::F32>>()     // dy
+                                .Ret<ffi::Buffer<ffi::F32>>()));  // dkernel
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SkinjaxConvKernelGradBias, KernelGradBias,
+    SKINJAX_CONV_ATTRIBUTES(ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()     // x
+                                .Arg<ffi::Buffer<ffi::F32>>()     // dy
+                                .Ret<ffi::Buffer<ffi::F32>>()     // dkernel
+                                .Ret<ffi::Buffer<ffi::F32>>()));  // dbias
 
 // The oneDNN version the library was built against, for the build cache's key and the logs.
 extern "C" int64_t skinjax_onednn_version() {

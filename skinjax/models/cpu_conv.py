@@ -36,7 +36,8 @@ from jax import lax
 from skinjax import kernels
 
 # The layout nnx.Conv uses for 2-D inputs: NHWC activations, HWIO kernels.
-_NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ('NHWC', 'HWIO', 'NHWC'))
+_NHWC_HWIO_NAMES = ('NHWC', 'HWIO', 'NHWC')
+_NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC_HWIO_NAMES)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -51,17 +52,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if not _has_fast_path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                         batch_group_count, kwargs):
     return lax.conv_general_dilated(*args, **options)
-  kh, kw, kernel_in, out_features = rhs.shape
-  in_features = lhs.shape[-1]
-  depthwise = feature_group_count == in_features == out_features and kernel_in == 1
-  pads = padding
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
-  pads = tuple((int(low), int(high)) for low, high in pads)
-  if ((feature_group_count == 1 or depthwise) and _is_float32(lhs, rhs, preferred_element_type)
-      and min(min(pads)) >= 0 and kernels.onednn_enabled()):
+  pads = _onednn_pads(lhs, rhs, window_strides, padding, feature_group_count,
+                      preferred_element_type)
+  if pads is not None:
     from skinjax.kernels import conv as native  # noqa: PLC0415 (loaded with the library)
-    return native.conv(lhs, rhs, tuple(window_strides), pads, feature_group_count)
+    return native.conv(tuple(window_strides), pads, feature_group_count, lhs, rhs)
+  kh, kw, kernel_in, out_features = rhs.shape
+  depthwise = _is_depthwise(lhs, rhs, feature_group_count)
   if (kh, kw) == (1, 1) and feature_group_count == 1:
     return _pointwise(lhs, rhs, window_strides, padding, precision, preferred_element_type)
   if depthwise:
@@ -78,6 +75,62 @@ def _has_fast_path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batc
   if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
     return False
   return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC_HWIO
+
+
+def _is_depthwise(lhs, rhs, feature_group_count) -> bool:
+  _, _, kernel_in, out_features = rhs.shape
+  return feature_group_count == lhs.shape[-1] == out_features and kernel_in == 1
+
+
+def _onednn_pads(lhs, rhs, window_strides, padding, feature_group_count, preferred_element_type):
+  """The explicit (low, high) pads when oneDNN takes this NHWC/HWIO convolution, else None.
+
+  oneDNN takes float32 dense and depthwise convolutions with non-negative pads, when its kernels
+  are on ($SKINJAX_CPU_KERNELS) and the backend is the CPU; callers checked the layout.
+  """
+  if not ((feature_group_count == 1 or _is_depthwise(lhs, rhs, feature_group_count))
+          and _is_float32(lhs, rhs, preferred_element_type)):
+    return None
+  pads = padding
+  if isinstance(padding, str):
+    pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+  pads = tuple((int(low), int(high)) for low, high in pads)
+  if min(min(pads)) < 0 or not kernels.onednn_enabled():
+    return None
+  return pads
+
+
+class Conv(nnx.Conv):
+  """nnx.Conv whose bias, where oneDNN runs the convolution, is added by oneDNN in the same pass
+  (and its gradient comes from the kernel gradient's pass over dy): one pass over the output
+  less, forward and backward. The parameters and every other case are nnx.Conv's own."""
+
+  def __call__(self, inputs, out_sharding=None):
+    if (self.bias is None or out_sharding is not None or self.mask is not None
+        or self.dtype not in (None, jnp.float32) or not _lax_padding(self.padding)
+        or not _has_fast_path(inputs, self.kernel[...], _pair(self.input_dilation),
+                              _pair(self.kernel_dilation), _NHWC_HWIO_NAMES, 1, {})):
+      return super().__call__(inputs, out_sharding)
+    kernel, bias, strides = self.kernel[...], self.bias[...], _pair(self.strides)
+    pads = _onednn_pads(inputs, kernel, strides, self.padding, self.feature_group_count, None)
+    if pads is None or bias.dtype != jnp.float32:
+      return super().__call__(inputs, out_sharding)
+    from skinjax.kernels import conv as native  # noqa: PLC0415 (loaded with the library)
+    return native.conv(strides, pads, self.feature_group_count, inputs, kernel, bias)
+
+
+def _lax_padding(padding) -> bool:
+  """Whether nnx.Conv hands this padding to the convolution unchanged: 'SAME', 'VALID' or pairs."""
+  if isinstance(padding, str):
+    return padding in ('SAME', 'VALID')
+  return (not isinstance(padding, int) and len(padding) == 2
+          and all(not isinstance(pair, int) and len(pair) == 2 for pair in padding))
+
+
+def _pair(value) -> tuple[int, int]:
+  if value is None:
+    return (1, 1)
+  return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _is_float32(lhs, rhs, preferred_element_type) -> bool:

@@ -73,10 +73,10 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
 
 def _conv(in_features, out_features, kernel_size, *, strides=1, padding='SAME', use_bias=False,
           dtype, rngs, **kwargs) -> nnx.Conv:
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
-                  padding=padding, use_bias=use_bias, kernel_init=CONV_KERNEL_INIT, dtype=dtype,
-                  param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated,
-                  rngs=rngs, **kwargs)
+  return cpu_conv.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
+                       padding=padding, use_bias=use_bias, kernel_init=CONV_KERNEL_INIT,
+                       dtype=dtype, param_dtype=jnp.float32,
+                       conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs, **kwargs)
 
 
 class Normalization(nnx.Module):

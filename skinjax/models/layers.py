@@ -94,10 +94,10 @@ GLOROT_UNIFORM = nnx.initializers.glorot_uniform()
 def conv(in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
          padding='SAME', use_bias: bool = True, dtype, rngs: nnx.Rngs) -> nnx.Conv:
   """Keras `Conv2D` defaults: glorot-uniform kernel, zero bias, float32 parameters."""
-  return nnx.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
-                  padding=padding, use_bias=use_bias, kernel_init=GLOROT_UNIFORM, dtype=dtype,
-                  param_dtype=jnp.float32, conv_general_dilated=cpu_conv.conv_general_dilated,
-                  rngs=rngs)
+  return cpu_conv.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
+                       padding=padding, use_bias=use_bias, kernel_init=GLOROT_UNIFORM,
+                       dtype=dtype, param_dtype=jnp.float32,
+                       conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs)
 
 
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:

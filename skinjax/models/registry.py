@@ -169,3 +169,19 @@ def build_classifier(
   """A `Classifier` on the `arch` backbone; `dtype` is the compute dtype, params stay float32."""
   backbone = build_backbone(arch, dtype=dtype, rngs=rngs, **backbone_kwargs)
   return Classifier(backbone, num_classes=num_classes, dropout_rate=dropout_rate, rngs=rngs)
+
+
+def convolution_kinds(arch: str) -> set[tuple]:
+  """(kernel size, stride, padding, 'dense' or 'depthwise') of each convolution in `arch`: what
+  the CPU convolution kernels must cover (read from a shape-only model, nothing initialised)."""
+  model = nnx.eval_shape(lambda: build_backbone(arch, rngs=nnx.Rngs(0)))
+  kinds = set()
+  for _, conv in nnx.iter_graph(model):
+    if not isinstance(conv, nnx.Conv):
+      continue
+    if conv.feature_group_count not in (1, conv.in_features):
+      raise ValueError(f'{arch} has a grouped convolution that is neither dense nor depthwise')
+    grouping = 'depthwise' if conv.feature_group_count == conv.in_features > 1 else 'dense'
+    stride = conv.strides if isinstance(conv.strides, int) else conv.strides[0]
+    kinds.add((tuple(conv.kernel_size), stride, conv.padding, grouping))
+  return kinds
