@@ -60,10 +60,14 @@ def measure(kind, rng) -> dict:
   out_shape = jax.eval_shape(lambda: lax.conv_general_dilated(
       x, kernel, *args[:2], dimension_numbers=DIMENSIONS, feature_group_count=groups)).shape
   dy = jnp.asarray(rng.standard_normal(out_shape), jnp.float32)
-  step = lambda x, k, dy: _value_and_grads(cpu_conv.conv_general_dilated, x, k, *args, dy)  # noqa: E731
-  onednn = jax.jit(step)
-  with kernels.forced('xla'):  # traced and compiled now, without the native kernels
-    xla = jax.jit(step).lower(x, kernel, dy).compile()
+  def step(x, k, dy):
+    return _value_and_grads(cpu_conv.conv_general_dilated, x, k, *args, dy)
+
+  # Each compiled now, from its own trace: jax.jit caches traces per function, so two jits of one
+  # function would share the first one's choice of path.
+  onednn = jax.jit(step).lower(x, kernel, dy).compile()
+  with kernels.forced('xla'):
+    xla = jax.jit(lambda *a: step(*a)).lower(x, kernel, dy).compile()
   ours = onednn(x, kernel, dy)
   reference = _value_and_grads(lax.conv_general_dilated, x, kernel, *args, dy)
   magnitude = _value_and_grads(lax.conv_general_dilated, jnp.abs(x), jnp.abs(kernel), *args,
