@@ -132,19 +132,6 @@ def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
   np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
-def test_onednn_takes_float32_dense_and_depthwise_only(cpu_kernels):
-  lhs = _random((1, 8, 8, 4), 6)
-  def lowered(rhs, groups, dtype=jnp.float32):
-    return str(jax.make_jaxpr(lambda x, w: cpu_conv.conv_general_dilated(
-        x, w, (1, 1), 'SAME', dimension_numbers=NHWC_HWIO, feature_group_count=groups))(
-            lhs.astype(dtype), rhs.astype(dtype)))
-  native = 'skinjax_conv_forward'
-  assert (native in lowered(_random((3, 3, 4, 6), 7), 1)) == (cpu_kernels == 'onednn')
-  assert (native in lowered(_random((3, 3, 1, 4), 7), 4)) == (cpu_kernels == 'onednn')
-  assert native not in lowered(_random((3, 3, 2, 6), 7), 2)  # grouped, not depthwise
-  assert native not in lowered(_random((3, 3, 4, 6), 7), 1, jnp.bfloat16)
-
-
 @pytest.mark.parametrize('window, strides, padding', [((2, 2), (2, 2), 'VALID'),
                                                       ((3, 3), (2, 2), 'SAME')])
 def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, strides, padding):

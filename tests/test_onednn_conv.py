@@ -6,7 +6,12 @@ size so that TF's "SAME" gives both its symmetric and its asymmetric (0, 1) pads
 """
 
 import functools
+import json
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +145,44 @@ def test_conv_with_bias_matches_nnx_conv(kernel_size, strides, padding):
   assert 'skinjax_conv_forward_bias' in str(jax.make_jaxpr(lambda x: ours(x))(x))
   for got, want in zip(value_and_grads(ours), value_and_grads(reference)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+_PER_DEVICE_SCRIPT = r"""
+import json, re
+import jax, jax.numpy as jnp, numpy as np
+from skinjax.models import cpu_conv
+from skinjax.runtime import sharding
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((16, 12, 12, 8)), jnp.float32)
+kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
+def loss(x, kernel):
+  y = cpu_conv.conv_general_dilated(x, kernel, (2, 2), 'SAME',
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jnp.sum(jnp.sin(y))
+step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+out = {}
+for n in (1, 8):
+  mesh = sharding.data_mesh(jax.devices()[:n])
+  args = (jax.device_put(x, sharding.batch_sharding(mesh)),
+          jax.device_put(kernel, sharding.replicated(mesh)))
+  out[n] = jax.device_get(step(*args))
+hlo = step.lower(*args).compile().as_text()
+calls = [line for line in hlo.splitlines() if 'custom_call_target="skinjax_conv' in line]
+print(json.dumps({
+    'batches': sorted({int(m) for line in calls for m in re.findall(r'f32\[(\d+),12,12,8\]', line)}),
+    'calls': len(calls), 'all_gather': 'all-gather' in hlo,
+    'difference': max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(out[1]),
+                                                                    jax.tree.leaves(out[8])))}))
+"""
+
+
+def test_each_device_convolves_its_own_part_of_the_batch():
+  """With the batch split over 8 devices, every custom call sees 16 / 8 = 2 images, nothing is
+  gathered, and the values and gradients are the one-device ones."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _PER_DEVICE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['calls'] == 3 and report['batches'] == [2] and not report['all_gather']
+  assert report['difference'] < 1e-4

@@ -460,9 +460,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
                                 .Arg<ffi::Buffer<ffi::F32>>()     // dy
                                 .Ret<ffi::Buffer<ffi::F32>>()     // dkernel
                                 .Ret<ffi::Buffer<ffi::F32>>()));  // dbias
-
-// The oneDNN version the library was built against, for the build cache's key and the logs.
-extern "C" int64_t skinjax_onednn_version() {
-  const dnnl_version_t* v = dnnl_version();
-  return v->major * 10000 + v->minor * 100 + v->patch;
-}
