@@ -3,8 +3,11 @@
 Run (this is what `make demo` does):
   python -m skinjax.main --config=configs/demo.py --workdir=runs/demo
 
-It gave (2-core CPU, 23 s): test balanced accuracy 0.848, accuracy 0.971, macro-F1 0.823,
-macro AUC 1.000 on 140 synthetic images (chance: 0.143).
+It gave (2-core CPU, 10 s with the compilation cache warm): test balanced accuracy 0.905, accuracy
+0.986, macro-F1 0.908, macro AUC 1.000 on 140 synthetic images (chance: 0.143). With
+SKINJAX_CPU_KERNELS=xla (XLA's convolutions, as before the oneDNN kernels): 0.848, 0.971, 0.823,
+1.000; the two differ by float32 rounding, which a 5-epoch run amplifies, here into one vasc image
+of the 3 in the test split.
 """
 
 from configs import base
