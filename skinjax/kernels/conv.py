@@ -140,14 +140,14 @@ def conv(strides: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]
 
 
 def _conv_forward(strides, pads, groups, x, kernel, *bias):
-  return conv(strides, pads, groups, x, kernel, *bias), (x, kernel, bool(bias))
+  return conv(strides, pads, groups, x, kernel, *bias), (x, kernel, bias)
 
 
 def _conv_backward(strides, pads, groups, residuals, dy):
-  x, kernel, with_bias = residuals
+  x, kernel, bias = residuals
   dx = _input_grad((x.shape, strides, pads, groups), dy, kernel)
   geometry = (kernel.shape, strides, pads, groups)
-  if with_bias:
+  if bias:
     return (dx, *_kernel_grad_bias(geometry, x, dy))
   return dx, _kernel_grad(geometry, x, dy)
 

@@ -1,9 +1,10 @@
 """A drop-in `lax.conv_general_dilated` that is much faster for training on CPU.
 
 Float32 2-D convolutions (groups 1 or depthwise) go to oneDNN's primitives through jax.ffi
-(skinjax.kernels), forward and backward: 1.5-15x faster than what follows, per layer. Where those
-kernels are unavailable or switched off ($SKINJAX_CPU_KERNELS=xla), and for bfloat16, the
-pure-JAX rewrites below remain; they are also what the other backends never use.
+(skinjax.kernels), forward and backward: 2-12x faster per layer than the rewrites below
+(scripts/benchmark_conv.py), and `Conv` lets oneDNN add the bias too. Where those kernels are
+unavailable or switched off ($SKINJAX_CPU_KERNELS=xla), and for bfloat16, the pure-JAX rewrites
+below do the work. Other backends get lax.conv_general_dilated unchanged.
 
 XLA's CPU convolution emitter is slow for two kinds of convolution that dominate the backbones'
 FLOPs or time, and slower still for their gradients:
