@@ -1,8 +1,9 @@
 """oneDNN's 2-D convolutions (NHWC/HWIO float32, groups 1 or depthwise) inside jitted JAX code.
 
-`conv(x, kernel, strides, pads, groups)` computes what `lax.conv_general_dilated` computes, with
-a custom gradient whose two halves (input and kernel gradients) are oneDNN primitives too. Each
-of the three is an XLA FFI custom call to skinjax/kernels/onednn_conv.cc.
+`conv(strides, pads, groups, x, kernel[, bias])` computes what `lax.conv_general_dilated`
+computes (plus the bias, added in the same pass), with a custom gradient whose two halves (the
+input gradient, and the kernel and bias gradients) are oneDNN primitives too. Each is an XLA FFI
+custom call to skinjax/kernels/onednn_conv.cc.
 
 Several devices: XLA cannot split a custom call it knows nothing about, so it would gather the
 whole batch onto every device. `custom_partitioning` tells it how: each device convolves its own
@@ -53,7 +54,7 @@ def _call(name, operands, shapes, strides, pads, groups):
   return tuple(out) if len(results) > 1 else out
 
 
-# The three calls on one device's part of the batch. `geometry` is (kernel or input shape,
+# The calls on one device's part of the batch. `geometry` is (kernel or input shape,
 # strides, pads, groups): static, hashable.
 def _forward_local(x, kernel, *bias, geometry):
   _, strides, pads, groups = geometry
