@@ -52,3 +52,13 @@ def test_forcing_unavailable_kernels_is_one_error_line(tmp_path):
   result = run_main(tmp_path / 'w2', *TINY, env=_env(SKINJAX_CPU_KERNELS='fast'))
   assert result.stderr.strip().splitlines()[-1].startswith("error: SKINJAX_CPU_KERNELS='fast' is "
                                                            'not one of auto, onednn, xla')
+
+
+def test_an_unwritable_build_cache_falls_back_with_one_line(tmp_path):
+  """A read-only home must not stop training: XLA's path and a line naming the variable."""
+  blocker = tmp_path / 'file'
+  blocker.write_text('')  # a file where the cache folder should be: mkdir fails as when read-only
+  result = _onednn_enabled(_env(SKINJAX_KERNEL_CACHE=str(blocker / 'cache'),
+                                SKINJAX_CPU_KERNELS='auto'))
+  assert result.returncode == 0 and result.stdout.strip() == 'False', result.stderr
+  assert 'SKINJAX_KERNEL_CACHE' in result.stderr and 'Traceback' not in result.stderr

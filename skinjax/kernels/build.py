@@ -87,6 +87,20 @@ def _compile(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path
     raise Unavailable(f'building {SOURCE.name} failed: {first_error}')
 
 
+def _build_once(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,
+                target: pathlib.Path):
+  """Builds into a staging folder and renames into place: no half-written library is ever seen,
+  and two processes starting at once (test workers, hosts sharing a home) build it once."""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with open(target.parent / '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not target.exists():
+      with tempfile.TemporaryDirectory(dir=target.parent) as staging:
+        built = pathlib.Path(staging) / LIBRARY_NAME
+        _compile(compiler, library_dir, include_dir, built)
+        built.rename(target)
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
   """The built library, loaded (built first if this source, jaxlib and oneDNN have no build)."""
@@ -100,15 +114,11 @@ def library() -> ctypes.CDLL:
   folder = _cache_root() / _key(compiler, version)
   target = folder / LIBRARY_NAME
   if not target.exists():
-    folder.mkdir(parents=True, exist_ok=True)
-    # Two processes starting at once (test workers, hosts sharing a home) build it once.
-    with open(folder / '.lock', 'w') as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not target.exists():
-        with tempfile.TemporaryDirectory(dir=folder) as staging:
-          built = pathlib.Path(staging) / LIBRARY_NAME
-          _compile(compiler, runtime.parent, include_dir, built)
-          built.rename(target)
+    try:
+      _build_once(compiler, runtime.parent, include_dir, target)
+    except OSError as error:  # e.g. a read-only home
+      raise Unavailable(f'cannot write the build to {folder} ({error.strerror}); point '
+                        f'${CACHE_ENV_VAR} at a writable folder') from None
   try:
     return ctypes.CDLL(str(target))
   except OSError as error:
