@@ -92,8 +92,7 @@ def main(argv):
     raise app.UsageError('the oneDNN kernels are not in use here (CPU only; see the warning above '
                          f'or set {kernels.ENV_VAR}=onednn to see why).')
   rng = np.random.default_rng(0)
-  kinds = set().union(*(registry.convolution_kinds(arch) for arch in registry.ARCHITECTURES))
-  rows = [measure(kind, rng) for kind in sorted(kinds, key=repr)]
+  rows = [measure(kind, rng) for kind in registry.all_convolution_kinds()]
   if _JSON.value:
     for row in rows:
       print(json.dumps(row))

@@ -137,3 +137,17 @@ def test_benchmark_train_comparison_errors_name_the_fix(tmp_path):
   assert 'compare it with its reference PyTorch model: --compare=torch_reference' in stderr
   stderr = run_failing('scripts/benchmark_train.py', '--arch=vgg16', '--compare=torch_reference')
   assert 'only the EfficientNet-Lite models have one' in stderr
+
+
+def test_benchmark_conv_reports_each_kind_of_convolution():
+  if not kernels.onednn_enabled():
+    pytest.skip('LOUD SKIP: the oneDNN kernels are unavailable here')
+  result = subprocess.run([sys.executable, 'scripts/benchmark_conv.py', '--batch_size=2',
+                           '--size=9', '--channels=16', '--repeats=1', '--json'], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+  assert len(rows) == 13 and {row['grouping'] for row in rows} == {'dense', 'depthwise'}
+  for row in rows:  # the same sums as lax.conv_general_dilated, to float32 rounding
+    assert max(row[f'max_error_{part}'] for part in ('forward', 'input_grad', 'kernel_grad')) < 1e-5
+    assert row['onednn_ms'] > 0 and row['xla_ms'] > 0

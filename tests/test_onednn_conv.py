@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 
@@ -30,18 +29,9 @@ pytestmark = pytest.mark.skipif(
     '(see the warning above); .ci/run sets SKINJAX_CPU_KERNELS=onednn, which fails instead')
 
 
-# EfficientNetB1-B7 and Lite1-4 are B0's and Lite0's blocks (DEFAULT_BLOCKS_ARGS) scaled in width
-# and depth, so they hold the same kinds of convolution; building B7 alone takes ~6 s.
-SCALED_VARIANT = re.compile(r'efficientnet(b|_lite)[1-9]')
-
-
 @functools.cache
 def _model_conv_kinds() -> tuple:
-  """(kernel, stride, padding, grouping) of every convolution in the registered architectures."""
-  kinds = set()
-  for arch in (a for a in registry.ARCHITECTURES if not SCALED_VARIANT.fullmatch(a)):
-    kinds |= registry.convolution_kinds(arch)
-  return tuple(sorted(kinds, key=repr))
+  return registry.all_convolution_kinds()
 
 
 def test_the_models_use_the_kinds_the_issue_lists():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -185,3 +186,14 @@ def convolution_kinds(arch: str) -> set[tuple]:
     stride = conv.strides if isinstance(conv.strides, int) else conv.strides[0]
     kinds.add((tuple(conv.kernel_size), stride, conv.padding, grouping))
   return kinds
+
+
+def all_convolution_kinds() -> tuple[tuple, ...]:
+  """`convolution_kinds` over every registered architecture, sorted. EfficientNetB1-B7 and
+  Lite1-4 are B0's and Lite0's blocks scaled in width and depth, so they hold the same kinds and
+  are skipped (building B7 alone takes ~6 s)."""
+  scaled = re.compile(r'efficientnet(b|_lite)[1-9]')
+  kinds = set()
+  for arch in (a for a in ARCHITECTURES if not scaled.fullmatch(a)):
+    kinds |= convolution_kinds(arch)
+  return tuple(sorted(kinds, key=repr))
