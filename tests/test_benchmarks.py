@@ -83,7 +83,7 @@ def _worker_case(compare, arch, env_var, needs):
 
 @pytest.mark.parametrize('compare, arch, env_var', [
     _worker_case('keras_torch', 'vgg16', 'SKINJAX_TORCH_PYTHON', 'torch and keras'),
-    # Two workers in one run, as the README's resnet50 table compares them.
+    # Two workers in one run, as docs/performance.md's resnet50 table compares them.
     _worker_case('keras_torch,torch_resnet50', 'resnet50', 'SKINJAX_TORCH_PYTHON',
                  'torch and keras'),
     _worker_case('torch_reference', 'efficientnet_lite0', 'SKINJAX_LITE_REFERENCE_PYTHON',
