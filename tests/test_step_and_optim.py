@@ -16,7 +16,6 @@ from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.runtime import steps
 from skinjax.training import optim
-from skinjax.training import train
 from tests.conftest import tiny_config
 
 
@@ -33,15 +32,13 @@ def run_steps(phase, unfreeze='all', num_steps=3):
   config = tiny_config(**{'train.unfreeze': unfreeze, 'train.freeze_backbone_epochs': 1,
                           'train.num_epochs': 3, 'train.warmup_epochs': 0.0})
   model = build('phase2')
-  groups = optim.trainable_backbone_groups(model.backbone.layer_groups(), unfreeze)
-  train._set_mode(model, phase, groups)  # the modes the trainer compiles each phase with
+  plan = optim.PhasePlan.create(model, unfreeze, phase_two_start=5)
+  plan.set_mode(model, phase)  # the modes the trainer compiles each phase with
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optim.make_optimizer(config, params, trainable_groups=groups, phase=phase, steps_per_epoch=5)
-  labels = optim.param_labels(params, groups)
-  trainable = jax.tree.map(lambda lab: lab == optim.HEAD or (phase == 2 and lab == optim.BACKBONE),
-                           labels)
+  tx = optim.make_optimizer(config, plan, steps_per_epoch=5, phase=phase)
   step = jax.jit(steps.make_train_step(
-      graphdef, tx, normalise=lambda x: preprocessing.normalize(x, 'unit'), trainable_mask=trainable,
+      graphdef, tx, normalise=lambda x: preprocessing.normalize(x, 'unit'),
+      trainable_mask=plan.trainable(phase),
       class_weights=jnp.ones(7), label_smoothing=0.1, dropout_key=jax.random.key(0)))
   state = steps.TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
   rng = np.random.default_rng(0)
@@ -72,7 +69,7 @@ def test_phase_two_unfreezes_only_the_last_blocks():
   assert not any(v for k, v in param_changes.items() if k.startswith("['backbone']['stage1']"))
   assert all(v for k, v in param_changes.items() if k.startswith("['backbone']['stage2']"))
   assert all(v for k, v in param_changes.items() if k.startswith("['head']"))
-  # The frozen block runs in inference mode (issue 15): its moving statistics stay bit-identical
+  # The frozen block runs in inference mode: its moving statistics stay bit-identical
   # while the unfrozen block's move in training mode.
   assert not any(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage1']"))
   assert all(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage2']"))
@@ -80,12 +77,12 @@ def test_phase_two_unfreezes_only_the_last_blocks():
 
 def test_phase_two_runs_frozen_blocks_in_inference_mode():
   model = build('phase2')
-  train._set_mode(model, 2, optim.trainable_backbone_groups(model.backbone.layer_groups(), '1'))
+  optim.PhasePlan.create(model, '1', phase_two_start=0).set_mode(model, 2)
   stage1, stage2 = model.backbone.stage1, model.backbone.stage2
   assert stage1.bn1.use_running_average and stage1.bn2.use_running_average
   assert not stage2.bn1.use_running_average and not stage2.bn2.use_running_average
   assert not model.head_dropout.deterministic
-  train._set_mode(model, 2, set(model.backbone.layer_groups()))  # unfreeze='all'
+  optim.PhasePlan.create(model, 'all', phase_two_start=0).set_mode(model, 2)
   assert not stage1.bn1.use_running_average
 
 
@@ -101,19 +98,24 @@ def test_weight_decay_applies_to_kernels_only():
   assert optim.decay_mask(params) == {'conv': {'kernel': True, 'bias': False}, 'bn': {'scale': False}}
 
 
-def test_entering_phase_two_keeps_the_head_moments():
+def test_phase_one_holds_the_backbone_state_in_the_one_layout():
+  """Phase 1 moves the head's moments and count; the backbone's stay as initialised."""
   config = tiny_config(**{'train.freeze_backbone_epochs': 1, 'train.num_epochs': 3})
   model = build('phase2')
   params = nnx.state(model, nnx.Param)
-  groups = set(model.backbone.layer_groups())
-  tx1, tx2 = (optim.make_optimizer(config, params, trainable_groups=groups, phase=p,
-                                   steps_per_epoch=5) for p in (1, 2))
+  plan = optim.PhasePlan.create(model, 'all', phase_two_start=5)
+  tx1, tx2 = (optim.make_optimizer(config, plan, steps_per_epoch=5, phase=p) for p in (1, 2))
+  fresh = tx1.init(params)
+  assert jax.tree.structure(fresh) == jax.tree.structure(tx2.init(params))
   grads = jax.tree.map(jnp.ones_like, params)
-  state1 = tx1.update(grads, tx1.init(params), params)[1]
-  state2 = optim.enter_phase_two(state1, tx2, params)
-  assert jax.tree.structure(state2) == jax.tree.structure(tx2.init(params))
-  head_mu = lambda s: s[1].inner_states['head'].inner_state[0].mu  # noqa: E731
-  np.testing.assert_array_equal(jax.tree.leaves(head_mu(state2))[0], jax.tree.leaves(head_mu(state1))[0])
+  updates, after = tx1.update(grads, fresh, params)
+  group = lambda s, name: s[1].inner_states[name].inner_state  # noqa: E731
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(group(after, optim.BACKBONE)),
+                                                  jax.tree.leaves(group(fresh, optim.BACKBONE))))
+  assert int(group(after, optim.HEAD)[0].count) == 1
+  assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(group(after, optim.HEAD)[0].mu),
+                                                      jax.tree.leaves(group(fresh, optim.HEAD)[0].mu)))
+  assert not any(np.any(u) for u in jax.tree.leaves(updates['backbone']))
 
 
 @pytest.mark.parametrize('mode', ['inverse_freq', 'sqrt_inverse_freq'])
@@ -149,8 +151,8 @@ config = tiny_config(**{'train.optimizer': 'sgd', 'train.learning_rate': 0.05, '
 model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.2, rngs=nnx.Rngs(0))
 model.train()
 graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-tx = optim.make_optimizer(config, params, trainable_groups=set(model.backbone.layer_groups()),
-                          phase=2, steps_per_epoch=10)
+tx = optim.make_optimizer(config, optim.PhasePlan.create(model, 'all', phase_two_start=0),
+                          steps_per_epoch=10)
 step_fn = steps.make_train_step(
     graphdef, tx, normalise=lambda x: preprocessing.normalize(x, 'unit'),
     trainable_mask=jax.tree.map(lambda _: True, params), class_weights=jnp.ones(7),

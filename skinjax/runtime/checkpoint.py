@@ -103,20 +103,16 @@ class RunCheckpoints:
     """{'head/kernel': shape, ...} of a checkpoint's parameters, read from metadata only."""
     kind, step = self.locate(which)
     item = 'model' if kind == 'best' else 'state'
+    return _array_shapes(self._metadata(kind, step, item)['params'])
+
+  def latest_state_size(self) -> int:
+    """How many arrays the latest train state holds (its optimiser layout), from metadata only."""
+    return len(jax.tree.leaves(self._metadata('latest', self.latest.latest_step(), 'state')))
+
+  def _metadata(self, kind: str, step: int, item: str):
     # The item's handler reads its own metadata file; no arrays are loaded.
-    metadata = ocp.StandardCheckpointHandler().metadata(
+    return ocp.StandardCheckpointHandler().metadata(
         getattr(self, kind).directory / str(step) / item)
-    shapes = {}
-
-    def visit(node, path):
-      if hasattr(node, 'shape'):
-        shapes['/'.join(p for p in path if p != 'value')] = tuple(node.shape)
-      elif isinstance(node, dict):
-        for key, child in node.items():
-          visit(child, (*path, str(key)))
-
-    visit(metadata['params'], ())
-    return shapes
 
   def restore_model(self, which: str, abstract_params, abstract_rest):
     """Model variables from 'best', 'latest' or a step number of either."""
@@ -135,6 +131,21 @@ class RunCheckpoints:
     for manager in (self.latest, self.best):
       manager.wait_until_finished()
       manager.close()
+
+
+def _array_shapes(metadata) -> dict[str, tuple[int, ...]]:
+  """{'a/b/c': shape} of every array in a checkpoint item's metadata tree."""
+  shapes = {}
+
+  def visit(node, path):
+    if hasattr(node, 'shape'):
+      shapes['/'.join(p for p in path if p != 'value')] = tuple(node.shape)
+    elif isinstance(node, dict):
+      for key, child in node.items():
+        visit(child, (*path, str(key)))
+
+  visit(metadata, ())
+  return shapes
 
 
 def abstract(tree, sharding):

@@ -1,18 +1,72 @@
-"""Optimiser, learning-rate schedules and the parameter groups that decide what trains.
+"""Optimiser, learning-rate schedules and the plan of what trains when.
 
 Every parameter gets one of three labels, and `optax.multi_transform` routes it:
   head      the classifier head, trained in both phases at the base learning rate;
   backbone  the part of the backbone that phase 2 unfreezes, at lr * backbone_lr_multiplier;
   frozen    never trained (`config.train.unfreeze` = N keeps all but the last N blocks here).
-During phase 1 (`freeze_backbone_epochs`) the backbone group is routed to `optax.set_to_zero`, so
-XLA prunes the backbone's gradient computation entirely.
+The optimiser state has one layout from step 0 to the end, so a checkpoint of any step restores
+into it whatever the config says about phases. During phase 1 (`freeze_backbone_epochs`) the
+backbone group's state is held as initialised: its moments stay zero and its schedule's count 0,
+so phase 2 starts it fresh, warming up again over the rest of the run.
 """
 
+import dataclasses
+from typing import Any
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+from flax import nnx
 
 HEAD, BACKBONE, FROZEN = 'head', 'backbone', 'frozen'
+
+@dataclasses.dataclass(frozen=True)
+class PhasePlan:
+  """Which parameters train at each step, and in which mode each module runs.
+
+  The one definition of "frozen": a backbone group outside `trainable_groups` is FROZEN; it never
+  trains and always runs in inference mode. Phase 1 (steps before `phase_two_start`) trains the
+  head only, with the whole backbone in inference mode (frozen BatchNorm statistics, as Keras
+  runs a non-trainable BatchNorm). Phase 2 trains the head and the BACKBONE groups.
+  """
+  labels: Any  # a pytree like the params: HEAD, BACKBONE or FROZEN per leaf
+  trainable_groups: frozenset[str]
+  phase_two_start: int
+
+  @classmethod
+  def create(cls, model: nnx.Module, unfreeze: str, phase_two_start: int) -> 'PhasePlan':
+    """The plan for `model` (abstract is enough): its backbone groups and `config.train.unfreeze`."""
+    groups = frozenset(trainable_backbone_groups(model.backbone.layer_groups(), unfreeze))
+    return cls(param_labels(nnx.state(model, nnx.Param), groups), groups, phase_two_start)
+
+  def phase(self, step: int) -> int:
+    return 1 if step < self.phase_two_start else 2
+
+  def trainable(self, phase: int):
+    """A pytree like the params: whether the phase's step may change each leaf."""
+    allowed = {1: {HEAD}, 2: {HEAD, BACKBONE}}[phase]
+    return jax.tree.map(lambda label: label in allowed, self.labels)
+
+  def set_mode(self, model: nnx.Module, phase: int | str) -> nnx.Module:
+    """Modes for phase 1, 2 or 'eval' (everything in inference mode), set in place.
+
+    Frozen groups stay in inference mode in phase 2 too: in training mode they would normalise
+    with batch statistics, and the train step, which writes back every non-Param variable, would
+    let their moving statistics drift although no optimiser touches them. Their drop-connect
+    stays off too, as in phase 1.
+    """
+    if phase == 'eval':
+      model.eval()
+      return model
+    model.train()
+    if phase == 1:
+      model.backbone.eval()
+      return model
+    for name, child in nnx.iter_children(model.backbone):
+      if name not in self.trainable_groups:
+        child.eval()
+    return model
 
 
 def trainable_backbone_groups(layer_groups: list[str], unfreeze: str) -> set[str]:
@@ -68,38 +122,62 @@ def _base_optimizer(config: ml_collections.ConfigDict, lr: optax.Schedule) -> op
   raise ValueError(f"config.train.optimizer={train.optimizer!r}: use 'adamw' or 'sgd'.")
 
 
-def make_optimizer(config: ml_collections.ConfigDict, params, *, trainable_groups: set[str],
-                   phase: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """The optimiser for phase 1 (head only) or phase 2 (head and unfrozen backbone).
+def _held(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` with the same state, which its updates leave untouched: no change to the params."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(jnp.zeros_like, updates), state
+  return optax.GradientTransformation(inner.init, update)
 
-  Each group's schedule counts its own steps, so the backbone warms up again when it unfreezes
-  and its cosine spans the rest of the run.
+
+def make_optimizer(config: ml_collections.ConfigDict, plan: PhasePlan, *, steps_per_epoch: int,
+                   phase: int = 2) -> optax.GradientTransformation:
+  """The run's optimiser, as phase `phase`'s train step applies it.
+
+  Both phases share one `init` and so one state tree; phase 1 holds the backbone group's state.
+  Each group's schedule counts its own steps, so the backbone warms up when it unfreezes and its
+  cosine spans the rest of the run.
   """
   total = config.train.num_epochs * steps_per_epoch
-  frozen_steps = config.train.freeze_backbone_epochs * steps_per_epoch
   head_lr = schedule(config, config.train.learning_rate, total, steps_per_epoch)
   backbone_lr = schedule(config, config.train.learning_rate * config.train.backbone_lr_multiplier,
-                         total - frozen_steps, steps_per_epoch)
+                         total - plan.phase_two_start, steps_per_epoch)
+  backbone = _base_optimizer(config, backbone_lr)
   transforms = {
       HEAD: _base_optimizer(config, head_lr),
-      BACKBONE: _base_optimizer(config, backbone_lr) if phase == 2 else optax.set_to_zero(),
+      BACKBONE: _held(backbone) if phase == 1 else backbone,
       FROZEN: optax.set_to_zero(),
   }
-  tx = optax.multi_transform(transforms, param_labels(params, trainable_groups))
+  tx = optax.multi_transform(transforms, plan.labels)
   if config.train.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.train.grad_clip_norm), tx)
   return tx
 
 
-def enter_phase_two(phase_one_state, phase_two_tx: optax.GradientTransformation, params):
-  """Phase 2's optimiser state: the head keeps its moments, the backbone starts fresh."""
-  state = phase_two_tx.init(params)
+def without_backbone_state(opt_state):
+  """The state as the trainer before the single layout saved it in phase 1: no backbone moments.
 
-  def carry_head(new, old):
-    inner = dict(new.inner_states)
-    inner[HEAD] = old.inner_states[HEAD]
-    return new._replace(inner_states=inner)
+  Checkpoints of that trainer taken in phase 1 restore through this layout; `with_backbone_state`
+  then puts back the fresh backbone state, which phase 1 holds untouched anyway.
+  """
+  return _replace_backbone_state(opt_state, optax.EmptyState())
 
-  if isinstance(state, tuple) and not hasattr(state, 'inner_states'):  # chained with clipping
-    return (phase_one_state[0], carry_head(state[1], phase_one_state[1]))
-  return carry_head(state, phase_one_state)
+
+def with_backbone_state(opt_state, fresh_state):
+  return _replace_backbone_state(opt_state, _split(fresh_state)[1].inner_states[BACKBONE])
+
+
+def _split(opt_state):
+  """(clipping state or None, multi_transform state)."""
+  if isinstance(opt_state, tuple) and not hasattr(opt_state, 'inner_states'):
+    return opt_state  # chained behind gradient clipping
+  return None, opt_state
+
+
+def _replace_backbone_state(opt_state, backbone_state):
+  clipping, multi = _split(opt_state)
+  masked = multi.inner_states[BACKBONE]  # multi_transform wraps each group's state in a mask
+  if not isinstance(backbone_state, type(masked)):
+    backbone_state = masked._replace(inner_state=backbone_state)
+  multi = multi._replace(inner_states={**multi.inner_states, BACKBONE: backbone_state})
+  return multi if clipping is None else (clipping, multi)

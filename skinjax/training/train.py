@@ -3,7 +3,6 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
-import functools
 import json
 import pathlib
 import time
@@ -110,19 +109,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
 
   abstract_model = nnx.eval_shape(build_model)
   _, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-  trainable_groups = optim.trainable_backbone_groups(
-      abstract_model.backbone.layer_groups(), config.train.unfreeze)
-  graphdefs = {phase: nnx.graphdef(_set_mode(abstract_model, phase, trainable_groups))
-               for phase in (1, 2, 'eval')}
-  phase_two_start = config.train.freeze_backbone_epochs * steps_per_epoch
-  txs = {phase: optim.make_optimizer(config, abstract_params, trainable_groups=trainable_groups,
-                                     phase=phase, steps_per_epoch=steps_per_epoch)
+  plan = optim.PhasePlan.create(abstract_model, config.train.unfreeze,
+                                phase_two_start=config.train.freeze_backbone_epochs * steps_per_epoch)
+  graphdefs = {phase: nnx.graphdef(plan.set_mode(abstract_model, phase)) for phase in (1, 2, 'eval')}
+  # One optimiser state layout for the whole run; phase 1's step holds the backbone's part.
+  txs = {phase: optim.make_optimizer(config, plan, steps_per_epoch=steps_per_epoch, phase=phase)
          for phase in (1, 2)}
-  labels_tree = optim.param_labels(abstract_params, trainable_groups)
-  trainable = {1: jax.tree.map(lambda lab: lab == optim.HEAD, labels_tree),
-               2: jax.tree.map(lambda lab: lab != optim.FROZEN, labels_tree)}
   normalise = preprocessing.normaliser(spec.preprocessing, config)
-  phase_of = lambda step: 1 if step < phase_two_start else 2  # noqa: E731
 
   # ----------------------------------------------------------- mesh/sharding
   replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
@@ -131,13 +124,13 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     _, params, rest = nnx.split(build_model(), nnx.Param, ...)
     return params, rest
 
-  def init_state(phase, params, rest):
-    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[phase].init(params))
+  def init_state(params, rest):
+    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[2].init(params))
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_steps = {
       phase: jax.jit(steps.make_train_step(
-          graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=trainable[phase],
+          graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=plan.trainable(phase),
           class_weights=class_weights, label_smoothing=config.train.label_smoothing,
           dropout_key=dropout_key, skip_nonfinite=config.train.skip_nonfinite),
           donate_argnums=0, out_shardings=(replicated, replicated))
@@ -152,18 +145,14 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     # its program depends on the model alone, so runs that differ only in their optimiser or
     # schedule read it back from the persistent compilation cache. The values are the same.
     params, rest = jax.jit(init_model, out_shardings=replicated)()
-    state = jax.jit(functools.partial(init_state, phase_of(0)), out_shardings=replicated,
-                    donate_argnums=(0, 1))(params, rest)
+    state = jax.jit(init_state, out_shardings=replicated, donate_argnums=(0, 1))(params, rest)
     if config.model.init != 'scratch':
       state = _with_pretrained_backbone(state, config, replicated)
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping(), 'nonfinite_skips': 0}
   else:
-    # The optimiser state switches layout at the start of step phase_two_start, so a checkpoint
-    # taken at exactly that step still holds the phase-1 layout.
-    saved_phase = 1 if 0 < phase_two_start and start_step <= phase_two_start else 2
-    abstract_state = ckpt.abstract(jax.eval_shape(
-        functools.partial(init_state, saved_phase), abstract_params, abstract_rest), replicated)
-    state, progress = checkpoints.restore_latest(abstract_state, train_iter)
+    abstract_state = ckpt.abstract(jax.eval_shape(init_state, abstract_params, abstract_rest),
+                                   replicated)
+    state, progress = _restore_latest(checkpoints, abstract_state, train_iter, txs[2], replicated)
     logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
     print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -181,10 +170,9 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
     epoch_losses = []
     bar.resume()
     for _ in range(steps_per_epoch):
-      phase = phase_of(step)
-      if phase == 2 and step == phase_two_start and phase_two_start > 0:
+      phase = plan.phase(step)
+      if step == plan.phase_two_start > 0:
         logging.info('Step %d: unfreezing the backbone (%s).', step, config.train.unfreeze)
-        state = state.replace(opt_state=optim.enter_phase_two(state.opt_state, txs[2], state.params))
       batch = sharding.global_batch(next(train_iter), data_sharding)
       state, step_metrics = train_steps[phase](state, batch)
       step += 1
@@ -266,34 +254,25 @@ def _with_pretrained_backbone(state: steps.TrainState, config, replicated) -> st
   return state
 
 
+def _restore_latest(checkpoints: ckpt.RunCheckpoints, abstract_state, train_iter, tx, replicated):
+  """(train state, progress) of the latest checkpoint, in today's optimiser layout.
+
+  Checkpoints that the trainer wrote before the layout was one, in phase 1, hold no backbone
+  optimiser state; it is the fresh one, which phase 1 holds untouched anyway.
+  """
+  if checkpoints.latest_state_size() == len(jax.tree.leaves(abstract_state)):
+    return checkpoints.restore_latest(abstract_state, train_iter)
+  older = abstract_state.replace(opt_state=optim.without_backbone_state(abstract_state.opt_state))
+  state, progress = checkpoints.restore_latest(older, train_iter)
+  fresh = jax.jit(tx.init, out_shardings=replicated)(state.params)
+  return state.replace(opt_state=optim.with_backbone_state(state.opt_state, fresh)), progress
+
+
 def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
   """Training is over when the last epoch was checkpointed or early stopping fired."""
   progress = checkpoints.latest_progress()
   return progress is not None and (checkpoints.latest_step() >= total_steps
                                    or progress['early_stopping']['stopped'])
-
-
-def _set_mode(model, phase, trainable_groups=frozenset()):
-  """Phase 1: backbone in inference mode (frozen BatchNorm), head training; eval: all inference.
-
-  Phase 2: the backbone groups outside `trainable_groups` (all but the last N blocks with
-  `config.train.unfreeze`=N) stay in inference mode, as Keras runs a non-trainable BatchNorm and
-  as phase 1 ran them. In training mode they would normalise with batch statistics and the train
-  step, which writes back every non-Param variable, would let their moving statistics drift
-  although no optimiser touches them (issue 15). Their drop-connect stays off too, as in phase 1.
-  Frozen here means what `optim.param_labels` labels FROZEN: every backbone child not trainable.
-  """
-  if phase == 'eval':
-    model.eval()
-    return model
-  model.train()
-  if phase == 1:
-    model.backbone.eval()
-  else:
-    for name, child in nnx.iter_children(model.backbone):
-      if name not in trainable_groups:
-        child.eval()
-  return model
 
 
 def _fresh_early_stopping() -> dict:
