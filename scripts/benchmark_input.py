@@ -22,8 +22,8 @@ import optax
 from flax import nnx
 from ml_collections import config_flags
 
+from skinjax.data import handle
 from skinjax.data import pipeline
-from skinjax.data import sources
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.runtime import cli_flags
@@ -97,8 +97,8 @@ def main(argv):
   config = make_config()
   try:
     config_checks.validate(config)
-    source, metadata, description = sources.open_source(config)
-    train = sources.split_indices(config, metadata, description)['train']
+    dataset = handle.PreparedDataset.open(config)
+    source, metadata, train = dataset.source, dataset.metadata, dataset.splits['train']
   except (ValueError, OSError) as error:  # e.g. an unprepared --data_dir: the message says how
     sys.exit('error: ' + ' '.join(str(error).split()))  # one line, the command in it included
   batches = iter(pipeline.train_dataset(
@@ -130,7 +130,7 @@ def main(argv):
   }
   if _WITH_STEP.value:
     step, state = make_step(config, {k: jnp.asarray(v) for k, v in first.items()},
-                              description.num_classes)
+                              dataset.description.num_classes)
     elapsed, waiting = timed_batches(step, state)
     result.update(with_step=_WITH_STEP.value, step_images_per_sec=images / elapsed,
                   input_wait_fraction=waiting / elapsed,

@@ -6,7 +6,8 @@ r"""Prepares any dermoscopy dataset from its download, and writes its grouped 60
       [--image_column=COLUMN] [--group_column=COLUMN] [--csv=LABELS.csv] [--melanoma_class=CLASS]
 
 Formats (see skinjax/data/formats.py for the files each expects):
-  ham10000      the HAM10000 download, as scripts/prepare_ham10000.py reads it
+  ham10000      the HAM10000 download: Kaggle folders, a flat folder or the zips as downloaded
+                (scripts/prepare_ham10000.py is this format under the name ham10000)
   isic_archive  `isic image download OUT` (isic-cli): OUT/<isic_id>.jpg and OUT/metadata.csv;
                 --label_column picks the label (default: diagnosis, in older downloads), e.g.
                 --label_column=diagnosis_3
@@ -25,7 +26,9 @@ which a config selects with --config.data.dataset=NAME. The classes, the melanom
 named mel or melanoma, or --melanoma_class), the grouping key (lesion_id, else patient_id, else
 each image alone, with a warning) and the metadata columns are recorded with it; training,
 evaluation and prediction read them from there. Bad input stops with one line that says what to
-fix, before anything is written; the build is atomic and a no-op unless --overwrite.
+fix, before anything is written; the build is atomic and a no-op unless --overwrite. Last it
+writes splits.csv beside the data and shows how many groups (lesions, patients) a per-image split
+would have put on both sides.
 """
 
 import os
@@ -38,6 +41,7 @@ import numpy as np
 
 from skinjax.data import formats
 from skinjax.data import splits as splits_lib
+from skinjax.data import storage
 from skinjax.runtime import cli_flags
 
 _FORMAT = flags.DEFINE_enum('format', None, formats.FORMATS, 'The layout of the download.',
@@ -67,6 +71,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   cli_flags.check_folder('data_dir', _DATA_DIR.value)
   import tensorflow_datasets as tfds  # after flag parsing: --help stays fast
+  from skinjax.data import handle
   from skinjax.data import prepared
   tfds.disable_progress_bar()  # progress-bar debris would bury the one line that matters
   cli_flags.quiet_tfds_warnings()
@@ -75,22 +80,21 @@ def main(argv):
       name=name, label_column=_LABEL_COLUMN.value, label_map=_LABEL_MAP.value,
       image_column=_IMAGE_COLUMN.value, group_column=_GROUP_COLUMN.value, csv_path=_CSV.value,
       melanoma_class=_MELANOMA_CLASS.value)
+  dataset = handle.PreparedDataset(_DATA_DIR.value, name, _IMAGE_SIZE.value)
   try:
     prepared.check_name(name, _FORMAT.value)
-    reused = prepared.is_prepared(_DATA_DIR.value, name, _IMAGE_SIZE.value) \
-        and not _OVERWRITE.value
-    version_dir = prepared.prepare(_FORMAT.value, _MANUAL_DIR.value, _DATA_DIR.value,
-                                   options=options, short_side=_IMAGE_SIZE.value,
-                                   overwrite=_OVERWRITE.value, skip_bad_images=_SKIP_BAD_IMAGES.value)
-    _, metadata, description = prepared.load(_DATA_DIR.value, name, _IMAGE_SIZE.value)
-    recorded = prepared.fingerprint(_DATA_DIR.value, name, _IMAGE_SIZE.value)
+    reused = storage.is_prepared(_DATA_DIR.value, name, _IMAGE_SIZE.value) and not _OVERWRITE.value
+    prepared.prepare(_FORMAT.value, _MANUAL_DIR.value, _DATA_DIR.value, options=options,
+                     short_side=_IMAGE_SIZE.value, overwrite=_OVERWRITE.value,
+                     skip_bad_images=_SKIP_BAD_IMAGES.value)
+    metadata, description, recorded = dataset.metadata, dataset.description, dataset.fingerprint
   except (ValueError, OSError) as error:
     logging.vlog(1, 'Traceback of the error below:', exc_info=True)
     sys.exit(f'error: {error}')
   labels, groups = metadata['label'], metadata['group']
   verb = 'is already prepared; reusing it (--overwrite rebuilds it)' if reused else 'prepared'
   print(f'{name} ({_FORMAT.value}, {len(labels)} images, short side {_IMAGE_SIZE.value}) {verb}: '
-        f'{version_dir}')
+        f'{dataset.path}')
   counts = np.bincount(labels, minlength=description.num_classes)
   print('Classes: ' + ', '.join(f'{c} {n}' for c, n in zip(description.class_names, counts)))
   print(f'Melanoma class: {description.melanoma or "none"}; grouped by {description.group_key} '
@@ -101,20 +105,43 @@ def main(argv):
           + ','.join(description.challenge.columns))
   print(f'Labels sha256: {recorded["metadata_sha256"]}')
   if recorded['skipped_images']:
-    print(f'Skipped {recorded["skipped_images"]} unreadable images (skipped.csv)')
+    print(f'Skipped {recorded["skipped_images"]} unreadable images, listed in '
+          f'{os.path.join(dataset.path, storage.SKIPPED_FILENAME)}')
   print(f'Use it with --config.data.dataset={name} --config.data.data_dir={_DATA_DIR.value}'
-        + ('' if _IMAGE_SIZE.value == 256 else f' --config.data.prepared_size={_IMAGE_SIZE.value}'))
+        + ('' if _IMAGE_SIZE.value == storage.DEFAULT_SHORT_SIDE
+           else f' --config.data.prepared_size={_IMAGE_SIZE.value}'))
+  write_split(dataset, _SPLIT_SEED.value)
 
-  splits = splits_lib.make_splits(labels, groups, seed=_SPLIT_SEED.value)
+
+def write_split(dataset, seed: int) -> None:
+  """Writes splits.csv beside the data, and shows what a per-image split would have leaked."""
+  metadata, description = dataset.metadata, dataset.description
+  labels, groups = metadata['label'], metadata['group']
+  splits = splits_lib.make_splits(labels, groups, seed=seed)
   try:
     splits_lib.check_every_class_present(splits, labels, description.num_classes,
                                          description.class_names)
   except ValueError as e:
     print(f'warning: {e}')
-  path = os.path.join(version_dir, SPLITS_FILENAME)
+  path = os.path.join(dataset.path, SPLITS_FILENAME)
   splits_lib.write_splits_csv(path, metadata, splits, description.group_column or 'image')
-  print(f'Grouped split (60/20/20, seed {_SPLIT_SEED.value}): '
+  print(f'Grouped split (60/20/20, seed {seed}): '
         + ', '.join(f'{n} {len(i)}' for n, i in splits.items()) + f'; wrote {path}')
+  if description.group_column is None:
+    return  # each image is its own group: nothing can leak
+  comparisons = [('grouped', splits)]
+  try:
+    comparisons.append(('random_image (the study)', splits_lib.make_splits(
+        labels, groups, seed=seed, method='random_image')))
+  except ValueError as e:  # stratifying per image needs a few images of every class
+    print(f'warning: no random_image split to compare with: {e}')
+  print(f'Groups ({description.group_key}) shared across splits:')
+  for method, method_splits in comparisons:
+    report = splits_lib.leak_report(method_splits, groups)
+    pairs = ', '.join(f'{pair} {n}' for pair, n in report['shared_lesions'].items())
+    seen = report.get('test_images_with_lesion_in_train')  # None: a tiny dataset left test empty
+    print(f'  {method}: {report["shared_lesions_total"]} ({pairs}); test images whose group is '
+          f'in train: {"n/a (empty test split)" if seen is None else f"{seen:.1%}"}')
 
 
 if __name__ == '__main__':

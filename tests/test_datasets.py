@@ -199,12 +199,12 @@ def test_prepare_dataset_records_the_description(downloads, tmp_path, format_nam
   split_of_group = {}
   for row in splits:
     assert split_of_group.setdefault(row[group_column], row['split']) == row['split']
-  from skinjax.data import prepared
-  source, metadata, loaded = prepared.load(tmp_path, format_name, SHORT_SIDE)
-  assert loaded == description and len(source) == len(splits)
-  assert sum(info['class_counts'].values()) == len(source)
-  example = source[0]
-  assert set(example['metadata']) == {prepared._feature_name(c) for c in description.metadata_columns}
+  from skinjax.data import handle, prepared
+  dataset = handle.PreparedDataset(tmp_path, format_name, SHORT_SIDE)
+  assert dataset.description == description and len(dataset.source) == len(splits)
+  assert sum(info['class_counts'].values()) == len(dataset.source)
+  example = dataset.source[0]
+  assert set(example['metadata']) == {prepared.feature_name(c) for c in description.metadata_columns}
   # A second run reuses it.
   again = prepare_cli(f'--format={format_name}', f'--manual_dir={downloads[format_name]}',
                       f'--data_dir={tmp_path}', f'--image_size={SHORT_SIDE}', *flags)
@@ -403,11 +403,13 @@ def test_a_corrupt_image_is_named_or_skipped(tmp_path):
 
 
 def test_ham10000_prepared_today_records_its_description(tmp_path):
-  from skinjax.data import ham10000, prepared
+  from skinjax.data import ham10000
   from tests.ham_fixtures import make_kaggle_folder
-  ham10000.prepare(make_kaggle_folder(tmp_path / 'download', num_lesions=8), tmp_path / 'tfds', 32)
-  assert ham10000.contents(tmp_path / 'tfds', 32)['description'] == datasets.HAM10000.to_json()
-  assert prepared.describe(tmp_path / 'tfds', 'ham10000', 32) == datasets.HAM10000
+  dataset = ham10000.prepare(make_kaggle_folder(tmp_path / 'download', num_lesions=21),
+                             tmp_path / 'tfds', 32)
+  info = json.loads((pathlib.Path(dataset.path) / 'metadata.json').read_text())
+  assert info['description'] == datasets.HAM10000.to_json()
+  assert dataset.description == datasets.HAM10000
 
 
 def test_label_map_merges_classes_of_a_fixed_format(downloads, tmp_path):

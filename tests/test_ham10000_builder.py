@@ -1,9 +1,9 @@
-"""The HAM10000 TFDS builder, prepare/load, and scripts/prepare_ham10000.py on fake downloads."""
+"""HAM10000 read from its download layouts, prepared and loaded, and scripts/prepare_ham10000.py,
+on fake downloads."""
 
 import csv
 import io
 import logging
-import math
 import pathlib
 import pickle
 import shutil
@@ -15,17 +15,22 @@ from PIL import Image
 import pytest
 
 from skinjax.data.constants import CLASS_NAMES
-from skinjax.data.ham10000 import DatasetNotPreparedError, Ham10000Error, load, prepare
+from skinjax.data.ham10000 import load, prepare
+from skinjax.data.handle import DatasetNotPreparedError
+from skinjax.data.storage import DatasetError
 
 import ham_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_SIDE = 32
 NUM_LARGE = 3  # The first images of the CSV are 120x90, larger than SHORT_SIDE.
+# Three lesions of each class: the fewest that lets every class reach train, val and test.
+NUM_LESIONS = 21
 
 
 def fake_rows(**kwargs):
-  return {row['image_id']: row for row in ham_fixtures.make_fake_metadata(**kwargs)}
+  return {row['image_id']: row
+          for row in ham_fixtures.make_fake_metadata(**{'num_lesions': NUM_LESIONS, **kwargs})}
 
 
 @pytest.fixture(scope='module', params=ham_fixtures.LAYOUTS)
@@ -33,7 +38,7 @@ def prepared(request, tmp_path_factory):
   """(layout, manual_dir, data_dir) of a fake download prepared at SHORT_SIDE."""
   root = tmp_path_factory.mktemp(request.param)
   manual_dir = ham_fixtures.make_kaggle_folder(root / 'download', layout=request.param,
-                                               num_large_images=NUM_LARGE)
+                                               num_lesions=NUM_LESIONS, num_large_images=NUM_LARGE)
   prepare(manual_dir, root / 'tfds', short_side=SHORT_SIDE)
   return request.param, manual_dir, root / 'tfds'
 
@@ -51,19 +56,16 @@ def test_prepare_stores_all_examples_with_their_metadata(prepared):
     image_id = example['image_id'].decode()
     row = rows[image_id]
     assert example['label'] == CLASS_NAMES.index(row['dx'])
-    assert [metadata[key][i] for key in ('image_id', 'lesion_id', 'dx', 'label')] == [
+    assert [metadata[key][i] for key in ('image_id', 'group', 'dx', 'label')] == [
         image_id, row['lesion_id'], row['dx'], example['label']]
-    for key in ('lesion_id', 'dx', 'dx_type', 'sex', 'localization'):
-      assert example[key].decode() == row[key]
-    if row['age']:
-      assert example['age'] == float(row['age'])
-    else:
-      assert math.isnan(example['age'])
+    assert example['group'].decode() == row['lesion_id'] and example['dx'].decode() == row['dx']
+    for key in ('dx_type', 'age', 'sex', 'localization'):  # kept as text; an unknown age is empty
+      assert example['metadata'][key].decode() == row[key]
 
 
 def test_images_are_shrunk_to_the_short_side_and_never_upscaled(prepared):
   layout, manual_dir, data_dir = prepared
-  large_ids = [row['image_id'] for row in ham_fixtures.make_fake_metadata()[:NUM_LARGE]]
+  large_ids = [row['image_id'] for row in ham_fixtures.make_fake_metadata(NUM_LESIONS)[:NUM_LARGE]]
   source, _ = load(data_dir, short_side=SHORT_SIDE)
   for i in range(len(source)):
     example = source[i]
@@ -89,15 +91,15 @@ def test_source_survives_pickling_for_worker_processes(prepared):
 
 
 def test_default_short_side_stores_small_images_unchanged(tmp_path):
-  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=1,
-                                             num_large_images=2)  # 120x90: still under 256.
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                             images_per_lesion=1, num_large_images=2)  # 120x90: under 256
   prepare(download, tmp_path / 'tfds')
   source, metadata = load(tmp_path / 'tfds')
-  assert len(source) == len(metadata['label']) == 7
+  assert len(source) == len(metadata['label']) == NUM_LESIONS
   for i in range(len(source)):
     original, = download.glob(f'HAM10000_images_part_*/{metadata["image_id"][i]}.jpg')
     assert source[i]['image'] == original.read_bytes()
-  copy = pickle.loads(pickle.dumps(source))  # The default config is a registered one.
+  copy = pickle.loads(pickle.dumps(source))
   assert copy[6]['image'] == source[6]['image']
 
 
@@ -118,8 +120,7 @@ def test_load_without_cached_metadata_reads_it_from_the_records(prepared, tmp_pa
 
 def test_prepare_again_reuses_the_dataset(prepared):
   _, manual_dir, data_dir = prepared
-  builder = prepare(manual_dir, data_dir, short_side=SHORT_SIDE)
-  assert builder.info.splits['train'].num_examples == len(fake_rows())
+  assert prepare(manual_dir, data_dir, short_side=SHORT_SIDE).num_examples == len(fake_rows())
 
 
 def test_load_unprepared_size_gives_the_prepare_command(prepared):
@@ -128,7 +129,8 @@ def test_load_unprepared_size_gives_the_prepare_command(prepared):
     load(data_dir, short_side=64)
   message = str(error.value)
   assert isinstance(error.value, FileNotFoundError)
-  assert f'scripts/prepare_ham10000.py --manual_dir=DOWNLOAD_DIR --data_dir={data_dir} --image_size=64' in message
+  assert message.endswith('python scripts/prepare_ham10000.py --manual_dir=DOWNLOAD_DIR '
+                          f'--data_dir={data_dir} --image_size=64')
   assert 'short side 32' in message  # The size that is prepared there.
   assert 'doi:10.7910/DVN/DBW86T' in message
 
@@ -137,33 +139,34 @@ def test_load_from_empty_dir_gives_the_default_prepare_command(tmp_path):
   with pytest.raises(DatasetNotPreparedError) as error:
     load(tmp_path)
   assert str(error.value).endswith(f'--data_dir={tmp_path}')  # No --image_size for the default.
-  assert 'holds it with short side' not in str(error.value)
+  assert 'It holds' not in str(error.value)
 
 
 def test_duplicate_lowercase_folders_of_the_kaggle_archive_are_ignored(tmp_path):
   # The Kaggle archive holds each image folder twice, as HAM10000_images_part_* and ham10000_images_part_*.
-  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2)
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                             images_per_lesion=2)
   for part in download.glob('HAM10000_images_part_*'):
     shutil.copytree(part, download / part.name.lower())
-  builder = prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
-  assert builder.info.splits['train'].num_examples == 14
+  assert prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE).num_examples == 2 * NUM_LESIONS
 
 
 def test_paths_may_start_with_a_tilde(tmp_path, monkeypatch):
   monkeypatch.setenv('HOME', str(tmp_path))
   with pytest.raises(DatasetNotPreparedError, match=f'--data_dir={tmp_path}/tfds'):
     load('~/tfds')
-  with pytest.raises(Ham10000Error, match=f'{tmp_path}/download does not exist'):
+  with pytest.raises(DatasetError, match=f'{tmp_path}/download does not exist'):
     prepare('~/download', '~/tfds')
 
 
 # ---------------------------------------------------------------------------------------
-# Broken downloads: each fails with a Ham10000Error that names the problem.
+# Broken downloads: each fails with a DatasetError that names the problem.
 
 
 @pytest.fixture
 def download(tmp_path):
-  return ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2)
+  return ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                         images_per_lesion=2)
 
 
 def rewrite_metadata(download, edit):
@@ -175,7 +178,7 @@ def rewrite_metadata(download, edit):
 
 
 def prepare_fails(download, tmp_path, *patterns):
-  with pytest.raises(Ham10000Error) as error:
+  with pytest.raises(DatasetError) as error:
     prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
   for pattern in patterns:
     assert pattern in str(error.value), str(error.value)
@@ -224,9 +227,9 @@ def test_bad_age(download, tmp_path):
 
 def test_duplicate_image_id(download, tmp_path):
   rewrite_metadata(download, lambda rows: (rows + rows[4:5], ham_fixtures.METADATA_COLUMNS))
-  duplicate = ham_fixtures.make_fake_metadata(num_lesions=7, images_per_lesion=2)[4]['image_id']
+  duplicate = ham_fixtures.make_fake_metadata(num_lesions=NUM_LESIONS, images_per_lesion=2)[4]['image_id']
   prepare_fails(download, tmp_path, 'lists 1 image_id values more than once',
-                f"'{duplicate}' in rows 6, 16", 'remove the duplicated rows')
+                f"'{duplicate}' in rows 6, {2 + 2 * NUM_LESIONS}", 'remove the duplicated rows')
 
 
 def test_missing_images_are_named_and_counted(download, tmp_path):
@@ -261,8 +264,8 @@ def test_broken_zip_is_named(tmp_path):
 
 
 def test_damaged_zip_member_is_named(tmp_path):
-  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2,
-                                             layout='zip')
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                             images_per_lesion=2, layout='zip')
   archive = download / 'archive.zip'
   member = ham_fixtures.damage_first_image_in_zip(archive)
   prepare_fails(download, tmp_path, f'Cannot read the image {archive}:{member}')
@@ -272,8 +275,8 @@ def test_images_missing_from_the_metadata_only_warn(download, tmp_path, caplog):
   (download / 'HAM10000_images_part_2' / 'ISIC_9999999.jpg').write_bytes(
       ham_fixtures.random_jpeg((40, 30), np.random.default_rng(0)))
   with caplog.at_level(logging.WARNING):
-    builder = prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
-  assert builder.info.splits['train'].num_examples == 14
+    prepared = prepare(download, tmp_path / 'tfds', short_side=SHORT_SIDE)
+  assert prepared.num_examples == 2 * NUM_LESIONS
   assert 'Ignoring 1 images' in caplog.text and 'ISIC_9999999' in caplog.text
 
 
@@ -292,9 +295,13 @@ def test_prepare_script_writes_a_leak_free_split(tmp_path):
   result = run_script(f'--manual_dir={download}', f'--data_dir={tmp_path / "tfds"}',
                       f'--image_size={SHORT_SIDE}', '--split_seed=1')
   assert result.returncode == 0, result.stderr
+  # TFDS's 'Downloading and preparing dataset' would be untrue: nothing is downloaded.
+  assert result.stdout.startswith(f'Preparing ham10000: storing {len(fake_rows(num_lesions=70))} '
+                                  f'images from your download with short side at most {SHORT_SIDE}')
+  assert 'ownloading' not in result.stdout and 'downloaded and prepared' not in result.stdout
   splits_csv = tmp_path / 'tfds' / 'ham10000' / 'short32' / '1.0.0' / 'splits.csv'
-  assert f'Wrote {splits_csv}' in result.stdout
-  assert 'lesion_grouped: 0 (train-val 0, train-test 0, val-test 0)' in result.stdout
+  assert f'wrote {splits_csv}' in result.stdout
+  assert 'grouped: 0 (train-val 0, train-test 0, val-test 0)' in result.stdout
   assert 'random_image (the study):' in result.stdout
   with open(splits_csv, newline='') as f:
     rows = list(csv.DictReader(f))

@@ -11,35 +11,40 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow_datasets as tfds
 
-from skinjax.data import ham10000_builder
+from skinjax.data import handle
+from skinjax.data import storage
 from skinjax.data.constants import CLASS_NAMES
-from skinjax.data.ham10000 import (
-    STAGING_PREFIX,
-    DatasetNotPreparedError,
-    Ham10000,
-    Ham10000Error,
-    fingerprint,
-    is_prepared,
-    load,
-    prepare,
-)
+from skinjax.data.ham10000 import load, prepare
+from skinjax.data.handle import DatasetNotPreparedError
+from skinjax.data.storage import STAGING_PREFIX, DatasetError
 
 import ham_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_SIDE = 32
-NUM_IMAGES = 14  # 7 lesions, one per class, of 2 images each.
+NUM_LESIONS = 21  # three per class: the fewest that lets every class reach train, val and test
+NUM_IMAGES = 2 * NUM_LESIONS
 
 
 @pytest.fixture
 def download(tmp_path):
-  return ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2)
+  return ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                         images_per_lesion=2)
 
 
 @pytest.fixture
 def data_dir(tmp_path):
   return tmp_path / 'tfds'
+
+
+def fingerprint(data_dir, short_side):
+  return handle.PreparedDataset(data_dir, 'ham10000', short_side).fingerprint
+
+
+def is_prepared(data_dir, short_side):
+  return storage.is_prepared(data_dir, 'ham10000', short_side)
 
 
 def version_dir(data_dir) -> pathlib.Path:
@@ -62,7 +67,7 @@ class Interrupted(BaseException):
 def count_encoded_images(monkeypatch, interrupt_after: int | None = None) -> list[str]:
   """Makes the builder note each image it encodes, and optionally be interrupted after some."""
   encoded = []
-  original = ham10000_builder.encode_for_storage
+  original = storage.encode_for_storage
 
   def encode(data, short_side, location):
     if interrupt_after is not None and len(encoded) == interrupt_after:
@@ -70,7 +75,7 @@ def count_encoded_images(monkeypatch, interrupt_after: int | None = None) -> lis
     encoded.append(location)
     return original(data, short_side, location)
 
-  monkeypatch.setattr(ham10000_builder, 'encode_for_storage', encode)
+  monkeypatch.setattr(storage, 'encode_for_storage', encode)
   return encoded
 
 
@@ -93,9 +98,10 @@ def test_fingerprint_records_the_metadata_hash_and_class_counts(download, data_d
   def no_reading(*args, **kwargs):
     raise AssertionError('fingerprint must not read the records')
 
-  monkeypatch.setattr(Ham10000, 'as_data_source', no_reading)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'as_data_source', no_reading)
   recorded = fingerprint(data_dir, SHORT_SIDE)
   assert recorded == {
+      'source': 'ham10000',
       'name': 'ham10000',
       'version': '1.0.0',
       'config': f'short{SHORT_SIDE}',
@@ -108,7 +114,7 @@ def test_fingerprint_records_the_metadata_hash_and_class_counts(download, data_d
 
 
 def test_fingerprint_of_an_unprepared_dataset(data_dir):
-  with pytest.raises(DatasetNotPreparedError, match='scripts/prepare_ham10000.py'):
+  with pytest.raises(DatasetNotPreparedError, match='scripts/prepare_ham10000.py --manual_dir'):
     fingerprint(data_dir, SHORT_SIDE)
 
 
@@ -119,7 +125,8 @@ def test_fingerprint_of_a_dataset_prepared_by_older_code_asks_for_a_rebuild(down
     fingerprint(data_dir, SHORT_SIDE)
   assert 'prepared by an older skinjax' in str(error.value)
   assert str(error.value).endswith(
-      f'--manual_dir=DOWNLOAD_DIR --data_dir={data_dir} --image_size={SHORT_SIDE} --overwrite')
+      f'prepare_ham10000.py --manual_dir=DOWNLOAD_DIR --data_dir={data_dir} --image_size={SHORT_SIDE} '
+      '--overwrite')
   assert_loads(data_dir)  # Its data are complete: it still loads.
   prepare(download, data_dir, short_side=SHORT_SIDE, overwrite=True)
   assert fingerprint(data_dir, SHORT_SIDE)['num_examples'] == NUM_IMAGES
@@ -162,7 +169,7 @@ def test_failed_overwrite_keeps_the_previous_dataset(download, data_dir):
   before = fingerprint(data_dir, SHORT_SIDE)
   image = images_of(download)[3]
   ham_fixtures.corrupt_image(image)
-  with pytest.raises(Ham10000Error, match=f'Cannot decode the image {image}'):
+  with pytest.raises(DatasetError, match=f'Cannot decode the image {image}'):
     prepare(download, data_dir, short_side=SHORT_SIDE, overwrite=True)
   assert fingerprint(data_dir, SHORT_SIDE) == before
   assert_loads(data_dir)
@@ -241,8 +248,8 @@ def test_skip_bad_images_leaves_them_out_and_lists_them(download, data_dir):
 
 
 def test_skip_bad_images_skips_an_unreadable_zip_member(tmp_path, data_dir):
-  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=7, images_per_lesion=2,
-                                             layout='zip')
+  download = ham_fixtures.make_kaggle_folder(tmp_path / 'download', num_lesions=NUM_LESIONS,
+                                             images_per_lesion=2, layout='zip')
   member = ham_fixtures.damage_first_image_in_zip(download / 'archive.zip')
   prepare(download, data_dir, short_side=SHORT_SIDE, skip_bad_images=True)
   skipped, = csv_rows(version_dir(data_dir) / 'skipped.csv')
@@ -254,7 +261,7 @@ def test_skip_bad_images_skips_an_unreadable_zip_member(tmp_path, data_dir):
 def test_no_readable_image_at_all_is_an_error_even_when_skipping(download, data_dir):
   for image in images_of(download):
     ham_fixtures.corrupt_image(image)
-  with pytest.raises(Ham10000Error, match=f'None of the {NUM_IMAGES} images'):
+  with pytest.raises(DatasetError, match=f'None of the {NUM_IMAGES} images'):
     prepare(download, data_dir, short_side=SHORT_SIDE, skip_bad_images=True)
   assert not is_prepared(data_dir, SHORT_SIDE)
 
@@ -283,10 +290,10 @@ def test_script_on_a_bad_image_then_skipping_it_then_again(download, data_dir):
 
   skipped = run_script(*flags, '--skip_bad_images')
   assert skipped.returncode == 0, skipped.stderr
-  assert f'Prepared {NUM_IMAGES - 1} examples' in skipped.stdout
+  assert f'(ham10000, {NUM_IMAGES - 1} images, short side {SHORT_SIDE}) prepared' in skipped.stdout
   assert f'Skipped 1 unreadable images, listed in {version_dir(data_dir) / "skipped.csv"}' in skipped.stdout
   assert 'Ignoring 1 images' in skipped.stderr and 'ISIC_9999999' in skipped.stderr
-  # 7 lesions cannot give every class to all three splits: a warning, not an error.
+  # Three lesions a class, one image left out: val lacks a class, a warning and not an error.
   assert "warning: split 'val'" in skipped.stdout and 'has no images of class' in skipped.stdout
 
   again = run_script(*flags)

@@ -1,1 +1,2 @@
-"""Data: the HAM10000 TFDS builder, splits, the grain pipeline, augmentation and a synthetic source."""
+"""Data: dataset descriptions, download formats, preparing with TFDS, the opened-once dataset handle,
+splits, the grain pipeline, augmentation and a synthetic source."""

@@ -1,4 +1,4 @@
-"""HAM10000 facts for the modules that read HAM10000 itself: its builder, prepare_ham10000.py,
+"""HAM10000 facts for the modules that read HAM10000 itself: its download reader, the tests,
 the HAM10000-shaped synthetic source and the benchmarks. Everything that serves any dataset
 reads the classes from the dataset's description (skinjax/data/datasets.py) instead."""
 
@@ -14,9 +14,3 @@ ISIC2018_COLUMNS = datasets.ISIC2018_COLUMNS
 ISIC2019_COLUMNS = datasets.ISIC2019_COLUMNS
 
 METADATA_COLUMNS = ('lesion_id', 'image_id', 'dx', 'dx_type', 'age', 'sex', 'localization')
-
-DOWNLOAD_HELP = (
-    'Download HAM10000 from the Harvard Dataverse (doi:10.7910/DVN/DBW86T) or from Kaggle '
-    '(kmader/skin-cancer-mnist-ham10000), then prepare it with:\n'
-    '  python scripts/prepare_ham10000.py --manual_dir=DOWNLOAD_DIR --data_dir={data_dir}'
-)

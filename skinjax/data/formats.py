@@ -1,6 +1,6 @@
 """Reading a download in any supported format into labelled records and a dataset description.
 
-  ham10000      the HAM10000 download (any layout scripts/prepare_ham10000.py reads)
+  ham10000      the HAM10000 download, in any layout that ham10000_download.py reads
   isic_archive  what `isic image download OUT` (isic-cli) writes: OUT/<isic_id>.jpg and
                 OUT/metadata.csv (isic_id, attribution, copyright_license, then the sorted union
                 of the fields present: diagnosis_1..5 or the older diagnosis, lesion_id, ...)
@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from absl import logging
 
 from skinjax.data import datasets
-from skinjax.data import ham10000_builder as hb
+from skinjax.data import ham10000_download
+from skinjax.data.storage import DatasetError, ImageFile
 
 FORMATS = ('ham10000', 'isic_archive', 'isic2019', 'isic2020', 'csv')
 # isic-cli keeps the archive's file type; PIL reads all of these.
@@ -44,8 +45,8 @@ _ARCHIVE_FILE_COLUMNS = ('isic_id', 'attribution', 'copyright_license')
 MELANOMA_NAMES = ('mel', 'melanoma', 'melanoma, nos', 'malignant melanoma')
 
 
-class DatasetError(hb.Ham10000Error):
-  """The download cannot be prepared as asked; the message names the file and the fix."""
+# What a user who lacks the download must do, where a format's download needs more than a hint.
+DOWNLOAD_INSTRUCTIONS = {'ham10000': ham10000_download.MANUAL_DOWNLOAD_INSTRUCTIONS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Options:
 class Collection:
   """Labelled records ready to be written, and what they are."""
   records: list[dict]  # image_id, dx (class name), group, metadata {column: str}
-  images: dict[str, hb.ImageFile]
+  images: dict[str, ImageFile]
   description: datasets.DatasetDescription
   labels_sha256: str  # of the label (and metadata) files as downloaded
   left_out: dict[str, int]  # why rows were left out -> how many
@@ -73,8 +74,10 @@ class Collection:
 def read(format_name: str, manual_dir, options: Options, open_files: contextlib.ExitStack) -> Collection:
   manual_dir = os.path.expanduser(os.fspath(manual_dir))
   if not os.path.isdir(manual_dir):
+    instructions = DOWNLOAD_INSTRUCTIONS.get(format_name)
     raise DatasetError(f'The manual directory {manual_dir} does not exist; pass the folder that '
-                       f'holds the {format_name} download as --manual_dir.')
+                       f'holds the {format_name} download as --manual_dir.'
+                       + (f'\n{instructions}' if instructions else ''))
   readers = {'ham10000': _read_ham10000, 'isic_archive': _read_isic_archive,
              'isic2019': _read_isic2019, 'isic2020': _read_isic2020, 'csv': _read_csv}
   if format_name not in readers:
@@ -87,8 +90,9 @@ def read(format_name: str, manual_dir, options: Options, open_files: contextlib.
 
 
 def _read_ham10000(manual_dir, options, open_files) -> Collection:
-  download = hb.scan_manual_dir(manual_dir, open_files)
-  rows = hb.read_metadata(download.metadata_text, download.metadata_location)
+  download = ham10000_download.scan_manual_dir(manual_dir, open_files)
+  rows = ham10000_download.read_metadata(download.metadata_text, download.metadata_location)
+  ham10000_download.check_images_match_metadata(rows, download.images, manual_dir)
   metadata_columns = datasets.HAM10000.metadata_columns
   table = [{'image_id': r['image_id'], 'label': r['dx'], 'lesion_id': r['lesion_id'],
             'metadata': {c: _text(r[c]) for c in metadata_columns}} for r in rows]
@@ -219,7 +223,7 @@ def _read_csv(manual_dir, options, open_files) -> Collection:
 # What every format shares.
 
 
-def _collect(table: list[dict], images: dict[str, hb.ImageFile], options: Options, format_name: str,
+def _collect(table: list[dict], images: dict[str, ImageFile], options: Options, format_name: str,
              location: str, sha: str, *, group_keys: Sequence[str], metadata_columns: Sequence[str],
              class_order: Sequence[str] | None = None, challenge_columns: Sequence[str] = (),
              challenge_name: str = '', challenge: datasets.Challenge | None = None) -> Collection:
@@ -413,7 +417,7 @@ def _only_csv(manual_dir: str) -> str:
   return os.path.join(manual_dir, found[0])
 
 
-def find_images(manual_dir: str) -> dict[str, hb.ImageFile]:
+def find_images(manual_dir: str) -> dict[str, ImageFile]:
   """Image files by name without suffix, anywhere below manual_dir (first copy wins)."""
   images = {}
   for root, dirs, files in os.walk(manual_dir):
@@ -422,7 +426,7 @@ def find_images(manual_dir: str) -> dict[str, hb.ImageFile]:
       stem, suffix = os.path.splitext(name)
       if suffix.lower() in IMAGE_SUFFIXES and stem not in images:
         path = os.path.join(root, name)
-        images[stem] = hb.ImageFile(path, lambda p=path: pathlib.Path(p).read_bytes())
+        images[stem] = ImageFile(path, lambda p=path: pathlib.Path(p).read_bytes())
   return images
 
 

@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from skinjax.data import sources
+from skinjax.data import handle
 from skinjax.evaluation import external
 from skinjax.evaluation import inference
 from skinjax.evaluation import report
@@ -41,15 +41,16 @@ def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None)
   if data_dir:
     config = config.copy_and_resolve_references()
     config.data.data_dir = data_dir
-  source, metadata, description = sources.open_source(config)
+  dataset = handle.PreparedDataset.open(config)
+  description = dataset.description
   if description.class_names != run.description.class_names:
     raise inference.RunInputError(
         f'The dataset in {config.data.data_dir} has the classes {", ".join(description.class_names)}'
         f', but the run was trained on {", ".join(run.description.class_names)}; pass the '
         '--data_dir the run trained on.')
-  indices = sources.split_indices(config, metadata, description)[split]
-  return EvalData(split, source, indices, metadata['label'][indices], metadata['image_id'][indices],
-                  metadata['group'][indices],
+  metadata, indices = dataset.metadata, dataset.splits[split]
+  return EvalData(split, dataset.source, indices, metadata['label'][indices],
+                  metadata['image_id'][indices], metadata['group'][indices],
                   {'split': split, 'source': config.data.source, 'dataset': description.name,
                    'data_dir': config.data.data_dir})
 
