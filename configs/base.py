@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.unfreeze = 'all'  # phase 2: 'all' or the number of last backbone blocks to train, e.g. '2'
   train.backbone_lr_multiplier = 1.0
   train.log_every_steps = 10
+  # `latest` is saved at the end of each epoch and every this many steps (0: only per epoch),
+  # so that a killed run loses less; SIGTERM or Ctrl-C save it at the current step anyway.
+  train.checkpoint_every_steps = 0
   train.eval_batch_size = 64
   # A step with a non-finite loss: False stops the run naming the step; True skips it (no
   # update, statistics kept) and counts the skips in metrics.jsonl and the report.

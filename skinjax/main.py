@@ -1,5 +1,7 @@
 """Entry point: python -m skinjax.main --config=configs/demo.py --workdir=runs/demo"""
 
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -9,6 +11,7 @@ from ml_collections import config_flags
 from skinjax.runtime import cli_flags
 from skinjax.runtime import compilation_cache
 from skinjax.runtime import distributed
+from skinjax.runtime import preemption
 from skinjax.training import train
 
 FLAGS = flags.FLAGS
@@ -29,6 +32,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
+  # grain's worker batches still in flight when training ends live in shared memory, which
+  # Python's resource tracker (a process of its own, started with this interpreter's -W options)
+  # unlinks at exit, with a warning per run that the user can do nothing about.
+  sys.warnoptions.append('ignore:resource_tracker:UserWarning')
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          force=FLAGS.multihost)
   compilation_cache.enable()
@@ -36,6 +43,11 @@ def main(argv):
                jax.devices())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except preemption.RunStopped as stopped:
+    raise SystemExit(str(stopped)) from None
+  except KeyboardInterrupt:  # a second Ctrl-C: no time to save
+    raise SystemExit('Interrupted without saving. Run the same command again to continue from '
+                     'the last checkpoint.') from None
   except (ValueError, OSError, FloatingPointError) as error:
     # Bad input or a full disk: say what is wrong and how to fix it; the traceback only with
     # --verbosity=1.

@@ -8,6 +8,8 @@ POINT is where, in the second epoch, the process dies with no chance to clean up
   checkpoint_write inside Orbax's write of the second checkpoint, before it is committed
   validation       after the first validation batch
   between_epochs   right after the first epoch's checkpoint is saved
+  mid_epoch        with a checkpoint every 4 steps (config.train.checkpoint_every_steps), before
+                   step 15: two steps after the mid-epoch checkpoint of step 12
 """
 
 import os
@@ -43,16 +45,18 @@ def after_calls(function, calls: int, then):
 
 
 def main(point: str, workdir: str):
-  config = tiny_config(**CONFIG)
+  every = 4 if point == 'mid_epoch' else 0
+  config = tiny_config(**CONFIG, **{'train.checkpoint_every_steps': every})
   steps_per_epoch = int(config.data.synthetic_examples * 0.6) // config.train.batch_size
-  if point == 'train_step':  # the jitted step returns at dispatch; die while it computes
+  if point in ('train_step', 'mid_epoch'):  # the jitted step returns at dispatch; die meanwhile
     original = train.sharding.global_batch
     count = 0
+    die_at = steps_per_epoch + 3 if point == 'train_step' else 15
 
     def batch_then_die(*args, **kwargs):
       nonlocal count
       count += 1
-      if count == steps_per_epoch + 3:
+      if count == die_at:
         die()
       return original(*args, **kwargs)
     train.sharding.global_batch = batch_then_die

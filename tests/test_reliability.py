@@ -19,7 +19,7 @@ from skinjax.training import train
 from skinjax.training import workdir as workdir_lib
 from tests.conftest import REPO, tiny_config
 
-KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs')
+KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs', 'mid_epoch')
 
 
 def run_wrapper(point, workdir):
@@ -61,6 +61,8 @@ def test_sigkill_anywhere_then_rerun_equals_the_uninterrupted_run(point, uninter
   rerun = run_wrapper('none', tmp_path)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert 'Taking over the stale lock' in rerun.stdout
+  if point == 'mid_epoch':  # from the checkpoint of step 12, not from the end of epoch 1 (9)
+    assert 'Resuming from step 12 (epoch 1)' in rerun.stdout
   assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
   # The whole report, metrics with their bootstrap intervals included, is the same.
   assert (json.loads((tmp_path / 'report' / 'metrics.json').read_text())

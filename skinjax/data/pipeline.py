@@ -167,12 +167,15 @@ def eval_dataset(source, indices: np.ndarray, *, image_size: int, resize_mode: s
 
 
 def die_with_parent(worker_index: int, worker_count: int):
-  """Runs in each grain worker: the kernel kills it when the trainer dies, even by SIGKILL.
+  """Runs in each grain worker: it dies with the trainer, even by SIGKILL, and ignores Ctrl-C.
 
   Otherwise a killed trainer leaves its workers behind, blocked on a full queue, holding memory
   (and the pipes of whoever started the trainer) until someone kills them by hand.
   """
   del worker_index, worker_count
+  # Ctrl-C reaches the whole process group: the trainer stops the workers itself, after saving,
+  # instead of each worker printing its own KeyboardInterrupt traceback.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   if sys.platform.startswith('linux'):
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

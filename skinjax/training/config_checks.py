@@ -42,6 +42,9 @@ def validate(config: ml_collections.ConfigDict):
   for key in ('batch_size', 'num_epochs', 'eval_batch_size', 'log_every_steps'):
     if config.train[key] <= 0:
       raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
+  if config.train.checkpoint_every_steps < 0:
+    raise ValueError(f'config.train.checkpoint_every_steps={config.train.checkpoint_every_steps}: '
+                     'use 0 (once per epoch) or a positive number of steps.')
   # Sizes too: a negative image_size would otherwise pass, start training and fail deep inside
   # augmentation, after the workdir is written.
   for key in ('image_size', 'prepared_size', 'synthetic_examples', 'shades_of_grey_power'):

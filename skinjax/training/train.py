@@ -3,6 +3,7 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
+import gc
 import json
 import pathlib
 import time
@@ -23,6 +24,7 @@ from skinjax.evaluation import report
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.runtime import checkpoint as ckpt
+from skinjax.runtime import preemption
 from skinjax.runtime import sharding
 from skinjax.runtime import steps
 from skinjax.training import config_checks
@@ -162,84 +164,114 @@ def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bo
   metrics_log = open(workdir / 'metrics.jsonl', 'a') if is_lead else None
   early = progress['early_stopping']
   skips = progress.get('nonfinite_skips', 0)  # steps skipped for a non-finite loss (skip_nonfinite)
+  epoch_losses = progress.get('epoch_losses', [])  # the epoch's so far, if it stopped midway
   step = int(state.step)
   bar = ProgressBar(total_steps, batch_size, start_step=step)
   pending = []  # device metrics not yet fetched, so the host never waits on every step
-  while step < total_steps and not early['stopped']:
-    epoch_start, epoch = time.monotonic(), step // steps_per_epoch + 1
-    epoch_losses = []
-    bar.resume()
-    for _ in range(steps_per_epoch):
-      phase = plan.phase(step)
-      if step == plan.phase_two_start > 0:
-        logging.info('Step %d: unfreezing the backbone (%s).', step, config.train.unfreeze)
-      batch = sharding.global_batch(next(train_iter), data_sharding)
-      state, step_metrics = train_steps[phase](state, batch)
-      step += 1
-      pending.append(step_metrics)
-      if step % config.train.log_every_steps == 0 or step % steps_per_epoch == 0:
-        fetched = jax.device_get(pending)
-        pending = []
-        for offset, m in enumerate(fetched):
-          if not config.train.skip_nonfinite:
-            _check_finite(m['loss'], step - len(fetched) + offset + 1)
-        skips += sum(int(m['skipped']) for m in fetched)
-        record = _train_record(step, epoch, fetched, skips)
-        epoch_losses += record['step_losses']
-        record['images_per_sec'] = bar.update(step, epoch, record['train_loss'])
-        _log(metrics_log, writer, record, step)
-    bar.newline()
-    # The epoch's last update came after fetching its metrics, so every train step has finished:
-    # from here to the next epoch, validation and checkpoints are kept out of images_per_sec.
-    bar.pause()
+  every = config.train.checkpoint_every_steps  # 0: only at the end of each epoch
+  trained_before, loop_start = progress.get('train_time_s', 0.0), time.monotonic()
 
-    val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'), mesh,
-                                 len(splits['val']), num_classes)
-    val = report.compute_metrics(labels[splits['val']], val_probs, description)
-    summary = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(epoch_losses)),
-               'epoch_time_s': time.monotonic() - epoch_start,
-               **{f'val_{k}': v for k, v in val.items() if k != 'per_class'}}
-    improved = _update_early_stopping(early, summary, config.train.early_stopping)
-    _log(metrics_log, writer, summary, step)
-    print(f"epoch {epoch} step {step}: train_loss {summary['train_loss']:.4f} "
-          f"val_loss {summary['val_loss']:.4f} val_bal_acc {summary['val_balanced_accuracy']:.4f} "
-          f"val_macro_f1 {summary['val_macro_f1']:.4f} ({summary['epoch_time_s']:.1f}s)"
-          + (' *best*' if improved else ''))
-    if improved:
-      checkpoints.save_best(step, state.params, state.rest, summary)
-    progress = {'epoch': epoch, 'early_stopping': early, 'nonfinite_skips': skips,
-                'train_time_s': progress.get('train_time_s', 0.0) + time.monotonic() - epoch_start}
-    checkpoints.save_latest(step, state, train_iter, progress)
-  if early['stopped']:
-    print(f"Early stopping after epoch {progress['epoch']}: best "
-          f"{config.train.early_stopping.monitor} {early['best_value']:.4f} at epoch {early['best_epoch']}.")
+  def save_latest(completed_epochs: int):
+    checkpoints.save_latest(step, state, train_iter, {
+        'epoch': completed_epochs, 'early_stopping': early, 'nonfinite_skips': skips,
+        'epoch_losses': epoch_losses,
+        'train_time_s': trained_before + time.monotonic() - loop_start})
 
-  # ------------------------------------------------------------ final report
-  best_step, params, rest = checkpoints.restore_model(
-      'best', ckpt.abstract(abstract_params, replicated), ckpt.abstract(abstract_rest, replicated))
-  test_probs = evaluate.predict(predict_step, params, rest, eval_batches('test'), mesh,
-                                len(splits['test']), num_classes)
-  extra = {'arch': config.model.arch, 'init': config.model.init, 'num_params': int(num_params),
-           'image_size': config.data.image_size, 'split': config.data.split,
-           'best_step': best_step, 'best_epoch': early['best_epoch'], 'epochs_run': progress['epoch'],
-           'nonfinite_skips': skips}
-  metrics = {}
-  if is_lead:
-    metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
-                                  metadata['image_id'][splits['test']], description, extra=extra,
-                                  groups=metadata['group'][splits['test']])
-    # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
-    (workdir / 'report' / 'timing.json').write_text(
-        json.dumps({'train_time_s': progress.get('train_time_s')}) + '\n')
-    if skips:
-      print(f'{skips} steps were skipped for a non-finite loss (config.train.skip_nonfinite).')
-    print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
-          + (workdir / 'report' / 'classification_report.txt').read_text()
-          + report.format_summary(metrics))
-    metrics_log.close()
-    writer.close()
-  checkpoints.wait_and_close()
-  return metrics
+  try:
+    with preemption.StopSignals() as stop:
+      while step < total_steps and not early['stopped']:
+        epoch_start, epoch = time.monotonic(), step // steps_per_epoch + 1
+        epoch_end = epoch * steps_per_epoch
+        bar.resume()
+        while step < epoch_end:
+          phase = plan.phase(step)
+          if step == plan.phase_two_start > 0:
+            logging.info('Step %d: unfreezing the backbone (%s).', step, config.train.unfreeze)
+          batch = sharding.global_batch(next(train_iter), data_sharding)
+          state, step_metrics = train_steps[phase](state, batch)
+          step += 1
+          pending.append(step_metrics)
+          stopping = stop.at_step(step)
+          mid_epoch_save = step < epoch_end and (stopping or (every and step % every == 0))
+          if step % config.train.log_every_steps == 0 or step == epoch_end or mid_epoch_save:
+            fetched = jax.device_get(pending)
+            pending = []
+            for offset, m in enumerate(fetched):
+              if not config.train.skip_nonfinite:
+                _check_finite(m['loss'], step - len(fetched) + offset + 1)
+            skips += sum(int(m['skipped']) for m in fetched)
+            record = _train_record(step, epoch, fetched, skips)
+            epoch_losses += record['step_losses']
+            record['images_per_sec'] = bar.update(step, epoch, record['train_loss'])
+            _log(metrics_log, writer, record, step)
+          if mid_epoch_save:
+            save_latest(completed_epochs=epoch - 1)
+          if stopping and step < epoch_end:
+            bar.newline()
+            raise preemption.RunStopped(step, workdir)
+        bar.newline()
+        # The epoch's last update came after fetching its metrics, so every train step has
+        # finished: from here to the next epoch, validation and checkpoints are kept out of
+        # images_per_sec.
+        bar.pause()
+
+        val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'),
+                                     mesh, len(splits['val']), num_classes)
+        val = report.compute_metrics(labels[splits['val']], val_probs, description)
+        summary = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(epoch_losses)),
+                   'epoch_time_s': time.monotonic() - epoch_start,
+                   **{f'val_{k}': v for k, v in val.items() if k != 'per_class'}}
+        improved = _update_early_stopping(early, summary, config.train.early_stopping)
+        _log(metrics_log, writer, summary, step)
+        print(f"epoch {epoch} step {step}: train_loss {summary['train_loss']:.4f} "
+              f"val_loss {summary['val_loss']:.4f} val_bal_acc {summary['val_balanced_accuracy']:.4f} "
+              f"val_macro_f1 {summary['val_macro_f1']:.4f} ({summary['epoch_time_s']:.1f}s)"
+              + (' *best*' if improved else ''))
+        if improved:
+          checkpoints.save_best(step, state.params, state.rest, summary)
+        epoch_losses = []
+        save_latest(completed_epochs=epoch)
+        if (stopping or stop.between_steps()) and step < total_steps and not early['stopped']:
+          raise preemption.RunStopped(step, workdir)
+    epochs_run = checkpoints.latest_progress()['epoch']
+    if early['stopped']:
+      print(f"Early stopping after epoch {epochs_run}: best {config.train.early_stopping.monitor} "
+            f"{early['best_value']:.4f} at epoch {early['best_epoch']}.")
+
+    # ---------------------------------------------------------- final report
+    best_step, params, rest = checkpoints.restore_model(
+        'best', ckpt.abstract(abstract_params, replicated), ckpt.abstract(abstract_rest, replicated))
+    test_probs = evaluate.predict(predict_step, params, rest, eval_batches('test'), mesh,
+                                  len(splits['test']), num_classes)
+    extra = {'arch': config.model.arch, 'init': config.model.init, 'num_params': int(num_params),
+             'image_size': config.data.image_size, 'split': config.data.split,
+             'best_step': best_step, 'best_epoch': early['best_epoch'], 'epochs_run': epochs_run,
+             'nonfinite_skips': skips}
+    metrics = {}
+    if is_lead:
+      metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
+                                    metadata['image_id'][splits['test']], description, extra=extra,
+                                    groups=metadata['group'][splits['test']])
+      # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
+      (workdir / 'report' / 'timing.json').write_text(json.dumps(
+          {'train_time_s': checkpoints.latest_progress().get('train_time_s')}) + '\n')
+      if skips:
+        print(f'{skips} steps were skipped for a non-finite loss (config.train.skip_nonfinite).')
+      print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
+            + (workdir / 'report' / 'classification_report.txt').read_text()
+            + report.format_summary(metrics))
+    return metrics
+  finally:
+    # Every exit path: a finished run, a requested stop, an error or a second Ctrl-C.
+    if is_lead:
+      metrics_log.close()
+      writer.close()
+    # Stops grain's worker processes. Its iterators keep their last batches in reference cycles;
+    # collected now, the batches unlink their shared memory instead of leaving it to Python's
+    # resource tracker, which would warn about "leaked shared_memory objects" at exit.
+    train_iter.close()
+    gc.collect()
+    checkpoints.wait_and_close()
 
 
 def _with_pretrained_backbone(state: steps.TrainState, config, replicated) -> steps.TrainState:

@@ -20,7 +20,7 @@ DESCRIPTION_KEY = 'dataset_description'
 # Keys that may change between a run and its resume without changing what is trained.
 RESUME_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.num_workers', 'train.log_every_steps', 'train.eval_batch_size',
-    'train.allow_config_change'})
+    'train.checkpoint_every_steps', 'train.allow_config_change'})
 # Changes no flag can allow: the checkpoint would not even load.
 NEVER_ALLOWED_KEYS = frozenset({'model.arch'})
 
