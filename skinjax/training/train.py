@@ -17,6 +17,7 @@ from flax import nnx
 from tensorboardX import SummaryWriter
 
 from skinjax.data import augment
+from skinjax.data import handle
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.evaluation import evaluate
@@ -42,9 +43,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   resuming = ckpt.has_checkpoint(workdir)
   if not resuming:  # A resume needs no initial weights.
     config_checks.check_init(config)
-  dataset = sources.fingerprint(config)
-  description = sources.describe(config)
-  workdir_lib.check_resume(workdir, config, dataset, resuming)
+  dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
+  workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
   is_lead = jax.process_index() == 0
   lock = None
   if is_lead:
@@ -53,20 +53,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lock.acquire()
   try:
     if is_lead:
-      workdir_lib.write_config(workdir, config, dataset, description.to_json())
-    return _train(config, workdir, is_lead)
+      workdir_lib.write_config(workdir, config, dataset.fingerprint,
+                               dataset.description.to_json())
+    return _train(config, dataset, workdir, is_lead)
   finally:
     if lock is not None:
       lock.release()  # a killed trainer leaves it behind; the next run takes it over
 
 
-def _train(config: ml_collections.ConfigDict, workdir: pathlib.Path, is_lead: bool) -> dict:
+def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is_lead: bool) -> dict:
   spec = registry.get_spec(config.model.arch)
   checkpoints = ckpt.RunCheckpoints(workdir)
 
   # ------------------------------------------------------------------- data
-  source, metadata, description = sources.open_source(config)
-  splits = sources.split_indices(config, metadata, description)
+  source, metadata, description = dataset.source, dataset.metadata, dataset.description
+  splits = dataset.splits
   num_classes = description.num_classes
   labels = metadata['label']
   mesh = sharding.data_mesh()
