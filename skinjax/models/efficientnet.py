@@ -1,4 +1,9 @@
-"""EfficientNet B0-B7, layer for layer as `keras.applications.efficientnet`.
+"""EfficientNet B0-B7, layer for layer as `keras.applications.efficientnet`, and the skeleton that
+EfficientNet-Lite shares.
+
+Lite (see `efficientnet_lite`) is the same network with a few `Switches` flipped, as timm builds it
+from one class: another activation, no squeeze-excite, TF 'SAME' padding, no normalisation inside,
+fixed stem and head widths and unscaled first and last stages. The parameter paths are the same.
 
 The structure mirrors the Keras layers so that ImageNet weights can be ported by name: joining a
 module path with '_' gives the Keras layer name, e.g. ('block2a', 'se_reduce') -> 'block2a_se_reduce',
@@ -6,7 +11,9 @@ module path with '_' gives the Keras layer name, e.g. ('block2a', 'se_reduce') -
 Normalization, which Keras names automatically ('normalization', 'normalization_1', ...).
 """
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import nnx
@@ -71,12 +78,53 @@ def round_repeats(repeats: int, depth_coefficient: float) -> int:
   return int(math.ceil(depth_coefficient * repeats))
 
 
+def stage_repeats(depth_coefficient: float, scale_end_stages: bool = True) -> list[int]:
+  """Blocks per stage, scaled with depth; Lite keeps the first and last stages at B0's one block."""
+  last = len(DEFAULT_BLOCKS_ARGS) - 1
+  return [args['repeats'] if not scale_end_stages and i in (0, last)
+          else round_repeats(args['repeats'], depth_coefficient)
+          for i, args in enumerate(DEFAULT_BLOCKS_ARGS)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Switches:
+  """What sets an EfficientNet family apart; the defaults are Keras' B0-B7."""
+
+  activation: Callable = nnx.swish
+  # Squeeze-excite in every block (its width from the block args' se_ratio).
+  squeeze_excite: bool = True
+  # Keras pads stride-2 convs itself with correct_pad and runs them 'valid'. Without it the convs
+  # use TF's 'SAME', which XLA's 'SAME' is: the odd pixel goes to the bottom/right.
+  keras_padding: bool = True
+  # Keras' Rescaling + Normalization in the stem; otherwise the inputs come normalised.
+  normalizes_input: bool = True
+  # Stem 32 and head 1280 filters whatever the width coefficient.
+  fixed_stem_and_head: bool = False
+  scale_end_stages: bool = True  # see stage_repeats
+
+
+KERAS = Switches()
+
+
 def _conv(in_features, out_features, kernel_size, *, strides=1, padding='SAME', use_bias=False,
-          dtype, rngs, **kwargs) -> nnx.Conv:
+          dtype, rngs) -> nnx.Conv:
   return cpu_conv.Conv(in_features, out_features, (kernel_size, kernel_size), strides=strides,
                        padding=padding, use_bias=use_bias, kernel_init=CONV_KERNEL_INIT,
                        dtype=dtype, param_dtype=jnp.float32,
-                       conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs, **kwargs)
+                       conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs)
+
+
+def _pads_explicitly(switches: Switches, strides: int) -> bool:
+  return switches.keras_padding and strides == 2
+
+
+def _padding(switches: Switches, strides: int) -> str:
+  return 'VALID' if _pads_explicitly(switches, strides) else 'SAME'
+
+
+def _pad(x: jnp.ndarray, kernel_size: int) -> jnp.ndarray:
+  """Keras' correct_pad before a stride-2 'valid' conv (see layers.correct_pad)."""
+  return zero_pad_2d(x, correct_pad(x.shape[1:3], kernel_size))
 
 
 class Normalization(nnx.Module):
@@ -95,17 +143,40 @@ class Normalization(nnx.Module):
     return (x - self.mean[...]) / jnp.maximum(jnp.sqrt(self.variance[...]), KERAS_EPSILON)
 
 
-class Stem(nnx.Module):
-  """Rescaling(1/255) -> Normalization -> [Rescaling(1/sqrt(std))] -> pad -> conv3x3/2 -> BN -> swish."""
+class ConvBN(nnx.Module):
+  """[pad] -> conv -> BatchNorm -> activation: the head (`top`, 1x1) and the stem's conv."""
 
-  def __init__(self, out_features: int, *, imagenet_normalization: bool, dtype, rngs: nnx.Rngs):
-    if imagenet_normalization:
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, strides: int = 1,
+               switches: Switches, dtype, rngs: nnx.Rngs):
+    self.kernel_size = kernel_size
+    self.pads_explicitly = _pads_explicitly(switches, strides)
+    self.activation = switches.activation
+    self.conv = _conv(in_features, out_features, kernel_size, strides=strides,
+                      padding=_padding(switches, strides), dtype=dtype, rngs=rngs)
+    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.pads_explicitly:
+      x = _pad(x, self.kernel_size)
+    return self.activation(self.bn(self.conv(x)))
+
+
+class Stem(ConvBN):
+  """[Rescaling(1/255) -> Normalization -> Rescaling(1/sqrt(std))] -> conv3x3/2 -> BN -> act.
+
+  The normalisation is Keras' (`switches.normalizes_input`); Lite takes normalised inputs.
+  """
+
+  def __init__(self, out_features: int, *, imagenet_normalization: bool = False,
+               switches: Switches = KERAS, dtype, rngs: nnx.Rngs):
+    if not switches.normalizes_input:
+      self.normalization = None
+    elif imagenet_normalization:
       # The values Keras' ImageNet weight files hold (see `normalize`).
       self.normalization = Normalization(IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB)
     else:
       self.normalization = Normalization(jnp.zeros(3), jnp.ones(3))
-    self.conv = _conv(3, out_features, 3, strides=2, padding='VALID', dtype=dtype, rngs=rngs)
-    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
+    super().__init__(3, out_features, 3, strides=2, switches=switches, dtype=dtype, rngs=rngs)
 
   def normalize(self, images: jnp.ndarray) -> jnp.ndarray:
     """0..255 RGB -> network input, in float32 whatever the compute dtype (cheap and exact).
@@ -127,9 +198,7 @@ class Stem(nnx.Module):
     return x * jnp.where(holds_imagenet_std, rescale, 1.0)
 
   def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
-    x = self.normalize(images)
-    x = zero_pad_2d(x, correct_pad(x.shape[1:3], 3))
-    return nnx.swish(self.bn(self.conv(x)))
+    return super().__call__(images if self.normalization is None else self.normalize(images))
 
 
 class MBConvBlock(nnx.Module):
@@ -150,25 +219,26 @@ class MBConvBlock(nnx.Module):
       se_ratio: float,
       id_skip: bool,
       drop_rate: float,
+      switches: Switches = KERAS,
       dtype,
       rngs: nnx.Rngs,
   ):
     self.kernel_size = kernel_size
-    self.strides = strides
+    self.pads_explicitly = _pads_explicitly(switches, strides)
+    self.activation = switches.activation
     filters = filters_in * expand_ratio
     if expand_ratio != 1:
       self.expand_conv = _conv(filters_in, filters, 1, dtype=dtype, rngs=rngs)
       self.expand_bn = batch_norm(filters, dtype=dtype, rngs=rngs)
     else:
       self.expand_conv = self.expand_bn = None
-    # Keras pads stride-2 depthwise convs with correct_pad and uses 'valid'; see correct_pad.
     self.dwconv = nnx.Conv(
         filters, filters, (kernel_size, kernel_size), strides=strides,
-        padding='VALID' if strides == 2 else 'SAME', feature_group_count=filters, use_bias=False,
+        padding=_padding(switches, strides), feature_group_count=filters, use_bias=False,
         kernel_init=DEPTHWISE_KERNEL_INIT, dtype=dtype, param_dtype=jnp.float32,
         conv_general_dilated=cpu_conv.conv_general_dilated, rngs=rngs)
     self.bn = batch_norm(filters, dtype=dtype, rngs=rngs)
-    if 0 < se_ratio <= 1:
+    if switches.squeeze_excite and 0 < se_ratio <= 1:
       # The squeeze width comes from the block *input* filters, not the expanded ones.
       filters_se = max(1, int(filters_in * se_ratio))
       self.se_reduce = _conv(filters, filters_se, 1, use_bias=True, dtype=dtype, rngs=rngs)
@@ -187,13 +257,13 @@ class MBConvBlock(nnx.Module):
   def __call__(self, inputs: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     x = inputs
     if self.expand_conv is not None:
-      x = nnx.swish(self.expand_bn(self.expand_conv(x)))
-    if self.strides == 2:
-      x = zero_pad_2d(x, correct_pad(x.shape[1:3], self.kernel_size))
-    x = nnx.swish(self.bn(self.dwconv(x)))
+      x = self.activation(self.expand_bn(self.expand_conv(x)))
+    if self.pads_explicitly:
+      x = _pad(x, self.kernel_size)
+    x = self.activation(self.bn(self.dwconv(x)))
     if self.se_reduce is not None:
       se = global_average_pool(x, keepdims=True)
-      se = nnx.swish(self.se_reduce(se))
+      se = self.activation(self.se_reduce(se))
       se = nnx.sigmoid(self.se_expand(se))
       x = x * se.astype(x.dtype)
     x = self.project_bn(self.project_conv(x))
@@ -204,23 +274,13 @@ class MBConvBlock(nnx.Module):
     return x
 
 
-class Top(nnx.Module):
-  """top_conv (1x1) -> top_bn -> swish."""
-
-  def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = _conv(in_features, out_features, 1, dtype=dtype, rngs=rngs)
-    self.bn = batch_norm(out_features, dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return nnx.swish(self.bn(self.conv(x)))
-
-
 class EfficientNet(nnx.Module):
   """EfficientNet backbone: `stem`, `block1a` ... `block7x`, `top` [, `top_dropout`, `predictions`].
 
   Without the top it returns the NHWC feature map of `top`; with it, float32 logits (no softmax).
-  Inputs are 0..255 floats (RGB): the model normalises them itself, like Keras.
-  `imagenet_normalization=True` starts the stem at the ImageNet normalisation (see `Stem.normalize`).
+  With Keras' switches the inputs are 0..255 floats (RGB) that the model normalises itself, and
+  `imagenet_normalization=True` starts the stem at the ImageNet normalisation (see
+  `Stem.normalize`); Lite's switches take inputs already normalised.
   """
 
   def __init__(
@@ -230,25 +290,29 @@ class EfficientNet(nnx.Module):
       dropout_rate: float,
       drop_connect_rate: float = 0.2,
       *,
+      switches: Switches = KERAS,
       include_top: bool = False,
       num_classes: int = 1000,
       imagenet_normalization: bool = False,
       dtype=jnp.float32,
       rngs: nnx.Rngs,
   ):
-    def filters(n):
-      return round_filters(n, width_coefficient)
+    def stem_or_head_filters(n):
+      return n if switches.fixed_stem_and_head else round_filters(n, width_coefficient)
 
     self.include_top = include_top
-    self.stem = Stem(filters(32), imagenet_normalization=imagenet_normalization, dtype=dtype,
-                     rngs=rngs)
+    stem_filters = stem_or_head_filters(32)
+    self.stem = Stem(stem_filters, imagenet_normalization=imagenet_normalization,
+                     switches=switches, dtype=dtype, rngs=rngs)
 
-    total_blocks = float(sum(round_repeats(a['repeats'], depth_coefficient)
-                             for a in DEFAULT_BLOCKS_ARGS))
+    repeats = stage_repeats(depth_coefficient, switches.scale_end_stages)
+    total_blocks = float(sum(repeats))
     block_names = []
-    for i, args in enumerate(DEFAULT_BLOCKS_ARGS):
-      filters_in, filters_out = filters(args['filters_in']), filters(args['filters_out'])
-      for j in range(round_repeats(args['repeats'], depth_coefficient)):
+    filters_out = stem_filters
+    for i, (args, stage_blocks) in enumerate(zip(DEFAULT_BLOCKS_ARGS, repeats)):
+      # Each stage takes the previous one's width, the first the stem's.
+      filters_in, filters_out = filters_out, round_filters(args['filters_out'], width_coefficient)
+      for j in range(stage_blocks):
         name = f'block{i + 1}{chr(j + 97)}'
         # Only the first block of a stage changes stride and width.
         setattr(self, name, MBConvBlock(
@@ -260,14 +324,15 @@ class EfficientNet(nnx.Module):
             se_ratio=args['se_ratio'],
             id_skip=args['id_skip'],
             drop_rate=drop_connect_rate * len(block_names) / total_blocks,
+            switches=switches,
             dtype=dtype,
             rngs=rngs,
         ))
         block_names.append(name)
     self.block_names = tuple(block_names)
 
-    self.num_features = filters(1280)
-    self.top = Top(filters_out, self.num_features, dtype=dtype, rngs=rngs)
+    self.num_features = stem_or_head_filters(1280)
+    self.top = ConvBN(filters_out, self.num_features, 1, switches=switches, dtype=dtype, rngs=rngs)
     if include_top:
       self.top_dropout = nnx.Dropout(dropout_rate)
       self.predictions = nnx.Linear(self.num_features, num_classes, kernel_init=DENSE_KERNEL_INIT,
@@ -277,7 +342,10 @@ class EfficientNet(nnx.Module):
     return ['stem', *self.block_names, 'top'] + (['predictions'] if self.include_top else [])
 
   def keras_layer_order(self) -> list[tuple[str, ...]]:
-    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry)."""
+    """Module paths of Keras' weighted layers, in `keras.Model.layers` order (see registry).
+
+    Keras' switches only: Lite has no Keras weights (nor the stem's normalization).
+    """
     order = [('stem', 'normalization'), ('stem', 'conv'), ('stem', 'bn')]
     for name in self.block_names:
       block = getattr(self, name)
