@@ -57,7 +57,7 @@ under 45 minutes is thin.
 External images and TTA (2026-12-03, the run of the README's study, same config and seed; it
 scored 0.672 on the grouped split where the run above scored 0.662): on isic2018_test_dev (453
 images of the ISIC 2018 Task 3 test set) balanced accuracy 0.620 [0.537, 0.702] without TTA,
-as the issue found on those images (0.62), and 0.629 with --tta=flip_rot, which raised validation
+as measured before on those images (0.62), and 0.629 with --tta=flip_rot, which raised validation
 balanced accuracy from 0.653 to 0.660 and the grouped test figure to 0.699. So evaluate with
   python scripts/evaluate.py --workdir=runs/cpu_small --tta=flip_rot [--images_dir=... --labels_csv=...]
 The 8 views help this model a little everywhere (+0.01 external); the 4 flips did nothing above.

@@ -34,7 +34,7 @@ Task 3 test set; isic-challenge-scoring gives the same balanced accuracy on them
   grouped test, none           0.720 [0.674, 0.758] 0.647 [0.605, 0.683] 0.525 [0.448, 0.601] 0.950
   isic2018_test_dev, none      0.696 [0.616, 0.768] 0.678 [0.591, 0.736] 0.725 [0.608, 0.848] 0.943
 
-Issue 15's targets (0.72 grouped, 0.68 external, with the evaluation above) are met; the
+The recipe's targets (0.72 grouped, 0.68 external, with the evaluation above) are met; the
 previous recipe (no colour constancy, 128 px views) gave 0.716 and 0.672. Melanoma recall fell
 on the grouped split (0.659 -> 0.547, intervals overlapping) while every other class's rose: the
 balanced accuracy weighs the seven classes alike, and a user who cares most about melanoma should

@@ -2,6 +2,7 @@
 
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -80,7 +81,7 @@ def test_eval_pads_and_masks_so_each_example_counts_once(source, process_count):
   indices = np.arange(0, 101, 2)  # 51 examples: not a multiple of the batch
   positions = []
   for process in range(process_count):
-    batches = list(pipeline.eval_dataset(source, indices, image_size=24, resize_mode='center_crop',
+    batches = list(pipeline.eval_dataset(source, indices, pipeline.EvalView(24, 'center_crop'),
                                          global_batch_size=16, process_index=process,
                                          process_count=process_count))
     assert {b['image'].shape[0] for b in batches} == {16 // process_count}
@@ -153,7 +154,8 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
   def gap(power):
     train = [pipeline.TrainTransform(records, 32, spec, 'center_crop', power).random_map(
         i, np.random.default_rng(7)) for i in (0, 1)]
-    evals = [pipeline.EvalTransform(records, np.arange(2), 32, 'center_crop', power).map(i)
+    evals = [pipeline.EvalTransform(records, np.arange(2),
+                                    pipeline.EvalView(32, 'center_crop', power)).map(i)
              for i in (0, 1)]
     return [np.abs(a['image'].astype(int) - b['image'].astype(int)).mean()
             for a, b in (train, evals)]
@@ -163,8 +165,12 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
   on = tiny_config(**{'data.colour_constancy': 'shades_of_grey', 'data.shades_of_grey_power': 4.0})
   assert augment.colour_constancy_power(on.data) == 4.0
   assert augment.colour_constancy_power(tiny_config().data) is None
-  # A run saved before the key existed trained without it.
-  assert augment.colour_constancy_power({'resize': 'center_crop'}) is None
+  # A run saved before the keys existed trained without colour constancy and larger views.
+  from skinjax.training import workdir
+  saved = {'data': {'image_size': 24, 'resize': 'center_crop'}}
+  old = ml_collections.ConfigDict(workdir.upgrade_saved_config(saved))
+  assert augment.colour_constancy_power(old.data) is None
+  assert augment.eval_image_size(old.data) == 24
 
 
 @pytest.mark.parametrize('key, value, message', [

@@ -238,7 +238,7 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, monkeypatch):
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert max(r.get('nonfinite_skips', 0) for r in records) == skips
   # One step per record (log_every_steps=1): a skipped step counts in neither the loss nor the
-  # accuracy, so both are NaN for it and both finite otherwise (issue 16 §4).
+  # accuracy, so both are NaN for it and both finite otherwise.
   step_records = [r for r in records if 'step_losses' in r]
   assert sum(math.isnan(r['train_accuracy']) for r in step_records) == skips
   assert all(math.isnan(r['train_loss']) == math.isnan(r['train_accuracy']) for r in step_records)

@@ -152,13 +152,10 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
 
 
 def test_best_and_latest_model_restore_at_their_steps(finished_run):
-  from flax import nnx
+  from skinjax.models.run_model import RunModel
   from skinjax.runtime import sharding
-  from skinjax.models import registry
   workdir, metrics = finished_run
-  model = nnx.eval_shape(lambda: registry.build_classifier(
-      'small_cnn', num_classes=7, dropout_rate=0.1, rngs=nnx.Rngs(0)))
-  _, params, rest = nnx.split(model, nnx.Param, ...)
+  params, rest = RunModel(tiny_config(), num_classes=7).abstract_state
   replicated = sharding.replicated(sharding.data_mesh())
   checkpoints = ckpt.RunCheckpoints(workdir)
   restored = {which: checkpoints.restore_model(which, ckpt.abstract(params, replicated),
@@ -173,16 +170,15 @@ def test_best_and_latest_model_restore_at_their_steps(finished_run):
 
 
 def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
-  """unfreeze=1 (issue 15): the blocks left frozen run in inference mode, as Keras runs a
+  """unfreeze=1: the blocks left frozen run in inference mode, as Keras runs a
   non-trainable BatchNorm, so their moving statistics end the run bit-identical to their initial
   values; only the unfrozen last block's statistics move."""
   from flax import nnx
+  from skinjax.models.run_model import RunModel
   from skinjax.runtime import sharding
-  from skinjax.models import registry
   config = tiny_config(**{'train.unfreeze': '1', 'train.num_epochs': 1})
   train.train_and_evaluate(config, str(tmp_path))
-  model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.1,
-                                    rngs=nnx.Rngs(config.seed))
+  model = RunModel(config, num_classes=7).build()  # the trainer's initial model, same seed
   _, params, initial = nnx.split(model, nnx.Param, ...)
   replicated = sharding.replicated(sharding.data_mesh())
   _, _, trained = ckpt.RunCheckpoints(tmp_path).restore_model(
@@ -197,7 +193,7 @@ def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
 
 
 def test_throughput_times_training_steps_only(tmp_path, monkeypatch):
-  """images_per_sec (issue 16 §4) leaves out validation and checkpoints, and is not 0.0 in the
+  """images_per_sec leaves out validation and checkpoints, and is not 0.0 in the
   first record after a start or a resume. Validation is made 2 s slower: a record of one
   16-image step that counted it would show under 8 img/s."""
   slow_s = 2.0

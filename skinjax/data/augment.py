@@ -129,11 +129,11 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
 
 def eval_image_size(data_config: ml_collections.ConfigDict) -> int:
   """The side of the evaluation views: config.data.eval_image_size, or the training size."""
-  return data_config.get('eval_image_size', 0) or data_config.image_size  # 0 or absent: the same
+  return data_config.eval_image_size or data_config.image_size  # 0: the same
 
 
 def colour_constancy_power(data_config: ml_collections.ConfigDict) -> float | None:
   """config.data's colour constancy as the Shades of Grey power, None when it is off."""
-  if data_config.get('colour_constancy', 'none') == 'none':  # runs from before the key: off
+  if data_config.colour_constancy == 'none':
     return None
-  return float(data_config.get('shades_of_grey_power', 6))
+  return float(data_config.shades_of_grey_power)

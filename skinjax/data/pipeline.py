@@ -77,24 +77,40 @@ class TrainTransform(grain.transforms.RandomMap):
     return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalView:
+  """How validation, evaluation and prediction see an image: one definition for all three.
+
+  A training run's views follow its config.data: the evaluation size (config.data.eval_image_size,
+  or the training size), the resize mode and the colour constancy (None when off).
+  """
+  image_size: int
+  resize_mode: str = 'center_crop'
+  colour_constancy_power: float | None = None
+
+  @classmethod
+  def from_config(cls, data_config: ml_collections.ConfigDict) -> 'EvalView':
+    return cls(augment.eval_image_size(data_config), data_config.resize,
+               augment.colour_constancy_power(data_config))
+
+  def __call__(self, image) -> np.ndarray:
+    """The uint8 view of one image (JPEG bytes or an array)."""
+    return augment.eval_view(image, self.image_size, self.resize_mode, self.colour_constancy_power)
+
+
 class EvalTransform(grain.transforms.Map):
   """Position -1 is padding: a blank image with mask 0, so every real example counts once."""
 
-  def __init__(self, source, indices: np.ndarray, image_size: int, resize_mode: str,
-               colour_constancy_power: float | None = None):
-    self.source, self.indices = source, indices
-    self.image_size, self.resize_mode = image_size, resize_mode
-    self.colour_constancy_power = colour_constancy_power
+  def __init__(self, source, indices: np.ndarray, view: EvalView):
+    self.source, self.indices, self.view = source, indices, view
 
   def map(self, position):
     position = int(position)
     if position < 0:
-      blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+      blank = np.zeros((self.view.image_size, self.view.image_size, 3), np.uint8)
       return {'image': blank, 'label': np.int32(0), 'mask': np.float32(0.0), 'position': np.int32(-1)}
     record = self.source[int(self.indices[position])]
-    image = augment.eval_view(record['image'], self.image_size, self.resize_mode,
-                              self.colour_constancy_power)
-    return {'image': image, 'label': np.int32(record['label']),
+    return {'image': self.view(record['image']), 'label': np.int32(record['label']),
             'mask': np.float32(1.0), 'position': np.int32(position)}
 
 
@@ -151,17 +167,15 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
   return ds
 
 
-def eval_dataset(source, indices: np.ndarray, *, image_size: int, resize_mode: str,
-                 global_batch_size: int, process_index: int = 0, process_count: int = 1,
-                 num_threads: int = 4, colour_constancy_power: float | None = None
+def eval_dataset(source, indices: np.ndarray, view: EvalView, *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1, num_threads: int = 4
                  ) -> grain.IterDataset:
   """One deterministic pass over `indices`, padded to whole global batches and masked."""
   positions = np.arange(len(indices))
   padding = -len(positions) % global_batch_size
   positions = np.concatenate([positions, np.full(padding, -1)])
   ds = grain.MapDataset.source(positions)[process_index::process_count]
-  ds = ds.map(EvalTransform(source, np.asarray(indices), image_size, resize_mode,
-                            colour_constancy_power))
+  ds = ds.map(EvalTransform(source, np.asarray(indices), view))
   ds = ds.batch(global_batch_size // process_count)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
 

@@ -13,21 +13,19 @@ import re
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from skinjax.data import augment
 from skinjax.data import datasets
 from skinjax.data import pipeline
 from skinjax.evaluation import evaluate
 from skinjax.evaluation import tta
-from skinjax.models import preprocessing
-from skinjax.models import registry
+from skinjax.models import run_model as run_model_lib
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.runtime import sharding
 from skinjax.runtime import steps
+from skinjax.training import workdir as workdir_lib
 
 
 class RunInputError(ValueError):
@@ -49,6 +47,10 @@ class LoadedRun:
   @property
   def num_params(self) -> int:
     return int(sum(x.size for x in jax.tree.leaves(self.params)))
+
+  @property
+  def eval_view(self) -> pipeline.EvalView:
+    return pipeline.EvalView.from_config(self.config.data)
 
   def model(self):
     """The nnx Classifier in inference mode."""
@@ -77,9 +79,7 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
   try:
     saved = json.loads((workdir / 'config.json').read_text())
     description = datasets.of_run(saved)
-    # Runs from before config.data.dataset trained on the one dataset there was.
-    saved.setdefault('data', {}).setdefault('dataset', 'ham10000')
-    config = ml_collections.ConfigDict(saved)
+    config = ml_collections.ConfigDict(workdir_lib.upgrade_saved_config(saved))
   except (ValueError, KeyError, TypeError) as error:
     raise RunInputError(f'{workdir / "config.json"} is not valid JSON ({error}); restore it from '
                         'the training run.') from None
@@ -100,12 +100,8 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
                '--checkpoint=latest.')
       raise RunInputError(f'{workdir}: {error} To fix: {fix}') from None
 
-    abstract_model = nnx.eval_shape(lambda: registry.build_classifier(
-        config.model.arch, num_classes=description.num_classes,
-        dropout_rate=config.model.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(0)))
-    abstract_model.eval()
-    graphdef, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
+    run_model = run_model_lib.RunModel(config, description.num_classes)
+    abstract_params, abstract_rest = run_model.abstract_state
     _check_saved_shapes(checkpoints.saved_param_shapes(checkpoint), abstract_params, workdir,
                         checkpoint, config.model.arch, description)
     replicated = sharding.replicated(sharding.data_mesh())
@@ -114,9 +110,8 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
         ckpt.abstract(abstract_rest, replicated))
   finally:
     checkpoints.wait_and_close()
-  return LoadedRun(workdir, config, checkpoint, step, graphdef, params, rest,
-                   preprocessing.normaliser(registry.get_spec(config.model.arch).preprocessing,
-                                            config), description)
+  return LoadedRun(workdir, config, checkpoint, step, run_model.graphdef(), params, rest,
+                   run_model.normalise, description)
 
 
 def _param_shapes(params) -> dict[str, tuple[int, ...]]:
@@ -154,18 +149,12 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
   predict_step = jax.jit(
       tta.with_tta(steps.make_predict_step(run.graphdef, normalise=run.normalise), tta_mode),
       out_shardings=sharding.batch_sharding(mesh))
-  batches = pipeline.eval_dataset(source, np.asarray(indices),
-                                  image_size=augment.eval_image_size(run.config.data),
-                                  resize_mode=run.config.data.resize, global_batch_size=batch_size,
-                                  colour_constancy_power=augment.colour_constancy_power(run.config.data))
+  batches = pipeline.eval_dataset(source, np.asarray(indices), run.eval_view,
+                                  global_batch_size=batch_size)
   return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
                           run.description.num_classes)
 
 
 def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
   """The uint8 image the model sees for `source[index]` (what Grad-CAM is drawn on)."""
-  transform = pipeline.EvalTransform(source, np.arange(len(source)),
-                                     augment.eval_image_size(run.config.data),
-                                     run.config.data.resize,
-                                     augment.colour_constancy_power(run.config.data))
-  return transform.map(index)['image']
+  return run.eval_view(source[index]['image'])

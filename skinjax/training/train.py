@@ -3,6 +3,7 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
+import functools
 import gc
 import json
 import pathlib
@@ -16,14 +17,12 @@ import numpy as np
 from flax import nnx
 from tensorboardX import SummaryWriter
 
-from skinjax.data import augment
 from skinjax.data import handle
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.evaluation import evaluate
 from skinjax.evaluation import report
-from skinjax.models import preprocessing
-from skinjax.models import registry
+from skinjax.models import run_model as run_model_lib
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.runtime import preemption
 from skinjax.runtime import sharding
@@ -62,7 +61,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is_lead: bool) -> dict:
-  spec = registry.get_spec(config.model.arch)
   checkpoints = ckpt.RunCheckpoints(workdir)
 
   # ------------------------------------------------------------------- data
@@ -91,13 +89,12 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
       process_index=process_index, process_count=process_count)
   train_iter = iter(train_data)
 
+  eval_view = pipeline.EvalView.from_config(config.data)
+
   def eval_batches(split):
     return pipeline.eval_dataset(
-        source, splits[split], image_size=augment.eval_image_size(config.data),
-        resize_mode=config.data.resize,
-        global_batch_size=config.train.eval_batch_size, process_index=process_index,
-        process_count=process_count,
-        colour_constancy_power=augment.colour_constancy_power(config.data))
+        source, splits[split], eval_view, global_batch_size=config.train.eval_batch_size,
+        process_index=process_index, process_count=process_count)
 
   class_weights = jnp.asarray(sources.class_weights(
       labels[splits['train']], num_classes, config.train.class_weighting))
@@ -105,26 +102,22 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
                {k: len(v) for k, v in splits.items()}, steps_per_epoch, np.round(class_weights, 3))
 
   # ------------------------------------------------------- model + optimiser
-  def build_model():
-    return registry.build_classifier(
-        config.model.arch, num_classes=num_classes, dropout_rate=config.model.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype), rngs=nnx.Rngs(config.seed))
-
-  abstract_model = nnx.eval_shape(build_model)
-  _, abstract_params, abstract_rest = nnx.split(abstract_model, nnx.Param, ...)
-  plan = optim.PhasePlan.create(abstract_model, config.train.unfreeze,
+  run_model = run_model_lib.RunModel(config, num_classes)
+  abstract_params, abstract_rest = run_model.abstract_state
+  plan = optim.PhasePlan.create(run_model.abstract, config.train.unfreeze,
                                 phase_two_start=config.train.freeze_backbone_epochs * steps_per_epoch)
-  graphdefs = {phase: nnx.graphdef(plan.set_mode(abstract_model, phase)) for phase in (1, 2, 'eval')}
+  graphdefs = {phase: run_model.graphdef(functools.partial(plan.set_mode, phase=phase))
+               for phase in (1, 2, 'eval')}
   # One optimiser state layout for the whole run; phase 1's step holds the backbone's part.
   txs = {phase: optim.make_optimizer(config, plan, steps_per_epoch=steps_per_epoch, phase=phase)
          for phase in (1, 2)}
-  normalise = preprocessing.normaliser(spec.preprocessing, config)
+  normalise = run_model.normalise
 
   # ----------------------------------------------------------- mesh/sharding
   replicated, data_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 
   def init_model():
-    _, params, rest = nnx.split(build_model(), nnx.Param, ...)
+    _, params, rest = nnx.split(run_model.build(), nnx.Param, ...)
     return params, rest
 
   def init_state(params, rest):
