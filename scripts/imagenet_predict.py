@@ -26,6 +26,7 @@ from PIL import Image
 from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.runtime import cli_flags
+from skinjax.weights import keras_h5_source
 from skinjax.weights import pretrained
 
 _ARCH = flags.DEFINE_enum('arch', None, registry.PRETRAINED_ARCHITECTURES, 'Architecture.',
@@ -54,7 +55,7 @@ def load_image(path: str, size: int) -> np.ndarray:
 
 
 def class_names() -> list[str] | None:
-  for directory in pretrained.search_dirs():
+  for directory in keras_h5_source.search_dirs():
     if (directory / CLASS_INDEX_FILE).is_file():
       index = json.loads((directory / CLASS_INDEX_FILE).read_text())
       return [index[str(i)][1] for i in range(len(index))]

@@ -27,7 +27,7 @@ from skinjax.models import cpu_conv, efficientnet_lite, preprocessing, registry
 from skinjax.training import config_checks
 from skinjax.training import train
 from skinjax.weights import imagenet_sample
-from skinjax.weights import lite_mapping, lite_pretrained, mapping, pretrained, torch_pth
+from skinjax.weights import identity, lite_mapping, mapping, pretrained, torch_pth
 from skinjax.weights.keras_h5 import WeightFileError
 from tests.conftest import REPO, tiny_config
 
@@ -58,7 +58,7 @@ def count(model, kind) -> int:
 
 def package_pth(arch: str) -> pathlib.Path:
   try:
-    return lite_pretrained.find_package_file(arch)
+    return pretrained.find_imagenet_file(arch, include_top=True)
   except FileNotFoundError as error:
     pytest.skip(f'{error}')
 
@@ -266,7 +266,7 @@ def test_logits_equal_the_reference_on_real_images(arch):
                 '(../shared/data/imagenet_sample): the golden-logit check did not run')
   pth = package_pth(arch)
   golden = np.load(GOLDEN / f'{arch}_logits.npz')
-  assert lite_pretrained.md5(pth) == str(golden['pth_md5'])
+  assert identity.md5(pth) == str(golden['pth_md5'])
   values, source = pretrained.load(arch, 'imagenet', include_top=True)
   assert 'md5 ' + str(golden['pth_md5']) in source
   from_path, _ = pretrained.load(arch, str(pth), include_top=True)  # config.model.init=FILE.pth

@@ -364,10 +364,10 @@ def test_registry_specs():
   assert registry.get_spec('xception').default_image_size == 299
   assert registry.get_spec('resnet50').bn_epsilon == 1.001e-5
   assert registry.get_spec('xception').bn_epsilon == 1e-3
-  assert registry.get_spec('resnet50').keras_weights.url(False) == (
+  assert registry.get_spec('resnet50').weights.url(False) == (
       'https://storage.googleapis.com/tensorflow/keras-applications/resnet/'
       'resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5')
-  assert registry.get_spec('vgg16').keras_weights.top_layers == ('fc1', 'fc2', 'predictions')
+  assert registry.get_spec('vgg16').weights.top_layers == ('fc1', 'fc2', 'predictions')
   assert registry.get_spec('efficientnetb7').default_image_size == 600
   assert registry.get_spec('efficientnetb7').preprocessing == 'raw'
   for arch in registry.ARCHITECTURES:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from skinjax.models import efficientnet, preprocessing, registry
 from skinjax.training import train
-from skinjax.weights import keras_h5, mapping, pretrained
+from skinjax.weights import keras_h5, keras_h5_source, mapping, pretrained
 from skinjax.weights.keras_h5 import WeightFileError
 from tests.conftest import REPO, tiny_config
 
@@ -326,7 +326,7 @@ def test_truncated_h5_says_download_again(keras_h5_file, tmp_path):
   with pytest.raises(WeightFileError) as error:
     pretrained.load('resnet50', str(truncated), include_top=False)
   assert 'truncated' in str(error.value) and 'download it again' in str(error.value)
-  assert registry.get_spec('resnet50').keras_weights.url(False) in str(error.value)
+  assert registry.get_spec('resnet50').weights.url(False) in str(error.value)
 
 
 def test_not_keras_weights(tmp_path):
@@ -343,8 +343,8 @@ def test_notop_file_cannot_make_the_imagenet_model(keras_h5_file):
 
 
 def test_missing_imagenet_file_names_file_url_and_port_command(tmp_path, monkeypatch):
-  monkeypatch.setenv(pretrained.WEIGHTS_DIR_ENV, str(tmp_path))
-  monkeypatch.setattr(pretrained, 'KERAS_CACHE', tmp_path / 'no_keras_cache')
+  monkeypatch.setenv(keras_h5_source.WEIGHTS_DIR_ENV, str(tmp_path))
+  monkeypatch.setattr(keras_h5_source, 'KERAS_CACHE', tmp_path / 'no_keras_cache')
   with pytest.raises(FileNotFoundError) as error:
     pretrained.load('efficientnetb7', 'imagenet', include_top=False)
   message = str(error.value)
@@ -354,9 +354,9 @@ def test_missing_imagenet_file_names_file_url_and_port_command(tmp_path, monkeyp
 
 
 def test_imagenet_is_found_in_the_weights_dir(keras_h5_file, tmp_path, monkeypatch):
-  name = registry.get_spec('xception').keras_weights.notop_file_name
+  name = registry.get_spec('xception').weights.notop_file_name
   (tmp_path / name).symlink_to(keras_h5_file('xception', False))
-  monkeypatch.setenv(pretrained.WEIGHTS_DIR_ENV, str(tmp_path))
+  monkeypatch.setenv(keras_h5_source.WEIGHTS_DIR_ENV, str(tmp_path))
   assert pretrained.find_imagenet_file('xception', include_top=False) == tmp_path / name
 
 
@@ -413,7 +413,7 @@ def test_imagenet_predict_matches_keras_probabilities(keras_h5_file, tmp_path):
   paths = write_images(tmp_path, arch, [(size, size), (size, size)])
   class_index = {str(i): [f'n{i:08d}', f'class_{i}'] for i in range(1000)}
   (tmp_path / 'imagenet_class_index.json').write_text(json.dumps(class_index))
-  env = {**os.environ, pretrained.WEIGHTS_DIR_ENV: str(tmp_path)}
+  env = {**os.environ, keras_h5_source.WEIGHTS_DIR_ENV: str(tmp_path)}
   result = run_script('imagenet_predict.py', f'--arch={arch}',
                       f'--keras_h5={keras_h5_file(arch, True)}', f'--save_probs={tmp_path / "p.npy"}',
                       '--json', *paths, env=env)
@@ -485,8 +485,8 @@ def test_fine_tuning_starts_from_the_notop_weights(keras_h5_file, tmp_path):
 
 
 def test_trainer_refuses_imagenet_init_without_the_file(tmp_path, monkeypatch):
-  monkeypatch.setenv(pretrained.WEIGHTS_DIR_ENV, str(tmp_path))
-  monkeypatch.setattr(pretrained, 'KERAS_CACHE', tmp_path / 'no_keras_cache')
+  monkeypatch.setenv(keras_h5_source.WEIGHTS_DIR_ENV, str(tmp_path))
+  monkeypatch.setattr(keras_h5_source, 'KERAS_CACHE', tmp_path / 'no_keras_cache')
   config = tiny_config(**{'model.arch': 'xception', 'model.init': 'imagenet'})
   with pytest.raises(FileNotFoundError, match='xception_weights_tf_dim_ordering_tf_kernels_notop'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))

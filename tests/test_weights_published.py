@@ -21,7 +21,7 @@ from PIL import Image
 
 from skinjax.models import preprocessing, registry
 from skinjax.training import train
-from skinjax.weights import mapping, pretrained
+from skinjax.weights import identity, mapping, pretrained
 from skinjax.weights.keras_h5 import WeightFileError
 from tests.conftest import tiny_config
 
@@ -62,7 +62,7 @@ def test_keras_layer_order_is_keras_own(arch):
     shapes = [tuple(w.shape) for w in layer.trainable_weights + layer.non_trainable_weights]
     assert list(slot.shapes) == shapes, slot.path
   notop = mapping.layer_slots(arch, pretrained.abstract_model(arch, include_top=False))
-  top = registry.get_spec(arch).keras_weights.top_layers
+  top = registry.get_spec(arch).weights.top_layers
   assert [s.path for s in notop] == [s.path for s in slots[:-len(top)]]
   assert [s.keras_name for s in slots[-len(top):]] == list(top)
 
@@ -233,7 +233,7 @@ def replica(tmp_path_factory):
   @functools.cache
   def write(naming: str, include_top: bool):
     arch, writer, keras_version = PUBLISHED_NAMINGS[naming]
-    spec = registry.get_spec(arch).keras_weights
+    spec = registry.get_spec(arch).weights
     # Named as the published file, as a user's download is.
     path = directory / naming / (spec.file_name if include_top else spec.notop_file_name)
     path.parent.mkdir(exist_ok=True)
@@ -358,12 +358,12 @@ def keras_published_md5(arch: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize('arch', list(KERAS_BUILDERS))
 def test_published_md5_are_keras_own(arch):
-  assert registry.get_spec(arch).keras_weights.md5 == keras_published_md5(arch)
+  assert registry.get_spec(arch).weights.md5 == keras_published_md5(arch)
 
 
 def test_a_published_file_is_named_by_its_md5(replica, monkeypatch):
   path = replica('xception-keras1.2', False)
-  monkeypatch.setattr(pretrained, 'md5', lambda p: 'b0042744bf5b25fce3cb969f33bebb97')
+  monkeypatch.setattr(identity, 'md5', lambda p: 'b0042744bf5b25fce3cb969f33bebb97')
   _, source = pretrained.load('xception', str(path), include_top=False)
   assert source == (f"{path} (Keras' published ImageNet weights for xception (notop), md5 "
                     'b0042744bf5b25fce3cb969f33bebb97)')
@@ -371,14 +371,14 @@ def test_a_published_file_is_named_by_its_md5(replica, monkeypatch):
 
 def test_the_v02_resnet50_file_is_named_by_its_md5(replica, monkeypatch):
   path = replica('resnet50-v0.2', True)
-  monkeypatch.setattr(pretrained, 'md5', lambda p: 'a7b3fe01876f51b976af0dea6bc144eb')
+  monkeypatch.setattr(identity, 'md5', lambda p: 'a7b3fe01876f51b976af0dea6bc144eb')
   _, source = pretrained.load('resnet50', str(path), include_top=True)
   assert 'deep-learning-models v0.2' in source and '(top)' in source
 
 
 def test_a_published_file_of_another_model_says_which_it_is(replica, monkeypatch):
   path = replica('resnet50-keras2', False)
-  monkeypatch.setattr(pretrained, 'md5', lambda p: '4d473c1dd8becc155b73f8504c6f6626')
+  monkeypatch.setattr(identity, 'md5', lambda p: '4d473c1dd8becc155b73f8504c6f6626')
   with pytest.raises(WeightFileError) as error:
     pretrained.load('vgg16', str(path), include_top=False)
   message = str(error.value)

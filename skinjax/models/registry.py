@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax.numpy as jnp
 from flax import nnx
@@ -32,9 +33,17 @@ class KerasWeights:
   md5: tuple[str, str] = ('', '')
   # Other published releases of the same files that skinjax loads: md5 -> what the file is.
   other_releases: tuple[tuple[str, str], ...] = ()
+  # How a file that fits but has another md5 is told apart from these (skinjax.weights.identity).
+  published_as: ClassVar[str] = 'a file Keras publishes'
 
   def url(self, include_top: bool) -> str:
     return self.url_base + (self.file_name if include_top else self.notop_file_name)
+
+  def releases(self, arch: str) -> tuple[tuple[str, str], ...]:
+    """(md5, what the file is) of each published file of `arch` that skinjax recognises."""
+    return ((self.md5[0], f"Keras' published ImageNet weights for {arch} (top)"),
+            (self.md5[1], f"Keras' published ImageNet weights for {arch} (notop)"),
+            *self.other_releases)
 
 
 def _tf_kernels(name: str, subdir: str, **kwargs) -> KerasWeights:
@@ -67,12 +76,24 @@ class LiteWeights:
   torch (skinjax.weights.torch_pth) and mapped by skinjax.weights.lite_mapping.
   """
   package: str  # the pip name
-  file_name: str  # the .pth the package ships in `<module>/models/`
+  file_name: str  # the .pth the package ships in `<module>/models/`, with the top
   md5: str
 
   @property
   def module(self) -> str:
     return self.package.replace('-', '_')
+
+  @property
+  def published_as(self) -> str:
+    return f'the file {self.package} ships'
+
+  def releases(self, arch: str) -> tuple[tuple[str, str], ...]:
+    del arch  # one file per package: the package names it
+    return ((self.md5, f'the ImageNet weights of {self.package} ({self.file_name})'),)
+
+
+# An architecture's published ImageNet weights; the type is the file format (Keras .h5, torch .pth).
+WeightSpec = KerasWeights | LiteWeights
 
 
 _LITE_WEIGHTS = {
@@ -99,10 +120,14 @@ class ModelSpec:
   # which Keras pairs them with a weight file's layers (tests/test_weights.py checks it against
   # keras.applications).
   build_backbone: Callable[..., nnx.Module]
-  keras_weights: KerasWeights | None = None  # None: no ImageNet weights (from-scratch only)
-  lite_weights: LiteWeights | None = None  # EfficientNet-Lite's, instead of Keras' ones
+  weights: WeightSpec | None = None  # None: no ImageNet weights (from-scratch only)
   bn_epsilon: float = KERAS_BN_EPSILON
   bn_momentum: float = KERAS_BN_MOMENTUM
+
+  @property
+  def keras_weights(self) -> KerasWeights | None:
+    # Only for skinjax/training/config_checks.py, which still asks for it; `weights` is the field.
+    return self.weights if isinstance(self.weights, KerasWeights) else None
 
 
 _SPECS = {spec.name: spec for spec in (
@@ -128,13 +153,15 @@ _SPECS = {spec.name: spec for spec in (
       for variant, (_, _, image_size, _) in efficientnet.VARIANTS.items()),
     *(ModelSpec(f'efficientnet_{variant}', image_size, 'lite',
                 functools.partial(efficientnet_lite.build, variant),
-                lite_weights=_LITE_WEIGHTS.get(variant))
+                weights=_LITE_WEIGHTS.get(variant))
       for variant, (_, _, image_size, _) in efficientnet_lite.VARIANTS.items()),
 )}
 
 ARCHITECTURES = tuple(_SPECS)
-PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items() if spec.keras_weights)
-LITE_PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items() if spec.lite_weights)
+PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items()
+                                 if isinstance(spec.weights, KerasWeights))
+LITE_PRETRAINED_ARCHITECTURES = tuple(name for name, spec in _SPECS.items()
+                                      if isinstance(spec.weights, LiteWeights))
 
 
 def get_spec(arch: str) -> ModelSpec:
@@ -151,7 +178,7 @@ def build_backbone(arch: str, *, include_top: bool = False, dtype=jnp.float32,
   """The bare network; `include_top=True` gives Keras' ImageNet model (1000 logits, no softmax)."""
   spec = get_spec(arch)
   if include_top:
-    if spec.keras_weights is None and spec.lite_weights is None:
+    if spec.weights is None:
       raise ValueError(f'{arch} has no ImageNet top; include_top needs one of '
                        f'{", ".join(PRETRAINED_ARCHITECTURES + LITE_PRETRAINED_ARCHITECTURES)}.')
     kwargs['include_top'] = True

@@ -1,1 +1,1 @@
-"""Keras Applications ImageNet weights -> skinjax's Flax models."""
+"""ImageNet weights (Keras .h5, PyTorch .pth, ported directories) -> skinjax's Flax models."""

@@ -100,7 +100,7 @@ class Slot:
 
 def layer_slots(arch: str, model: nnx.Module) -> list[Slot]:
   """The model's Keras layers, in Keras' order (`model.keras_layer_order()`)."""
-  if registry.get_spec(arch).keras_weights is None:
+  if not isinstance(registry.get_spec(arch).weights, registry.KerasWeights):
     raise ValueError(f'{arch} has no Keras ImageNet weights; architectures with them: '
                      f'{", ".join(registry.PRETRAINED_ARCHITECTURES)}.')
   naming = _keras_naming(arch)
@@ -126,12 +126,16 @@ def _listing(names, limit=8) -> str:
   return shown + (f', ... ({len(names)} in all)' if len(names) > limit else '')
 
 
+def abstract_model(arch: str, *, include_top: bool) -> nnx.Module:
+  """`arch`'s network with shapes and no values: what the weights are paired with."""
+  return nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=include_top,
+                                                        rngs=nnx.Rngs(0)))
+
+
 @functools.cache
 def keras_layer_count(arch: str, *, include_top: bool) -> int:
   """How many weighted layers Keras' `arch` has (how a file with the top is told from one without)."""
-  model = nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=include_top,
-                                                         rngs=nnx.Rngs(0)))
-  return len(model.keras_layer_order())
+  return len(abstract_model(arch, include_top=include_top).keras_layer_order())
 
 
 def file_has_top(arch: str, layers: list[KerasLayer]) -> bool:
@@ -142,9 +146,8 @@ def in_keras_order(arch: str, layers: list[KerasLayer]) -> list[KerasLayer]:
   """The file's layers in the order Keras pairs them; only the v0.2 ResNet50 file needs sorting."""
   if arch != 'resnet50' or not legacy_names.is_v02_resnet50([layer.name for layer in layers]):
     return layers
-  model = nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=True,
-                                                         rngs=nnx.Rngs(0)))
-  position = {_resnet_name(path): i for i, path in enumerate(model.keras_layer_order())}
+  order = abstract_model(arch, include_top=True).keras_layer_order()
+  position = {_resnet_name(path): i for i, path in enumerate(order)}
   return sorted(layers, key=lambda layer: position[legacy_names.v02_resnet50_keras_name(layer.name)])
 
 
@@ -176,7 +179,7 @@ def keras_to_flax(arch: str, model: nnx.Module, layers: list[KerasLayer], *,
   layers = in_keras_order(arch, layers)
   include_top = getattr(model, 'include_top', False)
   dropped_top = []
-  if not include_top and len(layers) == len(slots) + len(spec.keras_weights.top_layers):
+  if not include_top and len(layers) == len(slots) + len(spec.weights.top_layers):
     layers, dropped_top = layers[:len(slots)], layers[len(slots):]  # Keras lists the top last
 
   problems = []
@@ -198,8 +201,8 @@ def keras_to_flax(arch: str, model: nnx.Module, layers: list[KerasLayer], *,
     raise WeightFileError(
         f'{source} does not fit {arch} ({top} the ImageNet top), paired layer by layer in Keras\' '
         'order:\n  - ' + '\n  - '.join(shown)
-        + f'\nGive the Keras {arch} file: {spec.keras_weights.file_name} or '
-        f'{spec.keras_weights.notop_file_name}.')
+        + f'\nGive the Keras {arch} file: {spec.weights.file_name} or '
+        f'{spec.weights.notop_file_name}.')
   if dropped_top:
     logging.info('%s: left out the ImageNet top (%s) for the %s backbone.', source,
                  ', '.join(layer.name for layer in dropped_top), arch)
@@ -208,6 +211,28 @@ def keras_to_flax(arch: str, model: nnx.Module, layers: list[KerasLayer], *,
 
 def variables_by_path(model: nnx.Module) -> dict[tuple[str, ...], nnx.Variable]:
   return {tuple(map(str, p)): v for p, v in nnx.iter_graph(model) if isinstance(v, nnx.Variable)}
+
+
+def nested(values: dict[tuple[str, ...], object]) -> dict:
+  """{('a', 'b'): x} -> {'a': {'b': x}}: the pure-dict form that Orbax and nnx take."""
+  tree: dict = {}
+  for path, value in values.items():
+    node = tree
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = value
+  return tree
+
+
+def flat(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
+  """The inverse of `nested`, with numpy leaves."""
+  values = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      values.update(flat(value, prefix + (key,)))
+    else:
+      values[prefix + (key,)] = np.asarray(value)
+  return values
 
 
 def fill(model: nnx.Module, values: dict[tuple[str, ...], np.ndarray]) -> nnx.Module:
