@@ -1,15 +1,13 @@
-"""Shared test helpers: a tiny synthetic-data config that trains in seconds on 2 CPU cores."""
+"""Fixtures every test file may use; plain helpers are in tests/helpers.py."""
 
 import os
-import pathlib
+import shutil
 
 import jax
 import pytest
 from jax._src.interpreters import partial_eval
 
-from configs import demo
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -27,21 +25,21 @@ def fast_tracing():
   patch.undo()
 
 
-def tiny_config(**overrides):
-  config = demo.get_config()
-  config.data.synthetic_examples = 240
-  config.data.image_size = 24
-  config.train.batch_size = 16
-  config.train.eval_batch_size = 32
-  config.train.num_epochs = 2
-  config.train.log_every_steps = 1
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split('.')
-    for key in parents:
-      node = node[key]
-    node[leaf] = value
-  return config
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """(workdir, test metrics) of one finished run of tiny_config(), trained once per test process.
+
+  Tests read it; a test that would change it (resume, evaluate into it) works on a copy
+  (`copy_of_tiny_run`).
+  """
+  from skinjax.training import train
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  return workdir, train.train_and_evaluate(tiny_config(), str(workdir))
+
+
+@pytest.fixture
+def copy_of_tiny_run(tiny_run, tmp_path):
+  return shutil.copytree(tiny_run[0], tmp_path / 'run')
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -21,7 +21,7 @@ from orbax.checkpoint._src.path import atomicity
 from skinjax.evaluation import evaluate
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 CONFIG = {'train.num_epochs': 3, 'data.num_workers': 2}
 

@@ -9,7 +9,7 @@ import pytest
 
 from skinjax import kernels
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def run_json(*args, env=None):

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from skinjax.training import train
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbage_png', 'tiny_png',
                 'run', 'no_latest', 'garbage_run', 'garbage_report', 'csv_download', 'image',

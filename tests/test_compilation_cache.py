@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # Compiles one program (no minimum compile time, so a small one counts) and prints how many
 # compilations JAX served from the persistent cache.

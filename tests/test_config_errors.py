@@ -7,7 +7,7 @@ import pytest
 
 from configs import demo
 from skinjax.runtime import cli_flags
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def run(*args):

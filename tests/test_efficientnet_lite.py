@@ -29,7 +29,7 @@ from skinjax.training import train
 from skinjax.weights import imagenet_sample
 from skinjax.weights import identity, lite_mapping, mapping, pretrained, torch_pth
 from skinjax.weights.keras_h5 import WeightFileError
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_tracing')
 

@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from skinjax.models import registry
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 GOLDEN = REPO / 'tests' / 'golden' / 'efficientnet_variables.json'
 pytestmark = pytest.mark.usefixtures('fast_tracing')

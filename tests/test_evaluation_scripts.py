@@ -31,7 +31,7 @@ from skinjax.evaluation import metrics as eval_metrics
 from skinjax.models import registry
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.test_eval_metrics import assert_isic_submission
 from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs
 from tests.test_isic_scorer import official_score, write_truth
@@ -49,10 +49,9 @@ def study_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def trained(study_dir):
-  workdir = study_dir / 'tiny_a'
-  train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir
+def trained(study_dir, tiny_run):
+  """A copy of the shared tiny run, as one of the study's runs: these tests evaluate into it."""
+  return shutil.copytree(tiny_run[0], study_dir / 'tiny_a')
 
 
 @pytest.fixture(scope='module')
@@ -339,7 +338,7 @@ def test_predict_script_names_a_missing_image(trained, tmp_path):
 
 
 def write_config(path, expression):
-  path.write_text(f'from tests.conftest import tiny_config\n\n\ndef get_config():\n'
+  path.write_text(f'from tests.helpers import tiny_config\n\n\ndef get_config():\n'
                   f'  return {expression}\n')
   return path
 

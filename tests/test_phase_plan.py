@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from skinjax.training import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 from tests.golden import record_two_phase_runs as recorded
 from tests.helpers import narrow_small_cnn
 

@@ -10,7 +10,7 @@ from skinjax.data import augment
 from skinjax.data import pipeline
 from skinjax.data import synthetic
 from skinjax.training import config_checks
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -166,9 +166,9 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
   assert augment.colour_constancy_power(on.data) == 4.0
   assert augment.colour_constancy_power(tiny_config().data) is None
   # A run saved before the keys existed trained without colour constancy and larger views.
-  from skinjax.training import workdir
+  from skinjax.runtime import saved_config
   saved = {'data': {'image_size': 24, 'resize': 'center_crop'}}
-  old = ml_collections.ConfigDict(workdir.upgrade_saved_config(saved))
+  old = ml_collections.ConfigDict(saved_config.upgrade(saved))
   assert augment.colour_constancy_power(old.data) is None
   assert augment.eval_image_size(old.data) == 24
 

@@ -3,12 +3,13 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.test_cli import TINY, main_command
 
 # Two grain worker processes, as a real run has, and a record per step to watch the run by.
@@ -64,3 +65,30 @@ def test_a_signal_mid_epoch_saves_there_and_the_rerun_equals_the_uninterrupted_r
   assert f'Resuming from step {stopped_at}' in rerun.stdout
   assert (json.loads((tmp_path / 'report' / 'metrics.json').read_text())
           == json.loads((uninterrupted / 'report' / 'metrics.json').read_text()))
+
+
+def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
+  """A scheduler may notify one host only: JAX's preemption sync makes both save the same step."""
+  flags = [*TINY, '--config.train.num_epochs=3', '--config.train.log_every_steps=1',
+           '--config.data.num_workers=0']
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  processes = [subprocess.Popen(
+      main_command(tmp_path, *flags, f'--coordinator_address=localhost:{port}',
+                   '--num_processes=2', f'--process_id={i}'),
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  deadline = time.monotonic() + 300
+  while max(logged_steps(tmp_path), default=0) < STEPS_PER_EPOCH + 2:
+    assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
+    time.sleep(0.05)
+  os.kill(processes[1].pid, signal.SIGTERM)
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+
+  assert [p.returncode for p in processes] == [1, 1], outputs
+  stopped = {line for output in outputs for line in output.splitlines()
+             if line.startswith('Stopped at step ')}
+  assert len(stopped) == 1, outputs  # the same step on both
+  step = int(stopped.pop().split('Stopped at step ')[1].split(',')[0])
+  saved = [int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
+  assert saved == [step]

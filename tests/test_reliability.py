@@ -17,7 +17,7 @@ from skinjax.data import sources
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
 from skinjax.training import workdir as workdir_lib
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs', 'mid_epoch')
 
@@ -126,26 +126,14 @@ def test_two_trainers_cannot_both_take_the_lock(tmp_path):
 # ------------------------------------------------------------------------ resume guards
 
 
-@pytest.fixture(scope='module')
-def two_epoch_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('two_epochs')
-  train.train_and_evaluate(tiny_config(), str(workdir))
-  return workdir
-
-
-def copy_run(source, destination):
-  subprocess.run(['cp', '-r', str(source), str(destination)], check=True)
-  return destination
-
-
-def test_config_json_records_the_dataset(two_epoch_run):
-  saved = json.loads((two_epoch_run / 'config.json').read_text())
+def test_config_json_records_the_dataset(tiny_run):
+  saved = json.loads((tiny_run[0] / 'config.json').read_text())
   assert saved['dataset'] == sources.fingerprint(tiny_config())
   assert saved['model']['arch'] == 'small_cnn'
 
 
-def test_resuming_with_another_config_is_refused_then_allowed(two_epoch_run, tmp_path, capsys):
-  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+def test_resuming_with_another_config_is_refused_then_allowed(copy_of_tiny_run, capsys):
+  workdir = copy_of_tiny_run
   (workdir / 'report').rename(workdir / 'old_report')  # unfinished, as far as resuming goes
   before = (workdir / 'config.json').read_text()
   more_epochs = tiny_config(**{'train.num_epochs': 3})
@@ -160,14 +148,14 @@ def test_resuming_with_another_config_is_refused_then_allowed(two_epoch_run, tmp
   assert json.loads((workdir / 'config.json').read_text())['train']['num_epochs'] == 3
 
 
-def test_resuming_on_another_dataset_is_refused(two_epoch_run, tmp_path):
-  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+def test_resuming_on_another_dataset_is_refused(copy_of_tiny_run):
+  workdir = copy_of_tiny_run
   with pytest.raises(workdir_lib.WorkdirError, match='the dataset'):
     train.train_and_evaluate(tiny_config(**{'data.synthetic_examples': 300}), str(workdir))
 
 
-def test_harmless_changes_resume_without_asking(two_epoch_run, tmp_path):
-  workdir = copy_run(two_epoch_run, tmp_path / 'run')
+def test_harmless_changes_resume_without_asking(copy_of_tiny_run):
+  workdir = copy_of_tiny_run
   metrics = train.train_and_evaluate(tiny_config(**{'train.log_every_steps': 5}), str(workdir))
   assert metrics['epochs_run'] == 2
 

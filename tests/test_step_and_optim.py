@@ -16,7 +16,7 @@ from skinjax.models import preprocessing
 from skinjax.models import registry
 from skinjax.runtime import steps
 from skinjax.training import optim
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def build(mode):
@@ -132,7 +132,7 @@ _END_TO_END_SCRIPT = """
 import sys
 import jax
 from skinjax.training import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 assert jax.device_count() == int(sys.argv[2]), jax.devices()
 train.train_and_evaluate(tiny_config(**{'train.optimizer': 'sgd', 'train.learning_rate': 0.02}), sys.argv[1])
 """
@@ -146,7 +146,7 @@ from skinjax.models import preprocessing, registry
 from skinjax.runtime import sharding
 from skinjax.runtime import steps
 from skinjax.training import optim
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 config = tiny_config(**{'train.optimizer': 'sgd', 'train.learning_rate': 0.05, 'train.warmup_epochs': 0.0})
 model = registry.build_classifier('small_cnn', num_classes=7, dropout_rate=0.2, rngs=nnx.Rngs(0))
 model.train()

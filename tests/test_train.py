@@ -16,7 +16,7 @@ from skinjax.evaluation import evaluate
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import progress
 from skinjax.training import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def read_jsonl(path):
@@ -32,11 +32,9 @@ def step_losses(workdir):
   return losses
 
 
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  metrics = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(workdir))
-  return workdir, metrics
+@pytest.fixture
+def finished_run(tiny_run):
+  return tiny_run  # (workdir, metrics) of one finished tiny_config() run, shared by test files
 
 
 def test_report_files_and_metrics_match_sklearn(finished_run):
@@ -66,7 +64,7 @@ def test_logs_config_and_tensorboard(finished_run):
   workdir, _ = finished_run
   records = read_jsonl(workdir / 'metrics.jsonl')
   epochs = [r for r in records if 'val_balanced_accuracy' in r]
-  assert [r['epoch'] for r in epochs] == [1, 2, 3]
+  assert [r['epoch'] for r in epochs] == [1, 2]
   assert all(np.isfinite(r['train_loss']) for r in records)
   assert json.loads((workdir / 'config.json').read_text())['model']['arch'] == 'small_cnn'
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
@@ -74,7 +72,7 @@ def test_logs_config_and_tensorboard(finished_run):
 
 def test_finished_run_reprints_report(finished_run, capsys):
   workdir, metrics = finished_run
-  again = train.train_and_evaluate(tiny_config(**{'train.num_epochs': 3}), str(workdir))
+  again = train.train_and_evaluate(tiny_config(), str(workdir))
   assert again == metrics
   assert 'has finished' in capsys.readouterr().out
 
@@ -104,7 +102,7 @@ def assert_same_run(workdir, reference_dir, resumed, reference):
 def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
   """Stops right after the first epoch's checkpoint, reruns, and must reproduce every loss."""
   reference_dir, reference = finished_run
-  config = tiny_config(**{'train.num_epochs': 3})
+  config = tiny_config()
   steps_per_epoch = interrupt_after_first_checkpoint(config, tmp_path, monkeypatch)
   resumed = train.train_and_evaluate(config, str(tmp_path))
   logged_steps = [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'step_losses' in r]

@@ -26,7 +26,7 @@ from skinjax.models import efficientnet, preprocessing, registry
 from skinjax.training import train
 from skinjax.weights import keras_h5, keras_h5_source, mapping, pretrained
 from skinjax.weights.keras_h5 import WeightFileError
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 keras = pytest.importorskip('keras')
 from keras.src.backend.common import global_state  # noqa: E402

@@ -23,7 +23,7 @@ from skinjax.models import preprocessing, registry
 from skinjax.training import train
 from skinjax.weights import identity, mapping, pretrained
 from skinjax.weights.keras_h5 import WeightFileError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 keras = pytest.importorskip('keras')
 from keras.src.backend.common import global_state  # noqa: E402

@@ -24,8 +24,8 @@ from skinjax.evaluation import tta
 from skinjax.models import run_model as run_model_lib
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.runtime import sharding
+from skinjax.runtime import saved_config
 from skinjax.runtime import steps
-from skinjax.training import workdir as workdir_lib
 
 
 class RunInputError(ValueError):
@@ -79,7 +79,7 @@ def load_run(workdir, checkpoint: str = 'best') -> LoadedRun:
   try:
     saved = json.loads((workdir / 'config.json').read_text())
     description = datasets.of_run(saved)
-    config = ml_collections.ConfigDict(workdir_lib.upgrade_saved_config(saved))
+    config = ml_collections.ConfigDict(saved_config.upgrade(saved))
   except (ValueError, KeyError, TypeError) as error:
     raise RunInputError(f'{workdir / "config.json"} is not valid JSON ({error}); restore it from '
                         'the training run.') from None

@@ -124,11 +124,6 @@ class ModelSpec:
   bn_epsilon: float = KERAS_BN_EPSILON
   bn_momentum: float = KERAS_BN_MOMENTUM
 
-  @property
-  def keras_weights(self) -> KerasWeights | None:
-    # Only for skinjax/training/config_checks.py, which still asks for it; `weights` is the field.
-    return self.weights if isinstance(self.weights, KerasWeights) else None
-
 
 _SPECS = {spec.name: spec for spec in (
     ModelSpec('small_cnn', 224, 'unit', SmallCNN),

@@ -7,8 +7,7 @@ are not there. The workdir's own guards are in skinjax/training/workdir.py.
 
 import ml_collections
 
-from skinjax.models import registry
-from skinjax.weights import lite_pretrained, pretrained
+from skinjax.weights import pretrained
 
 CHOICES = {
     'data.source': ('prepared', 'synthetic', 'ham10000'),  # 'ham10000': the old name of 'prepared'
@@ -66,14 +65,4 @@ def check_init(config: ml_collections.ConfigDict):
   init, arch = config.model.init, config.model.arch
   if init == 'scratch':
     return
-  if lite_pretrained.is_lite(arch) or init.endswith('.pth'):
-    lite_pretrained.check_init(arch, init)
-    return
-  if registry.get_spec(arch).keras_weights is None:
-    raise ValueError(f'config.model.init={init!r}: {arch} has no ImageNet weights; use '
-                     f'--config.model.init=scratch, or an architecture with them: '
-                     f'{", ".join(registry.PRETRAINED_ARCHITECTURES)}.')
-  if init == 'imagenet':
-    pretrained.find_imagenet_file(arch, include_top=False)
-  else:
-    pretrained.existing_path(init)
+  pretrained.check_init(arch, init)

@@ -227,7 +227,9 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
         save_latest(completed_epochs=epoch)
         if (stopping or stop.between_steps()) and step < total_steps and not early['stopped']:
           raise preemption.RunStopped(step, workdir)
-    epochs_run = checkpoints.latest_progress()['epoch']
+    # Read by every process: an Orbax restore synchronises them all.
+    final_progress = checkpoints.latest_progress()
+    epochs_run = final_progress['epoch']
     if early['stopped']:
       print(f"Early stopping after epoch {epochs_run}: best {config.train.early_stopping.monitor} "
             f"{early['best_value']:.4f} at epoch {early['best_epoch']}.")
@@ -248,7 +250,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
                                     groups=metadata['group'][splits['test']])
       # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
       (workdir / 'report' / 'timing.json').write_text(json.dumps(
-          {'train_time_s': checkpoints.latest_progress().get('train_time_s')}) + '\n')
+          {'train_time_s': final_progress.get('train_time_s')}) + '\n')
       if skips:
         print(f'{skips} steps were skipped for a non-finite loss (config.train.skip_nonfinite).')
       print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'

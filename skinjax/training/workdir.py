@@ -14,6 +14,8 @@ import socket
 
 import ml_collections
 
+from skinjax.runtime import saved_config
+
 LOCK_NAME = 'trainer.lock'
 CONFIG_NAME = 'config.json'
 DESCRIPTION_KEY = 'dataset_description'
@@ -117,23 +119,6 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())  # tuples become lists, as in the saved file
 
 
-def upgrade_saved_config(saved: dict) -> dict:
-  """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
-
-  Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
-  'prepared', and without colour constancy or larger evaluation views.
-  """
-  upgraded = json.loads(json.dumps(saved))
-  data = upgraded.setdefault('data', {})
-  data.setdefault('dataset', 'ham10000')
-  data.setdefault('colour_constancy', 'none')
-  data.setdefault('shades_of_grey_power', 6.0)
-  data.setdefault('eval_image_size', 0)
-  if data.get('source') == 'ham10000':
-    data['source'] = 'prepared'
-  return upgraded
-
-
 def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict,
                  has_checkpoint: bool):
   """Refuses to resume W with another config or dataset, unless the change is allowed."""
@@ -143,7 +128,8 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
   saved = json.loads(path.read_text())
   saved_dataset = saved.pop('dataset', None)
   saved.pop(DESCRIPTION_KEY, None)  # follows from the dataset, compared through its fingerprint
-  old, new = _flat(upgrade_saved_config(saved)), _flat(upgrade_saved_config(_as_json(config)))
+  old, new = (_flat(saved_config.upgrade(saved)),
+              _flat(saved_config.upgrade(_as_json(config))))
   changed = sorted(k for k in old.keys() | new.keys()
                    if k not in RESUME_NEUTRAL_KEYS and old.get(k) != new.get(k))
   lines = [f'  {k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed]

@@ -2,8 +2,9 @@
 
 The reference (`efficientnet-lite-pytorch`, after lukemelas/EfficientNet-PyTorch) names its
 modules `_conv_stem`, `_bn0`, `_blocks.N._expand_conv` ..., `_conv_head`, `_bn1`, `_fc`; the blocks
-are one flat list, in the order of `EfficientNetLite.block_names`. The tables below pair each
-name with a module path of `skinjax.models.efficientnet_lite`; layouts are converted on the way:
+are one flat list, in the order of the Lite model's `EfficientNet.block_names`. The tables
+below pair each name with a module path of the model `skinjax.models.efficientnet_lite` builds;
+layouts are converted on the way:
 - conv kernels are OIHW in torch and HWIO in Flax; a depthwise kernel (C, 1, kh, kw) becomes Flax's
   grouped (kh, kw, 1, C) by the same transpose;
 - a Linear weight is (out, in) in torch, a Flax kernel (in, out);
@@ -93,7 +94,7 @@ def _listing(items, limit=6) -> str:
 
 def state_dict_to_flax(arch: str, model: nnx.Module, state_dict: dict[str, np.ndarray], *,
                        source: str) -> Values:
-  """Variable path -> value for every variable of `model` (an EfficientNetLite, top or not).
+  """Variable path -> value for every variable of `model` (efficientnet_lite.build's, top or not).
 
   Without the top, the file's `_fc` is left out (that is the notop use); everything else must fit.
   """

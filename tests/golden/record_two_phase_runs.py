@@ -26,8 +26,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'tests'))
 
-from conftest import tiny_config  # noqa: E402
-from helpers import narrow_small_cnn  # noqa: E402
+from helpers import narrow_small_cnn, tiny_config  # noqa: E402
 from skinjax import kernels  # noqa: E402
 from skinjax.training import train  # noqa: E402
 

@@ -1,0 +1,20 @@
+"""A run's saved config (W/config.json) read by today's code: one upgrade for every reader."""
+
+import json
+
+
+def upgrade(saved: dict) -> dict:
+  """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
+
+  Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
+  'prepared', and without colour constancy or larger evaluation views.
+  """
+  upgraded = json.loads(json.dumps(saved))
+  data = upgraded.setdefault('data', {})
+  data.setdefault('dataset', 'ham10000')
+  data.setdefault('colour_constancy', 'none')
+  data.setdefault('shades_of_grey_power', 6.0)
+  data.setdefault('eval_image_size', 0)
+  if data.get('source') == 'ham10000':
+    data['source'] = 'prepared'
+  return upgraded
