@@ -2,11 +2,13 @@
 
 import contextlib
 import pathlib
+import tarfile
 
 from configs import demo
 from skinjax.models import small_cnn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = REPO / 'tests' / 'golden'
 
 NARROW_WIDTHS = (4, 4, 8, 8)
 
@@ -40,3 +42,10 @@ def narrow_small_cnn():
     yield
   finally:
     small_cnn.SmallCNN.__init__.__defaults__ = original
+
+
+def unpack_golden(archive: str, destination: pathlib.Path) -> pathlib.Path:
+  """Extracts tests/golden/`archive` (a .tar.gz of test data) into `destination`."""
+  with tarfile.open(GOLDEN / archive) as opened:
+    opened.extractall(destination, filter='data')
+  return destination

@@ -8,9 +8,7 @@ it records what that code loaded from them and how they were made.
 
 import hashlib
 import json
-import pathlib
 import shutil
-import tarfile
 
 import numpy as np
 from PIL import Image
@@ -26,8 +24,8 @@ from skinjax.data import sources
 from skinjax.data import splits as splits_lib
 from tests import dataset_fixtures
 from tests import ham_fixtures
+from tests.helpers import GOLDEN, unpack_golden
 
-GOLDEN = pathlib.Path(__file__).resolve().parent / 'golden'
 SHORT_SIDE = 16  # what the golden folders were prepared with
 NAMES = ('ham10000', 'isic2020')
 
@@ -39,9 +37,7 @@ def golden():
 
 @pytest.fixture(scope='module')
 def earlier_data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('earlier')
-  with tarfile.open(GOLDEN / 'prepared_by_earlier_code.tar.gz') as archive:
-    archive.extractall(root, filter='data')
+  root = unpack_golden('prepared_by_earlier_code.tar.gz', tmp_path_factory.mktemp('earlier'))
   return root / 'prepared'
 
 

@@ -1,19 +1,15 @@
 """One optimiser layout from step 0 to the end: what trains when, and resumes across its changes."""
 
 import json
-import pathlib
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
 
 from skinjax.training import train
-from tests.helpers import tiny_config
 from tests.golden import record_two_phase_runs as recorded
-from tests.helpers import narrow_small_cnn
+from tests.helpers import GOLDEN, narrow_small_cnn, tiny_config, unpack_golden
 
-GOLDEN = pathlib.Path(__file__).parent / 'golden'
 
 
 def test_resume_with_a_longer_frozen_phase_and_more_epochs(tmp_path):
@@ -54,10 +50,7 @@ def test_two_phase_runs_train_as_the_two_layout_optimiser_did():
 @pytest.fixture(scope='module')
 def legacy_runs(tmp_path_factory):
   """Work directories the two-layout trainer left after a checkpoint in phase 1 and in phase 2."""
-  folder = tmp_path_factory.mktemp('legacy')
-  with tarfile.open(GOLDEN / 'legacy_runs.tar.gz') as archive:
-    archive.extractall(folder, filter='data')
-  return folder / 'legacy_runs'
+  return unpack_golden('legacy_runs.tar.gz', tmp_path_factory.mktemp('legacy')) / 'legacy_runs'
 
 
 @pytest.mark.parametrize('phase', ['phase1', 'phase2'])

@@ -4,7 +4,6 @@ setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final 
 """
 
 import functools
-import gc
 import json
 import pathlib
 import time
@@ -262,11 +261,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     if is_lead:
       metrics_log.close()
       writer.close()
-    # Stops grain's worker processes. Its iterators keep their last batches in reference cycles;
-    # collected now, the batches unlink their shared memory instead of leaving it to Python's
-    # resource tracker, which would warn about "leaked shared_memory objects" at exit.
-    train_iter.close()
-    gc.collect()
+    train_iter.close()  # stops grain's worker processes
     checkpoints.wait_and_close()
 
 
