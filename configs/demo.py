@@ -7,7 +7,8 @@ It gave (2-core CPU, 10 s with the compilation cache warm): test balanced accura
 0.986, macro-F1 0.908, macro AUC 1.000 on 140 synthetic images (chance: 0.143). With
 SKINJAX_CPU_KERNELS=xla (XLA's convolutions, as before the oneDNN kernels): 0.848, 0.971, 0.823,
 1.000; the two differ by float32 rounding, which a 5-epoch run amplifies, here into one vasc image
-of the 3 in the test split.
+of the 3 in the test split. On a 2-core AMD EPYC (oneDNN picks other kernels there): 0.857, 0.979,
+0.829, 1.000, before and after the trainer's one-optimiser-layout and dataset-handle changes.
 """
 
 from configs import base
