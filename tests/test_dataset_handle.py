@@ -20,7 +20,6 @@ from skinjax.data import datasets
 from skinjax.data import formats
 from skinjax.data import handle
 from skinjax.data import prepared
-from skinjax.data import sources
 from skinjax.data import splits as splits_lib
 from tests import dataset_fixtures
 from tests import ham_fixtures
@@ -67,8 +66,8 @@ def test_a_folder_prepared_by_earlier_code_loads_as_it_did(earlier_data_dir, gol
   first, expected = dataset.source[0], golden[name]['first_example']
   assert first['image_id'].decode() == expected['image_id'] and first['label'] == expected['label']
   assert hashlib.sha256(first['image']).hexdigest() == expected['image_sha256']
-  # What the trainer records to guard a resume, through the functions it calls today.
-  assert sources.fingerprint(config) == golden[name]['fingerprint']
+  # What the trainer records to guard a resume, opened as the trainer opens it.
+  assert handle.PreparedDataset.open(config).fingerprint == golden[name]['fingerprint']
 
 
 def test_ham10000_from_before_descriptions_and_metadata_csv(earlier_data_dir, golden, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from configs import cpu_small
 from configs import scratch_cnn
-from skinjax.data import sources
+from skinjax.data import handle
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import NUM_CLASSES
 from skinjax.data.ham10000 import load, prepare
@@ -131,10 +131,9 @@ HAM10000_COUNTS = {'akiec': 327, 'bcc': 514, 'bkl': 1099, 'df': 115, 'mel': 1113
 def split_hashes(data_dir, dataset='ham10000', method='lesion_grouped'):
   config = cpu_small.get_config()
   config.data.data_dir, config.data.dataset, config.data.split = str(data_dir), dataset, method
-  _, metadata, description = sources.open_source(config)
-  splits = sources.split_indices(config, metadata, description)
-  return {name: hashlib.sha256(','.join(sorted(metadata['image_id'][indices])).encode()).hexdigest()
-          for name, indices in splits.items()}
+  dataset = handle.PreparedDataset.open(config)
+  return {name: hashlib.sha256(','.join(sorted(dataset.metadata['image_id'][indices])).encode())
+          .hexdigest() for name, indices in dataset.splits.items()}
 
 
 def test_cpu_small_splits_and_fingerprint_are_unchanged(prepared_dir):
@@ -142,7 +141,7 @@ def test_cpu_small_splits_and_fingerprint_are_unchanged(prepared_dir):
   config.data.data_dir = str(prepared_dir)
   csv_sha256 = hashlib.sha256(
       (pathlib.Path(HAM10000_DIR) / 'HAM10000_metadata.csv').read_bytes()).hexdigest()
-  assert sources.fingerprint(config) == {
+  assert handle.PreparedDataset.open(config).fingerprint == {
       'source': 'ham10000', 'name': 'ham10000', 'version': '1.0.0', 'config': 'short256',
       'metadata_sha256': csv_sha256, 'num_examples': 10015, 'class_counts': HAM10000_COUNTS,
       'skipped_images': 0}

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from skinjax.data import handle
 from skinjax.data import sources
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
@@ -128,7 +129,7 @@ def test_two_trainers_cannot_both_take_the_lock(tmp_path):
 
 def test_config_json_records_the_dataset(tiny_run):
   saved = json.loads((tiny_run[0] / 'config.json').read_text())
-  assert saved['dataset'] == sources.fingerprint(tiny_config())
+  assert saved['dataset'] == handle.PreparedDataset.open(tiny_config()).fingerprint
   assert saved['model']['arch'] == 'small_cnn'
 
 

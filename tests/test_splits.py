@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skinjax.data import datasets
-from skinjax.data import sources
+from skinjax.data import handle
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import CLASS_NAMES, NUM_CLASSES
 
@@ -150,7 +150,9 @@ def test_trainer_refuses_a_split_that_lacks_a_class():
   groups[labels == 3] = 'one_df_lesion'  # Every df image belongs to one lesion: one split gets it.
   with pytest.raises(ValueError, match=r"split '(val|test)' \(\d+ images\) has no images of class 3.*"
                                        r'too small for these split fractions'):
-    sources.split_indices(config, {'label': labels, 'group': groups}, datasets.HAM10000)
+    handle.split_indices({'label': labels, 'group': groups}, datasets.HAM10000,
+                         method=config.data.split, fractions=config.data.split_fractions,
+                         seed=config.data.split_seed)
 
 
 # ---------------------------------------------------------------------------------------
