@@ -165,10 +165,11 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
   trained_before, loop_start = progress.get('train_time_s', 0.0), time.monotonic()
 
   def save_latest(completed_epochs: int):
-    checkpoints.save_latest(step, state, train_iter, {
-        'epoch': completed_epochs, 'early_stopping': early, 'nonfinite_skips': skips,
-        'epoch_losses': epoch_losses,
-        'train_time_s': trained_before + time.monotonic() - loop_start})
+    nonlocal progress
+    progress = {'epoch': completed_epochs, 'early_stopping': early, 'nonfinite_skips': skips,
+                'epoch_losses': epoch_losses,
+                'train_time_s': trained_before + time.monotonic() - loop_start}
+    checkpoints.save_latest(step, state, train_iter, progress)
 
   try:
     with preemption.StopSignals() as stop:
@@ -226,9 +227,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
         save_latest(completed_epochs=epoch)
         if (stopping or stop.between_steps()) and step < total_steps and not early['stopped']:
           raise preemption.RunStopped(step, workdir)
-    # Read by every process: an Orbax restore synchronises them all.
-    final_progress = checkpoints.latest_progress()
-    epochs_run = final_progress['epoch']
+    epochs_run = progress['epoch']  # as the latest checkpoint records it
     if early['stopped']:
       print(f"Early stopping after epoch {epochs_run}: best {config.train.early_stopping.monitor} "
             f"{early['best_value']:.4f} at epoch {early['best_epoch']}.")
@@ -249,7 +248,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
                                     groups=metadata['group'][splits['test']])
       # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
       (workdir / 'report' / 'timing.json').write_text(json.dumps(
-          {'train_time_s': final_progress.get('train_time_s')}) + '\n')
+          {'train_time_s': progress.get('train_time_s')}) + '\n')
       if skips:
         print(f'{skips} steps were skipped for a non-finite loss (config.train.skip_nonfinite).')
       print(f'Test report (best checkpoint, step {best_step}), written to {workdir / "report"}:\n'
