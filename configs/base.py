@@ -88,4 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   es.mode = 'max'  # 'max' | 'min' (use 'min' with val_loss)
   es.patience = 5  # epochs without improvement before stopping; 0 disables early stopping
   es.min_delta = 1e-3
+
+  config.eval = evaluation = ml_collections.ConfigDict()
+  # The test-time augmentation (scripts/evaluate.py --tta) the recipe chose on validation, if it
+  # chose one: another mode is then warned about, since its figures were never checked.
+  evaluation.validated_tta = ''
   return config

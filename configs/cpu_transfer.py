@@ -103,4 +103,6 @@ def get_config():
   config.train.class_weighting = 'none'
   # The best epoch is kept anyway; early stopping would only cut the cosine schedule short.
   config.train.early_stopping.patience = 0
+  # Chosen on validation with the rest (docstring): scripts/evaluate.py warns about other modes.
+  config.eval.validated_tta = 'flip_rot'
   return config

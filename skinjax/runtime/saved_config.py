@@ -7,7 +7,7 @@ def upgrade(saved: dict) -> dict:
   """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
-  'prepared', and without colour constancy or larger evaluation views.
+  'prepared', and without colour constancy, larger evaluation views or a validated TTA mode.
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -15,6 +15,7 @@ def upgrade(saved: dict) -> dict:
   data.setdefault('colour_constancy', 'none')
   data.setdefault('shades_of_grey_power', 6.0)
   data.setdefault('eval_image_size', 0)
+  upgraded.setdefault('eval', {}).setdefault('validated_tta', '')
   if data.get('source') == 'ham10000':
     data['source'] = 'prepared'
   return upgraded

@@ -66,3 +66,13 @@ def check_init(config: ml_collections.ConfigDict):
   if init == 'scratch':
     return
   pretrained.check_init(arch, init)
+
+
+def tta_warning(config: ml_collections.ConfigDict, tta_mode: str) -> str | None:
+  """One line when `tta_mode` is not the one the run's recipe validated (None if it is, or if the
+  recipe names none): the recipe's figures then do not describe what is being measured."""
+  validated = config.get('eval', {}).get('validated_tta', '')
+  if not validated or tta_mode == validated:
+    return None
+  return (f'warning: --tta={tta_mode}, but this run\'s recipe was validated with '
+          f'--tta={validated}; its published figures are for {validated}.')
