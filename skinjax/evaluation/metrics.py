@@ -59,23 +59,36 @@ def resample_weights(groups, num_resamples: int, seed: int) -> np.ndarray:
   return counts.reshape(num_resamples, num_groups)[:, group_of]
 
 
+def present_classes(labels: np.ndarray, num_classes: int) -> list[int]:
+  """The classes with at least one true example in `labels`: every macro figure averages these.
+
+  A class with no images has no recall, F1 or AUC to measure (Derm7pt has no akiec); counting it
+  as 0 would mark a model down for a class the set never showed it. Predictions into such a class
+  still count as errors: they lower the recall of the classes the images truly belong to.
+  """
+  return np.flatnonzero(np.bincount(np.asarray(labels), minlength=num_classes)).tolist()
+
+
 def metrics_from_confusion(matrices: np.ndarray, melanoma_index: int) -> dict[str, np.ndarray]:
   """The CI metrics of a stack of confusion matrices (..., C, C), rows true, columns predicted.
 
-  Same conventions as the report's sklearn calls: balanced accuracy averages recall over the
-  classes present; macro-F1 averages over all classes with 0 for a class never seen nor
-  predicted. Melanoma recall is NaN where a resample holds no melanoma (dropped from the CI).
+  The report's conventions (present_classes): balanced accuracy and macro-F1 average over the
+  classes with support in each matrix. On the whole set that is the report's point estimate; a
+  bootstrap resample that happens to lose a rare class averages the classes it still holds, the
+  same statistic applied to the resample, rather than counting the lost class as an F1 of 0, which
+  would drag the interval below the estimate. Melanoma recall is NaN where a matrix holds no
+  melanoma (dropped from the CI).
   """
   true_positives = np.diagonal(matrices, axis1=-2, axis2=-1)
   support = matrices.sum(-1)
   predicted = matrices.sum(-2)
+  present = support > 0
   with np.errstate(invalid='ignore', divide='ignore'):
     recall = true_positives / support
-    f1_denominator = support + predicted
-    f1 = np.where(f1_denominator > 0, 2 * true_positives / np.maximum(f1_denominator, 1e-300), 0.0)
+    f1 = 2 * true_positives / (support + predicted)  # defined wherever the class is present
   return {
-      'balanced_accuracy': np.nanmean(np.where(support > 0, recall, np.nan), axis=-1),
-      'macro_f1': f1.mean(-1),
+      'balanced_accuracy': np.nanmean(np.where(present, recall, np.nan), axis=-1),
+      'macro_f1': np.nanmean(np.where(present, f1, np.nan), axis=-1),
       'melanoma_recall': recall[..., melanoma_index],
   }
 
@@ -113,8 +126,9 @@ def bootstrap_intervals(labels: np.ndarray, preds: np.ndarray, num_classes: int,
   given; resamples `groups` (lesions, or the `unit` they are) if given. Without a melanoma class,
   melanoma_recall's interval is None.
 
-  macro_auc in a resample is the mean one-vs-rest AUC over the classes with both positives and
-  negatives in it, as the report's macro_auc is over the whole set.
+  Each resample is scored as the report scores the whole set: balanced accuracy and macro-F1 over
+  the classes present in it (metrics_from_confusion), macro_auc as the mean one-vs-rest AUC over
+  the classes with both positives and negatives in it.
   """
   labels, preds = np.asarray(labels), np.asarray(preds)
   unit = 'image' if groups is None else unit

@@ -16,37 +16,53 @@ import numpy as np
 
 from skinjax.data import datasets
 from skinjax.evaluation import metrics as eval_metrics
+from skinjax.evaluation import colours
 from skinjax.evaluation.deferred import pyplot as plt
 from skinjax.evaluation.deferred import sklearn_metrics as skm
 
 SPECIFICITIES = (0.80, 0.90, 0.95)
+# A reliability bin of fewer images than this is marked as too few to judge calibration from: at
+# 10 images one wrong prediction moves its accuracy by 0.1.
+SPARSE_BIN = 10
 
 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray,
                     description: datasets.DatasetDescription = datasets.HAM10000) -> dict:
-  """Every number of the report, from labels and predicted probabilities (N, C)."""
+  """Every number of the report, from labels and predicted probabilities (N, C).
+
+  Macro figures are taken over the classes present in `labels` (metrics.present_classes); the
+  others are listed in `absent_classes` and their per_class entries hold None (n/a) but their
+  support of 0. Predictions into an absent class stay errors: accuracy and the recall of the
+  image's true class count them.
+  """
   class_names, melanoma = description.class_names, description.melanoma_index
   preds = probs.argmax(-1)
-  classes = list(range(len(class_names)))
+  present = eval_metrics.present_classes(labels, len(class_names))
+  # labels=present: sklearn's own way to score a subset of the classes, and no warning about
+  # predictions into the others.
   precision, recall, f1, support = skm.precision_recall_fscore_support(
-      labels, preds, labels=classes, zero_division=0)
-  aucs = _per_class_auc(labels, probs, classes)
-  present = [a for a in aucs if a is not None]
+      labels, preds, labels=present, zero_division=0)
+  scores = {c: {'precision': float(precision[k]), 'recall': float(recall[k]), 'f1': float(f1[k]),
+                'support': int(support[k])} for k, c in enumerate(present)}
+  aucs = _per_class_auc(labels, probs, range(len(class_names)))
+  scored_aucs = [a for a in aucs if a is not None]
   clipped = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+  not_measured = {'precision': None, 'recall': None, 'f1': None, 'support': 0}
   metrics = {
       'num_examples': int(len(labels)),
       'accuracy': float(skm.accuracy_score(labels, preds)),
-      'balanced_accuracy': float(skm.balanced_accuracy_score(labels, preds)),
-      'macro_f1': float(skm.f1_score(labels, preds, labels=classes, average='macro', zero_division=0)),
-      'weighted_f1': float(skm.f1_score(labels, preds, labels=classes, average='weighted',
+      # sklearn's balanced_accuracy_score, the mean recall of the classes present.
+      'balanced_accuracy': float(np.mean(recall)),
+      'macro_f1': float(skm.f1_score(labels, preds, labels=present, average='macro',
+                                     zero_division=0)),
+      'weighted_f1': float(skm.f1_score(labels, preds, labels=present, average='weighted',
                                         zero_division=0)),
-      'macro_auc': float(np.mean(present)) if present else None,
+      'macro_auc': float(np.mean(scored_aucs)) if scored_aucs else None,
       'loss': float(-np.mean(np.log(clipped))),
-      'melanoma_recall': None if melanoma is None else float(recall[melanoma]),
-      'per_class': {
-          name: {'precision': float(precision[i]), 'recall': float(recall[i]), 'f1': float(f1[i]),
-                 'support': int(support[i]), 'auc': aucs[i]}
-          for i, name in _melanoma_first(description)},
+      'melanoma_recall': scores[melanoma]['recall'] if melanoma in scores else None,
+      'absent_classes': [name for i, name in enumerate(class_names) if i not in scores],
+      'per_class': {name: {**scores.get(i, not_measured), 'auc': aucs[i]}
+                    for i, name in _melanoma_first(description)},
   }
   if description.is_binary_melanoma:
     metrics['auc'] = aucs[melanoma]  # the ISIC 2020 metric: ROC-AUC of the melanoma probability
@@ -82,18 +98,29 @@ def _melanoma_first(description: datasets.DatasetDescription):
 
 
 def format_summary(m: dict) -> str:
+  """The headline figures and each class's recall, n/a for a class the set has no image of.
+
+  Printed after classification_report.txt, which names the absent classes once.
+  """
   auc = 'n/a' if m['macro_auc'] is None else f"{m['macro_auc']:.4f}"
+  recalls = '  '.join(f"{name} {_fmt(v['recall'], 3)}" for name, v in m['per_class'].items())
   lines = [f"balanced_accuracy {m['balanced_accuracy']:.4f}  accuracy {m['accuracy']:.4f}  "
            f"macro_f1 {m['macro_f1']:.4f}  macro_auc {auc}  (n={m['num_examples']})",
-           'per-class recall: ' + '  '.join(f"{name} {v['recall']:.3f}" for name, v in m['per_class'].items())]
+           f'per-class recall: {recalls}']
   if m.get('sensitivity_at_specificity'):
     lines.append(f"melanoma AUC {_fmt(m['auc'])}; sensitivity at specificity " + ', '.join(
         f'{s}: {v:.3f}' for s, v in m['sensitivity_at_specificity'].items()))
   return '\n'.join(lines)
 
 
-def _fmt(value) -> str:
-  return 'n/a' if value is None else f'{value:.4f}'
+def absent_classes_note(absent) -> str:
+  """The one line that names the classes the set has no image of."""
+  return (f"no images of {', '.join(absent)}: n/a, left out of every average; predictions into "
+          f"{'it' if len(absent) == 1 else 'them'} count as errors")
+
+
+def _fmt(value, digits: int = 4) -> str:
+  return 'n/a' if value is None else f'{value:.{digits}f}'
 
 
 def format_isic_challenge(score: dict) -> str:
@@ -151,15 +178,13 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   if isic_challenge is not None:
     metrics['isic_challenge'] = isic_challenge
   metrics.update(extra or {})
-  classes = list(range(len(class_names)))
-  table = skm.classification_report(labels, preds, labels=classes, target_names=list(class_names),
-                                    digits=4, zero_division=0)
-  official = '' if isic_challenge is None else format_isic_challenge(isic_challenge) + '\n'
   (out_dir / 'classification_report.txt').write_text(
-      table + f"\nbalanced accuracy {metrics['balanced_accuracy']:.4f}\n" + official)
+      classification_table(labels, preds, class_names, metrics['absent_classes'])
+      + f"\nbalanced accuracy {metrics['balanced_accuracy']:.4f}\n"
+      + ('' if isic_challenge is None else format_isic_challenge(isic_challenge) + '\n'))
   (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
-  plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=classes), class_names,
-                        out_dir / 'confusion_matrix.png')
+  plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=range(len(class_names))),
+                        class_names, out_dir / 'confusion_matrix.png')
   plot_roc(labels, probs, description, out_dir / 'roc.png')
   plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
                    out_dir / 'reliability.png')
@@ -176,6 +201,20 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
   if description.challenge is not None:
     write_isic_predictions(out_dir / 'predictions_isic.csv', all_ids, all_probs, description)
   return metrics
+
+
+def classification_table(labels, preds, class_names, absent) -> str:
+  """sklearn's classification report of the classes present, then one line naming the absent.
+
+  An absent class gets no row of zeros, which would read as measured. With predictions into it,
+  sklearn heads the averages 'micro avg' instead of 'accuracy': its recall is still the accuracy,
+  its precision the share of right predictions among those into the classes present.
+  """
+  present = [i for i, name in enumerate(class_names) if name not in absent]
+  table = skm.classification_report(labels, preds, labels=present,
+                                    target_names=[class_names[i] for i in present], digits=4,
+                                    zero_division=0)
+  return table + ('\n' + absent_classes_note(absent) + '\n' if absent else '')
 
 
 def _unit(description: datasets.DatasetDescription) -> str:
@@ -213,62 +252,104 @@ def write_isic_predictions(path: pathlib.Path, image_ids, probs: np.ndarray,
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names, path: pathlib.Path):
-  """Counts beside the row-normalised matrix (each row: where that true class went)."""
+  _save(confusion_figure(matrix, class_names), path)
+
+
+def confusion_figure(matrix: np.ndarray, class_names):
+  """Counts beside the row-normalised matrix (each row: where that true class went).
+
+  A class with no images has a blank row, its name marked '(no images)': it has no recall to show.
+  Its column stays, since predictions into it are errors.
+  """
   rows = matrix.sum(1, keepdims=True)
-  normalised = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
+  absent = rows[:, 0] == 0
+  counts = np.where(absent[:, None], np.nan, matrix)
+  normalised = np.divide(matrix, rows, out=np.full(matrix.shape, np.nan), where=rows > 0)
+  row_names = [f'{name} (no images)' if blank else name for name, blank in zip(class_names, absent)]
   fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
-  for ax, values, title, fmt in ((axes[0], matrix, 'counts', '{:d}'),
+  for ax, values, title, fmt in ((axes[0], counts, 'counts', '{:.0f}'),
                                  (axes[1], normalised, 'row-normalised (recall)', '{:.2f}')):
-    image = ax.imshow(values, cmap='Blues')
+    image = ax.imshow(np.ma.masked_invalid(values), cmap='Blues')  # masked cells stay blank
     ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
-           xticklabels=class_names, yticklabels=class_names, xlabel='predicted', ylabel='true',
+           xticklabels=class_names, yticklabels=row_names, xlabel='predicted', ylabel='true',
            title=title)
-    threshold = values.max() / 2 if values.size else 0
+    threshold = np.nanmax(values, initial=0) / 2
     for (i, j), v in np.ndenumerate(values):
-      ax.text(j, i, fmt.format(v), ha='center', va='center', fontsize=8,
-              color='white' if v > threshold else 'black')
+      if not np.isnan(v):
+        ax.text(j, i, fmt.format(v), ha='center', va='center', fontsize=8,
+                color='white' if v > threshold else 'black')
     fig.colorbar(image, ax=ax, fraction=0.046)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def plot_roc(labels: np.ndarray, probs: np.ndarray, description: datasets.DatasetDescription,
              path: pathlib.Path):
-  """One-vs-rest ROC curve per class (classes without positives or negatives are left out)."""
+  _save(roc_figure(labels, probs, description), path)
+
+
+def roc_figure(labels: np.ndarray, probs: np.ndarray, description: datasets.DatasetDescription):
+  """One-vs-rest ROC curve per class in its fixed colour (colours.class_colours); classes without
+  positives or negatives are left out."""
+  colour_of = colours.class_colours(description)
   fig, ax = plt.subplots(figsize=(6.5, 6))
   for i, name in _melanoma_first(description):
     positives = labels == i
     if not 0 < positives.sum() < len(labels):
       continue
     fpr, tpr, _ = skm.roc_curve(positives, probs[:, i])
-    ax.plot(fpr, tpr, lw=2.5 if name == description.melanoma else 1.3,
+    ax.plot(fpr, tpr, color=colour_of[name], lw=2.5 if name == description.melanoma else 1.3,
             label=f'{name} (AUC {skm.auc(fpr, tpr):.3f}, n={int(positives.sum())})')
   ax.plot([0, 1], [0, 1], color='grey', lw=0.8, ls='--')
   ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate',
          title='ROC, one class vs rest')
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  return fig
 
 
 def plot_reliability(bins: dict, ece: float, path: pathlib.Path):
-  """Accuracy per top-label confidence bin against the diagonal, with how many fall in each."""
+  _save(reliability_figure(bins, ece), path)
+
+
+def reliability_figure(bins: dict, ece: float):
+  """Accuracy per top-label confidence bin against the diagonal, above how many images fall in
+  each bin (the number over each bar).
+
+  A bin of fewer than SPARSE_BIN images is drawn faded and hatched, its point hollow: its accuracy
+  rests on too few images to read calibration from. Empty bins are not drawn. The legend sits
+  beside the plot so it hides no bin.
+  """
   edges, counts = bins['edges'], bins['counts']
-  centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
+  centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges) * 0.95
+  solid, sparse = counts >= SPARSE_BIN, (counts > 0) & (counts < SPARSE_BIN)
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, layout='constrained',
                                     gridspec_kw={'height_ratios': [3, 1]})
-  filled = counts > 0
-  top.bar(centres[filled], bins['accuracy'][filled], width=width[filled] * 0.95,
-          edgecolor='black', label='accuracy')
+  sparse_look = {'alpha': 0.35, 'hatch': '//'}
+  top.bar(centres[solid], bins['accuracy'][solid], width=width[solid], color='tab:blue',
+          edgecolor='black', label='accuracy of the images in the bin')
+  top.bar(centres[sparse], bins['accuracy'][sparse], width=width[sparse], color='tab:blue',
+          edgecolor='black', **sparse_look,
+          label=f'bin of fewer than {SPARSE_BIN} images:\ntoo few to judge (faded, hollow point)')
   top.plot([0, 1], [0, 1], color='grey', ls='--', label='perfect calibration')
-  top.plot(bins['confidence'][filled], bins['accuracy'][filled], 'o', color='crimson', ms=4,
-           label='mean confidence')
-  top.set(ylim=(0, 1), ylabel='accuracy', title=f'Reliability (ECE {ece:.4f}, {len(counts)} bins)')
-  top.legend(loc='upper left', fontsize=8)
-  bottom.bar(centres, counts, width=width * 0.95, color='grey')
-  bottom.set(xlim=(0, 1), xlabel='confidence of the top class', ylabel='images')
-  fig.tight_layout()
+  points = {'color': 'crimson', 'ms': 4, 'clip_on': False}  # a point at accuracy 1 stays whole
+  top.plot(bins['confidence'][solid], bins['accuracy'][solid], 'o', **points,
+           label='mean confidence vs accuracy\nper bin')
+  top.plot(bins['confidence'][sparse], bins['accuracy'][sparse], 'o', **points,
+           markerfacecolor='none')
+  top.set(ylim=(0, 1), ylabel='accuracy',
+          title=f'Reliability: ECE {ece:.4f}, {int(counts.sum())} images in {len(counts)} bins')
+  fig.legend(*top.get_legend_handles_labels(), loc='outside right upper', fontsize=8)
+  histogram = bottom.bar(centres, counts, width=width, color='grey')
+  for patch, few in zip(histogram, sparse):
+    if few:
+      patch.set(**sparse_look)
+  bottom.bar_label(histogram, labels=[str(c) if c else '' for c in counts], fontsize=7)
+  bottom.set(xlim=(0, 1), ylim=(0, counts.max() * 1.25 + 1), xlabel='confidence of the top class',
+             ylabel='images per bin')
+  return fig
+
+
+def _save(fig, path: pathlib.Path):
   fig.savefig(path, dpi=110)
   plt.close(fig)
