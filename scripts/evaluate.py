@@ -1,7 +1,8 @@
 r"""Evaluates a trained run's checkpoint: its own test split, another split or an external set.
 
   python scripts/evaluate.py --workdir=W [--checkpoint=best|latest|STEP] [--split=test|val|train]
-      [--images_dir=DIR --labels_csv=CSV] [--tta=none|flip|flip_rot] [--out=DIR]
+      [--images_dir=DIR --labels_csv=CSV [--skip_bad_images]] [--tta=none|flip|flip_rot]
+      [--out=DIR]
 
 The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
 and --labels_csv it evaluates an external labelled set instead of a split, scored in the classes
@@ -18,8 +19,16 @@ For an ISIC ground truth it also reports the official score, as isic-challenge-s
 it from that predictions_isic.csv: rows weighted by the truth's score_weight column, and
 ISIC_0035068 (a duplicate in the ISIC 2018 test set) given weight 0. Rows of weight 0 are named
 and left out of every metric; their predictions are still written.
+
+Every external image is decoded before any is predicted: the first that cannot be (truncated,
+empty, not an image) stops the evaluation with one line naming it. --skip_bad_images leaves such
+images out of the scored set instead, like scripts/prepare_dataset.py, and names them in one line
+and in metrics.json (skipped_images: image and reason). A --tta other than the one the run's
+recipe was validated with (config.eval.validated_tta) is evaluated, with a warning on stderr and
+in metrics.json (warnings).
 """
 
+import dataclasses
 import pathlib
 import sys
 
@@ -33,6 +42,7 @@ from skinjax.evaluation import report
 from skinjax.evaluation import tta
 from skinjax.runtime import cli_flags
 from skinjax.runtime import compilation_cache
+from skinjax.training import config_checks
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.', required=True)
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
@@ -48,6 +58,9 @@ _OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 "Where the run's prepared dataset is, if not where it trained.")
 _BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstrap intervals.')
+_SKIP_BAD_IMAGES = flags.DEFINE_bool(
+    'skip_bad_images', False,
+    'Leave unreadable --images_dir images out of the scores (listed in metrics.json).')
 
 
 def main(argv):
@@ -65,11 +78,19 @@ def main(argv):
     if _IMAGES_DIR.value and (flags.FLAGS['split'].present or _DATA_DIR.value):
       raise ValueError("--split and --data_dir choose from the run's own dataset; leave them out "
                        'when evaluating --images_dir.')
+    if _SKIP_BAD_IMAGES.value and not _IMAGES_DIR.value:
+      raise ValueError("--skip_bad_images applies to --images_dir; the run's own dataset was "
+                       'checked image by image when it was prepared.')
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
+    warnings = [w for w in [config_checks.tta_warning(run.config, _TTA.value)] if w]
+    for warning in warnings:
+      print(warning, file=sys.stderr, flush=True)
     if _IMAGES_DIR.value:
-      data = checkpoint_eval.external_set(_IMAGES_DIR.value, _LABELS_CSV.value, run)
+      data = checkpoint_eval.external_set(_IMAGES_DIR.value, _LABELS_CSV.value, run,
+                                          _SKIP_BAD_IMAGES.value)
     else:
       data = checkpoint_eval.run_split(run, _SPLIT.value, _DATA_DIR.value)
+    data = dataclasses.replace(data, description={**data.description, 'warnings': warnings})
     out_dir = (pathlib.Path(_OUT.value).expanduser() if _OUT.value
                else checkpoint_eval.default_out_dir(run, data, _TTA.value))
     metrics = checkpoint_eval.evaluate_checkpoint(run, data, out_dir, tta_mode=_TTA.value,
@@ -85,6 +106,17 @@ def main(argv):
         + f"ECE {metrics['ece']:.4f}; 95% CI (by {ci['unit']}): "
         + ', '.join(f'{name} {_interval(ci[name])}'
                     for name in ('balanced_accuracy', 'macro_f1', 'melanoma_recall')))
+  if data.description.get('skipped_images'):
+    print(_skipped_summary(data.description['skipped_images'], out_dir / 'metrics.json'))
+
+
+def _skipped_summary(skipped, metrics_path, named: int = 3) -> str:
+  """One line: how many unreadable images were left out, the first few by name, and where all
+  of them are listed."""
+  names = ', '.join(f'{pathlib.Path(s["image"]).name} ({s["reason"]})' for s in skipped[:named])
+  more = f' and {len(skipped) - named} more' if len(skipped) > named else ''
+  return (f'Skipped {len(skipped)} unreadable image{"s" * (len(skipped) != 1)}, left out of the '
+          f'scores: {names}{more}; all listed in {metrics_path} (skipped_images).')
 
 
 def _interval(bounds) -> str:

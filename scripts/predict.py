@@ -1,12 +1,19 @@
 r"""Classifies dermoscopy images with a trained run, optionally showing where the model looked.
 
   python scripts/predict.py --workdir=W [--checkpoint=best] [--tta=none|flip|flip_rot]
-      [--gradcam=OUT_DIR] [--json] IMAGE_OR_DIR...
+      [--gradcam=OUT_DIR] [--json] [--skip_bad_images] IMAGE_OR_DIR...
 
 Prints each image's top class and all class probabilities (one JSON object per line with
 --json). --gradcam writes OUT_DIR/<image name>_gradcam.png: the Grad-CAM heat-map of the top
 class at the backbone's last feature map, over the image as the model saw it (resized and
-centre-cropped). Folders are searched, subfolders included, for .jpg, .jpeg and .png files.
+centre-cropped, and colour-corrected if the run's config.data.colour_constancy says so),
+captioned with the class and its probability, with a colour bar. Folders are searched,
+subfolders included, for .jpg, .jpeg and .png files.
+
+Every image is decoded before any is predicted: the first that cannot be (truncated, empty, not
+an image) stops the command with one line naming it. --skip_bad_images predicts the others
+instead and names each unreadable one on stderr (with --json also as a record with an "error").
+A --tta other than the one the run's recipe was validated with is predicted, with a warning.
 """
 
 import json
@@ -26,6 +33,7 @@ from skinjax.evaluation import inference
 from skinjax.evaluation import tta
 from skinjax.runtime import cli_flags
 from skinjax.runtime import compilation_cache
+from skinjax.training import config_checks
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The training run whose model predicts.',
                                required=True)
@@ -34,6 +42,8 @@ _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
                          'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
 _GRADCAM = flags.DEFINE_string('gradcam', None, 'Write a Grad-CAM overlay PNG per image here.')
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per line instead of text.')
+_SKIP_BAD_IMAGES = flags.DEFINE_bool('skip_bad_images', False,
+                                     'Predict the readable images and name the unreadable ones.')
 
 # Images with a shorter side than this (or than the model's input, if smaller) are upscaled from
 # almost nothing: the model still answers, confidently, so say that the answer means little.
@@ -47,14 +57,23 @@ def main(argv):
   compilation_cache.enable()
   try:
     paths = external.collect_images(argv[1:])
+    readable, skipped = external.check_readable(paths, _SKIP_BAD_IMAGES.value)
+    paths = [path for path, ok in zip(paths, readable) if ok]
     run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
   except (ValueError, FileNotFoundError) as error:
-    logging.vlog(1, 'Traceback of the error below:', exc_info=True)
-    sys.exit(f'error: {error}')
+    fail(error)
+  warn(config_checks.tta_warning(run.config, _TTA.value))
+  for bad in skipped:
+    warn(f'Skipped {bad["image"]}: cannot read it as an image ({bad["reason"]}).')
+    if _JSON.value:
+      print(json.dumps({'image': bad['image'], 'error': bad['reason']}))
   warn_tiny_images(paths, min(TINY_IMAGE, run.config.data.image_size), run.config.data.image_size)
   source = external.ImageFiles(paths)
-  probs = inference.predict_source(run, source, np.arange(len(paths)), tta_mode=_TTA.value)
-  overlays = write_gradcams(run, source, probs.argmax(-1), _GRADCAM.value) if _GRADCAM.value else {}
+  try:
+    probs = inference.predict_source(run, source, np.arange(len(paths)), tta_mode=_TTA.value)
+    overlays = write_gradcams(run, source, probs, _GRADCAM.value) if _GRADCAM.value else {}
+  except external.ExternalDataError as error:  # an image that changed after its check
+    fail(error)
   class_names = run.description.class_names  # the classes of the run's training dataset
   for i, (path, row) in enumerate(zip(paths, probs)):
     top = class_names[int(row.argmax())]
@@ -71,21 +90,34 @@ def main(argv):
             + (f'  gradcam: {overlays[i]}' if i in overlays else ''))
 
 
+def fail(error: Exception):
+  """Bad input: say what is wrong and how to fix it; the traceback only with --verbosity=1."""
+  logging.vlog(1, 'Traceback of the error below:', exc_info=True)
+  sys.exit(f'error: {error}')
+
+
+def warn(message: str | None):
+  """A line on stderr, apart from the predictions on stdout."""
+  if message:
+    print(message, file=sys.stderr, flush=True)
+
+
 def warn_tiny_images(paths, threshold: int, image_size: int):
   for path in paths:
-    with Image.open(path) as image:  # the header only; collect_images has read it already
+    with Image.open(path) as image:  # the header only; check_readable has decoded it already
       width, height = image.size
     if min(width, height) < threshold:
-      print(f'warning: {path} is only {width}x{height} pixels, far below the {image_size}-pixel '
-            'input the model sees; its prediction is unreliable. Use the full-resolution image.',
-            file=sys.stderr, flush=True)
+      warn(f'warning: {path} is only {width}x{height} pixels, far below the {image_size}-pixel '
+           'input the model sees; its prediction is unreliable. Use the full-resolution image.')
 
 
-def write_gradcams(run, source, class_indices, out_dir, batch_size: int = 8) -> dict[int, pathlib.Path]:
-  """Grad-CAM of each image's predicted class, drawn over its evaluation view."""
+def write_gradcams(run, source, probs, out_dir, batch_size: int = 8) -> dict[int, pathlib.Path]:
+  """Grad-CAM of each image's predicted class, drawn over its evaluation view and captioned."""
   out_dir = pathlib.Path(out_dir).expanduser()
   out_dir.mkdir(parents=True, exist_ok=True)
   cam_fn = jax.jit(gradcam.make_gradcam_fn(run.graphdef, normalise=run.normalise))
+  class_indices = probs.argmax(-1)
+  colour_corrected = run.eval_view.colour_constancy_power is not None
   written, names = {}, set()
   for start in range(0, len(source), batch_size):
     batch = range(start, min(start + batch_size, len(source)))
@@ -98,7 +130,10 @@ def write_gradcams(run, source, class_indices, out_dir, batch_size: int = 8) -> 
     for i, view, cam in zip(batch, views, np.asarray(cams)):
       name = _unique_name(source.paths[i].stem, names)
       written[i] = out_dir / f'{name}_gradcam.png'
-      gradcam.overlay(view, cam).save(written[i])
+      top = int(class_indices[i])
+      gradcam.save_figure(gradcam.figure(view, cam, class_name=run.description.class_names[top],
+                                         probability=float(probs[i, top]),
+                                         colour_corrected=colour_corrected), written[i])
   return written
 
 

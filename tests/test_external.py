@@ -135,7 +135,7 @@ def test_missing_and_unreadable_images(tmp_path):
     external.find_images(tmp_path / 'nope', IDS)
   (tmp_path / 'images' / 'ISIC_0000005.jpg').write_bytes(b'not a jpeg')
   with pytest.raises(external.ExternalDataError, match='Cannot read .*ISIC_0000005.jpg as an image'):
-    external.find_images(tmp_path / 'images', IDS[:6])
+    external.check_readable(external.find_images(tmp_path / 'images', IDS[:6]))
 
 
 def test_collect_images_expands_folders(tmp_path):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from skinjax.evaluation import gradcam
 from skinjax.models import registry
@@ -88,13 +89,36 @@ def test_gradcam_of_a_real_backbone_is_a_normalised_map_of_the_image_size(small_
   assert probs.shape == (3, 7)
 
 
-def test_overlay_shows_the_image_beside_its_heat_map():
+@pytest.mark.parametrize('colour_corrected, view', [
+    (True, 'Colour-corrected view (Shades of Grey), as the model sees it'),
+    (False, 'The image as the model sees it')])
+def test_figure_is_captioned_with_class_probability_view_and_colour_bar(tmp_path, colour_corrected,
+                                                                         view):
   image = two_patch_image(24)
   cam = np.zeros((24, 24))
   cam[:12, :12] = 1.0
-  picture = np.asarray(gradcam.overlay(image, cam))
-  assert picture.shape == (264, 528, 3)  # upscaled 11x (24 * 11 >= 256), two panels
-  left, right = picture[:, :264].astype(int), picture[:, 264:].astype(int)
-  np.testing.assert_allclose(left[120, 5], [255, 0, 0], atol=2)  # the red patch, unchanged
+  fig = gradcam.figure(image, cam, class_name='mel', probability=0.8766,
+                       colour_corrected=colour_corrected)
+  left, right, colour_bar = fig.axes
+  assert fig.get_suptitle() == 'Grad-CAM of mel (probability 0.877)'
+  assert left.get_title() == view
+  np.testing.assert_array_equal(left.images[0].get_array(), image)
+  # The right panel: the same image under the heat-map, which the colour bar scales from 0 to 1.
+  base, heat = right.images
+  np.testing.assert_array_equal(base.get_array(), image)
+  np.testing.assert_array_equal(heat.get_array(), cam)
+  assert heat.get_cmap().name == 'jet' and heat.get_clim() == (0.0, 1.0)
+  assert colour_bar.get_ylabel() == "Grad-CAM, relative to the image's peak"
+  assert colour_bar.get_ylim() == (0.0, 1.0)
+  gradcam.save_figure(fig, tmp_path / 'cam.png')
+  with Image.open(tmp_path / 'cam.png') as saved:
+    assert saved.mode == 'RGB' and min(saved.size) >= 256
+    picture = np.asarray(saved).astype(int)
+
+  def pixel(axes, x, y):  # of image coordinates (x, y) in the saved picture
+    column, row = axes.transData.transform((x, y))
+    return picture[picture.shape[0] - int(row), int(column)]
+
+  np.testing.assert_allclose(pixel(left, 5, 5), [255, 0, 0], atol=2)  # the red patch, unchanged
   # Over the hot quadrant 'jet' adds its dark red; over the cold one its dark blue.
-  assert right[60, 60, 2] < 60 and right[200, 200, 2] > left[200, 200, 2] + 40
+  assert pixel(right, 5, 5)[2] < 60 and pixel(right, 18, 18)[2] > pixel(left, 18, 18)[2] + 40

@@ -2,7 +2,8 @@
 
 The report is the trainer's own (`report.write_report`), so W/eval/test-best/ and W/report/
 hold the same numbers for the same checkpoint; the evaluation adds what is too slow or too
-specific for every training run to need: test-time augmentation and external data.
+specific for every training run to need: test-time augmentation and external data. Where the
+results go, and which folders they may not overwrite, is eval_folders'.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ import pathlib
 import numpy as np
 
 from skinjax.data import handle
+from skinjax.evaluation import eval_folders
 from skinjax.evaluation import external
 from skinjax.evaluation import inference
 from skinjax.evaluation import report
@@ -21,7 +23,8 @@ SPLITS = ('test', 'val', 'train')
 @dataclasses.dataclass(frozen=True)
 class EvalData:
   """What to evaluate on: a source, the indices into it, and what is known about each example."""
-  name: str  # the split name or 'external-<csv name>'; names the output folder
+  # The split, or external-<set name>-<set hash> (eval_folders); names the output folder.
+  name: str
   source: object
   indices: np.ndarray
   labels: np.ndarray
@@ -55,27 +58,45 @@ def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None)
                    'data_dir': config.data.data_dir})
 
 
-def external_set(images_dir, labels_csv, run: inference.LoadedRun) -> EvalData:
-  """A labelled folder of images, scored in the classes the run was trained on."""
+def external_set(images_dir, labels_csv, run: inference.LoadedRun,
+                 skip_bad_images: bool = False) -> EvalData:
+  """A labelled folder of images, scored in the classes the run was trained on. An image that
+  cannot be decoded stops it, or with `skip_bad_images` is left out and named in the report."""
   labelled = external.read_labels(labels_csv, run.description)
   paths = external.find_images(images_dir, labelled.image_ids)
-  return EvalData(f'external-{pathlib.Path(labels_csv).stem}',
+  readable, skipped = external.check_readable(paths, skip_bad_images)
+  labelled, paths = labelled.subset(readable), [p for p, ok in zip(paths, readable) if ok]
+  data = EvalData('external',
                   external.ImageFiles(paths, labelled.labels), np.arange(len(paths)),
                   labelled.labels, labelled.image_ids, labelled.groups,
                   {'split': 'external', 'images_dir': str(images_dir),
-                   'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format},
+                   'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format,
+                   'skipped_images': skipped},
                   labelled.score_weights)
+  return _identified(images_dir, labels_csv, run, data)
+
+
+def _identified(images_dir, labels_csv, run: inference.LoadedRun, data: EvalData) -> EvalData:
+  """`data` named after the folder it came from and its content (eval_folders), as scored."""
+  set_name = eval_folders.external_set_name(images_dir, labels_csv)
+  class_names = np.asarray(run.description.class_names)[data.labels]
+  digest = eval_folders.set_hash(data.image_ids, class_names, data.groups, data.score_weights)
+  return dataclasses.replace(data, name=eval_folders.external_split(set_name, digest),
+                             description={**data.description, 'set_name': set_name,
+                                          'set_hash': digest})
 
 
 def default_out_dir(run: inference.LoadedRun, data: EvalData, tta_mode: str) -> pathlib.Path:
-  """W/eval/<split>-<checkpoint>[-tta_<mode>]: a TTA result never overwrites the plain one."""
-  suffix = '' if tta_mode == 'none' else f'-tta_{tta_mode}'
-  return run.workdir / 'eval' / f'{data.name}-{run.checkpoint}{suffix}'
+  """W/eval/<split>-<checkpoint>[-tta_<mode>]: a TTA result never overwrites the plain one, nor
+  one external set another's."""
+  return run.workdir / 'eval' / f'{data.name}{eval_folders.suffix(run.checkpoint, tta_mode)}'
 
 
 def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathlib.Path, *,
                         tta_mode: str = 'none', bootstrap_seed: int = 0) -> dict:
-  """Predicts `data` with the run's model and writes the full report into `out_dir`."""
+  """Predicts `data` with the run's model and writes the full report into `out_dir`, unless
+  `out_dir` holds the results of another set (a ValueError naming --out, before any prediction)."""
+  eval_folders.check_out_dir(out_dir, data.description)
   probs = inference.predict_source(run, data.source, data.indices, tta_mode=tta_mode)
   config = run.config
   extra = {'workdir': str(run.workdir), 'arch': config.model.arch, 'init': config.model.init,

@@ -70,6 +70,13 @@ class LabelledImages:
   # ISIC one-hot ground truths only: 1.0 for a scored row, 0.0 for one the scorer leaves out.
   score_weights: np.ndarray | None = None
 
+  def subset(self, keep: np.ndarray) -> 'LabelledImages':
+    """The rows where the boolean `keep` is true."""
+    return dataclasses.replace(
+        self, image_ids=self.image_ids[keep], labels=self.labels[keep],
+        groups=None if self.groups is None else self.groups[keep],
+        score_weights=None if self.score_weights is None else self.score_weights[keep])
+
 
 def read_labels(csv_path, description: datasets.DatasetDescription = datasets.HAM10000
                 ) -> LabelledImages:
@@ -242,9 +249,7 @@ def find_images(images_dir, image_ids) -> list[pathlib.Path]:
         f'--images_dir {images_dir} (e.g. {", ".join(missing[:3])}); looked for '
         f'<id>{"/".join(IMAGE_SUFFIXES)} in it and its subfolders. Point --images_dir at them '
         'or drop their rows.')
-  paths = [by_id[i] for i in image_ids]
-  check_readable(paths)
-  return paths
+  return [by_id[i] for i in image_ids]
 
 
 def collect_images(paths_or_dirs) -> list[pathlib.Path]:
@@ -265,15 +270,46 @@ def collect_images(paths_or_dirs) -> list[pathlib.Path]:
       raise ExternalDataError(f'No such image or folder: {path}; check the path.')
   if not found:
     raise ExternalDataError('No images given; pass image files or folders after the flags.')
-  check_readable(found)
   return found
 
 
-def check_readable(paths):
-  """Fails early, naming the file, rather than deep inside a pipeline worker."""
-  for path in paths:
-    try:
-      with Image.open(path) as image:
-        image.size  # noqa: B018 - the header is parsed on open; this just touches it
-    except (OSError, UnidentifiedImageError):
-      raise ExternalDataError(f'Cannot read {path} as an image; replace or remove it.') from None
+def check_readable(paths, skip_bad_images: bool = False) -> tuple[np.ndarray, list[dict]]:
+  """(which of `paths` decode, [{'image', 'reason'}] of the others), checked up front.
+
+  Without `skip_bad_images` the first image that does not decode stops everything, naming the
+  file: caught later, it would fail deep inside a pipeline thread with an error that names none.
+  """
+  readable, skipped = np.ones(len(paths), bool), []
+  for i, path in enumerate(paths):
+    reason = unreadable_reason(path)
+    if reason is None:
+      continue
+    if not skip_bad_images:
+      raise ExternalDataError(f'Cannot read {path} as an image ({reason}); replace or remove it, '
+                              'or pass --skip_bad_images.')
+    readable[i] = False
+    skipped.append({'image': str(path), 'reason': reason})
+  if len(paths) and not readable.any():
+    raise ExternalDataError(f'None of the {len(paths)} images can be read as an image (e.g. '
+                            f'{paths[0]}: {skipped[0]["reason"]}); replace them.')
+  return readable, skipped
+
+
+def unreadable_reason(path) -> str | None:
+  """Why `path` cannot be decoded as the evaluation pipeline decodes it; None if it can.
+
+  The image is decoded, not only its header parsed: a truncated JPEG or PNG has a valid header.
+  JPEG draft mode decodes at 1/8 scale, which still reads the whole entropy-coded stream (so
+  truncation is caught) while skipping most of the work of a full decode.
+  """
+  try:
+    with Image.open(path) as image:
+      image.draft('RGB', (1, 1))  # a no-op for other formats, which are decoded in full
+      image.load()
+  except UnidentifiedImageError:
+    return 'the file is empty' if pathlib.Path(path).stat().st_size == 0 else (
+        'not a JPEG, PNG or other image format PIL decodes')
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    # A failed read (permission, a folder) has a strerror; a failed decode only a message.
+    return getattr(error, 'strerror', None) or str(error) or type(error).__name__
+  return None

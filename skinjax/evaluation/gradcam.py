@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from skinjax.evaluation.deferred import matplotlib
+from skinjax.evaluation.deferred import pyplot as plt
 
 
 def make_gradcam_fn(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:
@@ -43,19 +43,35 @@ def make_gradcam_fn(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:
   return gradcam
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, *, min_side: int = 256,
-            alpha: float = 0.45) -> Image.Image:
-  """The image beside itself with the heat-map over it in 'jet' colours, upscaled if small.
+def view_caption(colour_corrected: bool) -> str:
+  """What the left panel shows: the image exactly as the model received it."""
+  return ('Colour-corrected view (Shades of Grey), as the model sees it' if colour_corrected
+          else 'The image as the model sees it')
+
+
+def figure(image: np.ndarray, cam: np.ndarray, *, class_name: str, probability: float,
+           colour_corrected: bool, alpha: float = 0.45):
+  """A matplotlib figure: the image beside itself with the heat-map of `class_name` over it in
+  'jet' colours, captioned with the class, its probability and the view, with a colour bar.
 
   Side by side, because the lesion's own colours are what a reader checks the heat against.
   """
-  height, width = image.shape[:2]
-  scale = max(1, -(-min_side // min(height, width)))
-  size = (width * scale, height * scale)
-  base = Image.fromarray(image).resize(size, Image.BILINEAR)
-  heat = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(size, Image.BILINEAR))
-  colours = (matplotlib.colormaps['jet'](np.clip(heat, 0, 1))[..., :3] * 255).astype(np.uint8)
-  both = Image.new('RGB', (2 * size[0], size[1]))
-  both.paste(base, (0, 0))
-  both.paste(Image.blend(base, Image.fromarray(colours), alpha), (size[0], 0))
-  return both
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.6), layout='constrained')
+  fig.suptitle(f'Grad-CAM of {class_name} (probability {probability:.3f})')
+  left.imshow(image, interpolation='bilinear')
+  left.set_title(view_caption(colour_corrected), fontsize='small', wrap=True)
+  right.imshow(image, interpolation='bilinear')
+  heat = right.imshow(cam, cmap='jet', vmin=0.0, vmax=1.0, alpha=alpha, interpolation='bilinear')
+  right.set_title(f'Where the evidence for {class_name} lies', fontsize='small')
+  for axes in (left, right):
+    axes.set_axis_off()
+  # The map is scaled to its own peak, so colours compare regions within one image only.
+  fig.colorbar(heat, ax=right, shrink=0.8, label="Grad-CAM, relative to the image's peak")
+  return fig
+
+
+def save_figure(fig, path) -> None:
+  """Writes `fig` as an RGB PNG (no alpha channel: the figure is opaque) and closes it."""
+  fig.canvas.draw()
+  Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert('RGB').save(path)
+  plt.close(fig)

@@ -6,6 +6,7 @@ Images go through the run's evaluation pipeline and normaliser, so predictions h
 trainer's own report.
 """
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -20,6 +21,7 @@ from flax import nnx
 from skinjax.data import datasets
 from skinjax.data import pipeline
 from skinjax.evaluation import evaluate
+from skinjax.evaluation import external
 from skinjax.evaluation import tta
 from skinjax.models import run_model as run_model_lib
 from skinjax.runtime import checkpoint as ckpt
@@ -151,10 +153,24 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
       out_shardings=sharding.batch_sharding(mesh))
   batches = pipeline.eval_dataset(source, np.asarray(indices), run.eval_view,
                                   global_batch_size=batch_size)
-  return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
-                          run.description.num_classes)
+  with _naming_an_unreadable_file(source, indices):
+    return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
+                            run.description.num_classes)
 
 
 def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
   """The uint8 image the model sees for `source[index]` (what Grad-CAM is drawn on)."""
-  return run.eval_view(source[index]['image'])
+  with _naming_an_unreadable_file(source, [index]):
+    return run.eval_view(source[index]['image'])
+
+
+@contextlib.contextmanager
+def _naming_an_unreadable_file(source, indices):
+  """Image files are checked before they are predicted, but one can change after its check: its
+  decoding error, raised in a pipeline thread, names no file. Find the file and name it."""
+  try:
+    yield
+  except Exception:
+    if isinstance(source, external.ImageFiles):
+      external.check_readable([source.paths[int(i)] for i in indices])  # raises, naming it
+    raise
