@@ -3,6 +3,8 @@
 ml_collections already rejects unknown keys and wrong types when a locked config is overridden
 from the command line; this catches values outside their allowed sets and initial weights that
 are not there. The workdir's own guards are in skinjax/training/workdir.py.
+`config_warnings` names valid configs that silently train or evaluate something other than what
+was probably meant; they do not stop the run.
 """
 
 import ml_collections
@@ -66,6 +68,36 @@ def check_init(config: ml_collections.ConfigDict):
   if init == 'scratch':
     return
   pretrained.check_init(arch, init)
+
+
+def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
+  """One line per setting that is valid but probably not meant, each saying how to fix it."""
+  found = (_frozen_for_the_whole_run(config), _eval_size_far_from_training_size(config))
+  return [line for line in found if line]
+
+
+def _frozen_for_the_whole_run(config) -> str | None:
+  """Phase 2 never starts: the backbone never trains, so a transfer run measures only its head."""
+  frozen, epochs = config.train.freeze_backbone_epochs, config.train.num_epochs
+  # unfreeze=0 trains no backbone block in phase 2 either: a head-only run is then what was asked.
+  if frozen <= 0 or frozen < epochs or str(config.train.unfreeze) == '0':
+    return None
+  return (f'warning: config.train.freeze_backbone_epochs={frozen} >= config.train.num_epochs='
+          f'{epochs}: the backbone stays frozen for the whole run and never trains, only the head '
+          f'does. Raise num_epochs above {frozen} or lower freeze_backbone_epochs below {epochs}.')
+
+
+def _eval_size_far_from_training_size(config) -> str | None:
+  """Evaluation views far from the training size, e.g. a recipe's eval_image_size kept after
+  --config.data.image_size changed: the model is then scored at a scale it was never tuned for."""
+  train_size, eval_size = config.data.image_size, config.data.eval_image_size
+  if eval_size == 0 or train_size <= eval_size <= 2 * train_size:  # 0: the training size
+    return None
+  how = 'smaller than' if eval_size < train_size else 'more than twice'
+  return (f'warning: config.data.eval_image_size={eval_size} is {how} the training size '
+          f'config.data.image_size={train_size}, so validation and test views are at another '
+          f'scale than training. Set eval_image_size=0 (the training size) or between '
+          f'{train_size} and {2 * train_size}.')
 
 
 def tta_warning(config: ml_collections.ConfigDict, tta_mode: str) -> str | None:

@@ -6,6 +6,7 @@ setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final 
 import functools
 import json
 import pathlib
+import sys
 import time
 
 from absl import logging
@@ -38,12 +39,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ------------------------------------------------------------------ setup
   workdir = pathlib.Path(workdir).expanduser()
   config_checks.validate(config)
+  is_lead = jax.process_index() == 0
+  warning_lines = config_checks.config_warnings(config)
+  if is_lead:
+    for line in warning_lines:  # on stderr, which the default log verbosity does not hide
+      print(line, file=sys.stderr, flush=True)
   resuming = ckpt.has_checkpoint(workdir)
   if not resuming:  # A resume needs no initial weights.
     config_checks.check_init(config)
   dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
   workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
-  is_lead = jax.process_index() == 0
   lock = None
   if is_lead:
     workdir_lib.check_writable(workdir)
@@ -52,7 +57,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     if is_lead:
       workdir_lib.write_config(workdir, config, dataset.fingerprint,
-                               dataset.description.to_json())
+                               dataset.description.to_json(), warning_lines)
     return _train(config, dataset, workdir, is_lead)
   finally:
     if lock is not None:

@@ -3,7 +3,9 @@
 W/trainer.lock names the process that writes W. A lock left behind by a killed process (same
 host, pid no longer running) is taken over with a message; a live one is refused.
 W/config.json records the config and the dataset's fingerprint; resuming with another config or
-dataset is refused, unless config.train.allow_config_change says the change is deliberate.
+dataset is refused, unless config.train.allow_config_change says the change is deliberate. It
+also records the config's warnings (config_checks.config_warnings), which follow from the config
+and are recomputed at each start.
 """
 
 import datetime
@@ -19,6 +21,7 @@ from skinjax.runtime import saved_config
 LOCK_NAME = 'trainer.lock'
 CONFIG_NAME = 'config.json'
 DESCRIPTION_KEY = 'dataset_description'
+WARNINGS_KEY = 'warnings'
 # Keys that may change between a run and its resume without changing what is trained.
 RESUME_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.num_workers', 'train.log_every_steps', 'train.eval_batch_size',
@@ -128,6 +131,7 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
   saved = json.loads(path.read_text())
   saved_dataset = saved.pop('dataset', None)
   saved.pop(DESCRIPTION_KEY, None)  # follows from the dataset, compared through its fingerprint
+  saved.pop(WARNINGS_KEY, None)  # follow from the config compared below; recomputed at each start
   old, new = (_flat(saved_config.upgrade(saved)),
               _flat(saved_config.upgrade(_as_json(config))))
   changed = sorted(k for k in old.keys() | new.keys()
@@ -153,11 +157,12 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
 
 
 def write_config(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict,
-                 description: dict):
+                 description: dict, warnings: list[str]):
   """W/config.json: the resolved config, the dataset's fingerprint and its description (classes,
-  melanoma class, groups, challenge format), which evaluation and prediction read; atomically."""
+  melanoma class, groups, challenge format), which evaluation and prediction read, and the
+  config's warnings (an empty list: none); atomically."""
   path = workdir / CONFIG_NAME
   tmp = path.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps({**_as_json(config), 'dataset': dataset, DESCRIPTION_KEY: description},
-                            indent=2) + '\n')
+  tmp.write_text(json.dumps({**_as_json(config), 'dataset': dataset, DESCRIPTION_KEY: description,
+                             WARNINGS_KEY: warnings}, indent=2) + '\n')
   os.replace(tmp, path)
