@@ -4,11 +4,15 @@ r"""Compares finished runs: one table row and one group of bars per run.
 
 Writes DIR/comparison.md (arch, init, parameters, image size, epochs, training time, accuracy,
 balanced accuracy, macro-F1, melanoma recall and macro AUC with 95% bootstrap intervals) and
-DIR/comparison.png. DIR defaults to the folder that holds the runs. Intervals come from
+DIR/comparison.png. DIR defaults to the folder that holds the runs. comparison.md first says what
+is comparable: runs trained on different datasets sat different exams, so each training dataset
+gets its own tables and verdicts, and no figure is ranked across them. Intervals come from
 W/eval/test-best/ when scripts/evaluate.py has been run (resampled by lesion), else from the
-training report. Each external set evaluate.py scored the runs on (W/eval/external-<name>-best/)
-gets a table and a panel of its own. --tta=flip|flip_rot reads evaluate.py's results of that TTA
-mode instead (W/eval/test-best-tta_<mode>/ and so on), for every run.
+training report. Each external set evaluate.py scored the runs on
+(W/eval/external-<set name>-<set hash>-best/, or an older external-<csv name>-best/) gets a
+section, named by the folder the set came from, and a panel per training dataset of its own.
+--tta=flip|flip_rot reads evaluate.py's results of that TTA mode instead
+(W/eval/test-best-tta_<mode>/ and so on), for every run.
 """
 
 import os

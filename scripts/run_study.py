@@ -8,13 +8,16 @@ Each config trains in OUT/<config name> through `python -m skinjax.main`, with e
 passed on as --config.<key>=<value>. Run it again to continue: finished runs (with
 W/report/metrics.json) are skipped and unfinished ones resume from their latest checkpoint. A
 run that fails is reported and the others still run. With --images_dir and --labels_csv, every
-finished run's best checkpoint is also scored on that external set by scripts/evaluate.py (into
-W/eval/external-<csv name>-best/, once). With --tta=flip|flip_rot every score is evaluate.py's
-with those views, the test split's included (W/eval/test-best-tta_<mode>/). It ends with
-scripts/compare.py's OUT/comparison.md and OUT/comparison.png over the finished runs, one table
-per test set.
+finished run's best checkpoint is also scored on that external set by scripts/evaluate.py, into
+W/eval/external-<set name>-<set hash>-best/ (named by the folder the set came from and its
+content; see skinjax/evaluation/eval_folders.py), once: an earlier result that records the same
+--images_dir and --labels_csv, in an older external-<csv name>-best/ too, counts as done. With
+--tta=flip|flip_rot every score is evaluate.py's with those views, the test split's included
+(W/eval/test-best-tta_<mode>/). It ends with scripts/compare.py's OUT/comparison.md and
+OUT/comparison.png over the finished runs, one table per test set and training dataset.
 """
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -28,6 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from skinjax.evaluation import compare  # pylint: disable=g-import-not-at-top,wrong-import-position
+from skinjax.evaluation import eval_folders  # pylint: disable=g-import-not-at-top
 from skinjax.evaluation import tta  # pylint: disable=g-import-not-at-top,wrong-import-position
 from skinjax.runtime import cli_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -71,11 +75,26 @@ def evaluate_command(workdir: pathlib.Path, tta_mode: str, images_dir=None,
           f'--tta={tta_mode}', *external]
 
 
+def scored_before(workdir: pathlib.Path, tta_mode: str, images_dir=None, labels_csv=None) -> bool:
+  """Whether evaluate.py wrote this score before: the test split's folder, or an external set's
+  whose metrics.json records the same images_dir and labels_csv (the set's hash would need the
+  run's classes, so the files stand for the set here)."""
+  suffix = compare.eval_suffix(tta_mode)
+  if not labels_csv:
+    return (workdir / 'eval' / f'test{suffix}' / 'metrics.json').is_file()
+  pattern = f'{eval_folders.EXTERNAL_PREFIX}*{suffix}/metrics.json'
+  for metrics_path in (workdir / 'eval').glob(pattern):
+    recorded = json.loads(metrics_path.read_text())
+    if [recorded.get('images_dir'), recorded.get('labels_csv')] == [str(images_dir),
+                                                                    str(labels_csv)]:
+      return True
+  return False
+
+
 def score(workdir: pathlib.Path, tta_mode: str, images_dir=None, labels_csv=None) -> bool:
   """Scores the run's best checkpoint on its test split or an external set, unless evaluate.py
-  did before (its output folder holds metrics.json); False on failure."""
-  split = f'external-{pathlib.Path(labels_csv).stem}' if labels_csv else 'test'
-  if (workdir / 'eval' / f'{split}{compare.eval_suffix(tta_mode)}' / 'metrics.json').is_file():
+  did before; False on failure."""
+  if scored_before(workdir, tta_mode, images_dir, labels_csv):
     return True
   print(f'[{workdir.name}] scoring the best checkpoint on {labels_csv or "the test split"} '
         f'(tta {tta_mode}) ...', flush=True)

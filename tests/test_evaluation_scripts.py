@@ -146,7 +146,8 @@ def test_external_set_in_either_csv_format(run, external_set, tmp_path, csv_name
                                            unit):
   folder, ids, labels = external_set
   data = checkpoint_eval.external_set(folder / 'images', folder / csv_name, run)
-  assert checkpoint_eval.default_out_dir(run, data, 'none').name == f'external-{csv_name[:-4]}-best'
+  assert checkpoint_eval.default_out_dir(run, data, 'none').name == (
+      f"external-{folder.name}-{data.description['set_hash']}-best")
   metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path)
   assert metrics['labels_format'] == labels_format and metrics['ci']['unit'] == unit
   assert metrics['num_examples'] == 14
@@ -165,7 +166,8 @@ def test_external_set_in_either_csv_format(run, external_set, tmp_path, csv_name
 def test_flip_tta_averages_the_softmax_over_flipped_images(run, external_set, tmp_path):
   folder, ids, _ = external_set
   data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', run)
-  assert checkpoint_eval.default_out_dir(run, data, 'flip').name == 'external-isic-best-tta_flip'
+  assert checkpoint_eval.default_out_dir(run, data, 'flip').name == (
+      f"external-{folder.name}-{data.description['set_hash']}-best-tta_flip")
   metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path, tta_mode='flip')
   assert metrics['tta'] == 'flip'
   _, _, probs = read_predictions(tmp_path / 'predictions.csv')
@@ -264,7 +266,8 @@ def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
   result = script('evaluate.py', f'--workdir={trained}', '--checkpoint=latest', '--tta=flip_rot',
                   f'--images_dir={images}', f'--labels_csv={truth}', f'--out={out}')
   assert result.returncode == 0, result.stderr
-  assert 'external-isic, latest checkpoint' in result.stdout and '95% CI' in result.stdout
+  assert re.search(r'external-set-[0-9a-f]{8}, latest checkpoint', result.stdout)
+  assert '95% CI' in result.stdout
   left_out = f'left out (weight 0): {ids[3]}, ISIC_0035068'
   assert f'on {len(ids) - 1} of {len(ids) + 1} images; {left_out}' in result.stdout
   assert left_out in (out / 'classification_report.txt').read_text()
@@ -380,9 +383,9 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   # where evaluate.py puts them by default.
   for name in ('tiny_a', 'tiny_b'):
     assert f'[{name}] scoring the best checkpoint on' in result.stdout
-    for split, size in (('test', 48), ('external-isic', 14)):
-      scored = json.loads((study_dir / name / 'eval' / f'{split}-best-tta_flip' / 'metrics.json')
-                          .read_text())
+    for split, size in (('test', 48), (f'external-{folder.name}-*', 14)):
+      [scored] = [json.loads(path.read_text()) for path in
+                  (study_dir / name / 'eval').glob(f'{split}-best-tta_flip/metrics.json')]
       assert (scored['checkpoint'], scored['tta'], scored['num_examples']) == ('best', 'flip', size)
   assert 'TTA views (flip)' in (study_dir / 'comparison.md').read_text()
   assert '[tiny_b] training in' in result.stdout
@@ -428,8 +431,9 @@ def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp
   test_rows, external_rows = markdown_tables(tmp_path / 'comparison.md')
   rows = test_rows
   assert list(rows) == ['tiny_a', 'tiny_b']
-  assert '## External test set: isic' in (tmp_path / 'comparison.md').read_text()
-  scored = json.loads((trained / 'eval' / 'external-isic-best' / 'metrics.json').read_text())
+  assert f'## External test set: {folder.name}' in (tmp_path / 'comparison.md').read_text()
+  [scored] = [json.loads(path.read_text())
+              for path in (trained / 'eval').glob(f'external-{folder.name}-*-best/metrics.json')]
   external, tested = external_rows['tiny_a'], json.loads(
       (trained / 'eval' / 'test-best' / 'metrics.json').read_text())
   assert external['images'] == '14'
@@ -472,13 +476,13 @@ def test_compare_with_tta_reads_only_results_of_that_mode(trained, run, external
       run, test_data, workdir / 'eval' / 'test-best-tta_flip', tta_mode='flip')
   folder, _, _ = external_set
   external = checkpoint_eval.external_set(folder / 'images', folder / 'ham.csv', run)
-  assert checkpoint_eval.default_out_dir(run, external, 'flip').name == 'external-ham-best-tta_flip'
-  external_flipped = checkpoint_eval.evaluate_checkpoint(
-      run, external, workdir / 'eval' / 'external-ham-best-tta_flip', tta_mode='flip')
+  out = workdir / 'eval' / checkpoint_eval.default_out_dir(run, external, 'flip').name
+  external_flipped = checkpoint_eval.evaluate_checkpoint(run, external, out, tta_mode='flip')
   [row] = compare.write_comparison([workdir], tmp_path, tta='flip')
   assert row['ci_source'] == 'eval/test-best-tta_flip/metrics.json'
   assert row['balanced_accuracy'] == flipped['balanced_accuracy']
-  assert row['external']['ham']['balanced_accuracy'] == external_flipped['balanced_accuracy']
+  assert (row['external'][external.name]['balanced_accuracy']
+          == external_flipped['balanced_accuracy'])
   assert 'TTA views (flip)' in (tmp_path / 'comparison.md').read_text()
   # Without TTA, the flipped results are not read as plain ones.
   [plain] = compare.write_comparison([workdir], tmp_path)

@@ -6,22 +6,31 @@ trainer's test report) and, when scripts/evaluate.py has been run on it, W/eval/
 Intervals come from the first that has them: W/eval/test-best/metrics.json, W/report/metrics.json,
 or a bootstrap over W/report/predictions.csv (runs reported before intervals existed).
 
-External test sets come from evaluate.py's default folders, W/eval/external-<ground truth>-best/
-(the best checkpoint, as on the test split): one more table per set, with the gap between its
-balanced accuracy and the test split's. A set a run was not scored on shows n/a.
+Only the same exam is ranked: runs are grouped by the dataset they were trained (and tested) on,
+comparison.md says first which groups there are, and each group gets its own test-split table
+and verdict. A test split of another dataset is another exam, and another dataset's classes may
+differ, so no figure is ranked across groups, on the test splits or on an external set.
+
+External test sets come from evaluate.py's default folders for the best checkpoint (as on the
+test split), W/eval/external-<set name>-<set hash>-best/ (eval_folders; older folders,
+external-<labels CSV name>-best/, are read too): one section per set, named by the folder the set
+came from, with a table per training dataset and the gap between the set's balanced accuracy and
+the test split's. A run of that dataset not scored on the set shows n/a.
 
 With tta='flip' or 'flip_rot', every score comes from evaluate.py's folders of that mode instead
-(W/eval/test-best-tta_<mode>/, W/eval/external-<name>-best-tta_<mode>/): each run is then scored
+(W/eval/test-best-tta_<mode>/, W/eval/external-...-best-tta_<mode>/): each run is then scored
 the same way, and a run its test split was not evaluated on that way is refused by name.
 """
 
 import csv
 import json
+import math
 import pathlib
 
 import numpy as np
 
 from skinjax.data import datasets
+from skinjax.evaluation import eval_folders
 from skinjax.evaluation import metrics as eval_metrics
 from skinjax.evaluation import tta as tta_views
 from skinjax.evaluation.deferred import pyplot as plt
@@ -31,15 +40,13 @@ METRICS = (('balanced_accuracy', 'balanced acc.'), ('macro_f1', 'macro-F1'),
            ('melanoma_recall', 'melanoma recall'), ('macro_auc', 'macro AUC'),
            ('accuracy', 'accuracy'))
 CI_KEYS = tuple(key for key, _ in METRICS[:4])
-# evaluate.py's default folders (checkpoint_eval.default_out_dir) for the best checkpoint:
-# eval/<split>-best[-tta_<mode>], the split of an external set being external-<csv stem>.
-EXTERNAL_PREFIX = 'external-'
 
 
 def eval_suffix(tta: str) -> str:
+  """evaluate.py's folders for the best checkpoint end in this (eval/<split><suffix>)."""
   if tta not in tta_views.TTA_MODES:
     raise CompareError(f'tta={tta!r} is not one of {", ".join(tta_views.TTA_MODES)}.')
-  return '-best' if tta == 'none' else f'-best-tta_{tta}'
+  return eval_folders.suffix('best', tta)
 
 
 class CompareError(ValueError):
@@ -104,20 +111,22 @@ def _scores(metrics: dict, ci: dict) -> dict:
 
 
 def read_external_sets(workdir: pathlib.Path, tta: str = 'none') -> dict[str, dict]:
-  """{set name: scores} for each external set evaluate.py scored the best checkpoint on."""
+  """{set key: scores} for each external set evaluate.py scored the best checkpoint on; the key
+  tells sets apart (eval_folders.external_set_of), `set_name` is the folder a set came from."""
   sets = {}
   suffix = eval_suffix(tta)
   # The pattern ends in the suffix, so with '-best' the TTA folders (…-best-tta_flip) stay out.
-  for folder in sorted((workdir / 'eval').glob(f'{EXTERNAL_PREFIX}*{suffix}')):
+  for folder in sorted((workdir / 'eval').glob(f'{eval_folders.EXTERNAL_PREFIX}*{suffix}')):
     metrics_path = folder / 'metrics.json'
     if not metrics_path.is_file():  # an evaluation stopped before its report
       continue
     metrics = _read_json(metrics_path)
-    name = folder.name.removeprefix(EXTERNAL_PREFIX).removesuffix(suffix)
-    sets[name] = {**_scores(metrics, metrics.get('ci', {})),
-                  'num_examples': metrics.get('num_examples'),
-                  'ci_unit': metrics.get('ci', {}).get('unit'),
-                  'source': str(metrics_path.relative_to(workdir))}
+    key, name, detail = eval_folders.external_set_of(folder, metrics, suffix)
+    sets[key] = {**_scores(metrics, metrics.get('ci', {})),
+                 'num_examples': metrics.get('num_examples'),
+                 'ci_unit': metrics.get('ci', {}).get('unit'),
+                 'set_name': name, 'set_detail': detail,
+                 'source': str(metrics_path.relative_to(workdir))}
   return sets
 
 
@@ -199,8 +208,8 @@ def table_row(run: dict) -> list[str]:
           _fmt(run['accuracy']), *_ci_cells(run)]
 
 
-def external_row(run: dict, set_name: str) -> list[str]:
-  scores = run['external'].get(set_name)
+def external_row(run: dict, set_key: str) -> list[str]:
+  scores = run['external'].get(set_key)
   if scores is None:
     return [run['name'], 'not evaluated', *['n/a'] * (len(EXTERNAL_HEADER) - 2)]
   gap = (None if scores['balanced_accuracy'] is None or run['balanced_accuracy'] is None
@@ -209,8 +218,52 @@ def external_row(run: dict, set_name: str) -> list[str]:
           'n/a' if gap is None else f'{gap:+.3f}']
 
 
-def external_set_names(runs: list[dict]) -> list[str]:
-  return sorted({name for run in runs for name in run['external']})
+def by_dataset(runs: list[dict]) -> dict[str, list[dict]]:
+  """The runs grouped by the dataset they were trained and tested on, in the order given: only
+  runs of one group sat the same exam."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(run['dataset'], []).append(run)
+  return groups
+
+
+def external_sets(runs: list[dict]) -> dict[str, str]:
+  """{set key: title} of every external set a run was scored on, by title: the folder the set
+  came from, with its detail (set hash, labels file) when two sets share that name."""
+  found = {}
+  for run in runs:
+    for key, scores in run['external'].items():
+      found.setdefault(key, (scores['set_name'], scores['set_detail']))
+  names = [name for name, _ in found.values()]
+  titles = {key: name if names.count(name) == 1 else f'{name} ({detail})'
+            for key, (name, detail) in found.items()}
+  return dict(sorted(titles.items(), key=lambda item: (item[1], item[0])))
+
+
+def _names(runs: list[dict]) -> str:
+  return ', '.join(run['name'] for run in runs)
+
+
+def comparability(groups: dict[str, list[dict]], sets: dict[str, str]) -> list[str]:
+  """What may be ranked against what: the first thing comparison.md says."""
+  if len(groups) == 1:
+    [(dataset, members)] = groups.items()
+    lines = [f'All {len(members)} runs were trained and tested on {dataset}: one exam, ranked '
+             'together.' if len(members) > 1
+             else f'One run, trained and tested on {dataset}: nothing to rank it against.']
+  else:
+    lines = [f'Not comparable across datasets: these runs were trained and tested on '
+             f'{len(groups)} datasets, and the test split of one is another exam than the '
+             "other's (their classes may differ too). Each dataset's runs are tabled and ranked "
+             'apart, on their test split and on every external set; no figure is ranked across '
+             'datasets.', '']
+    lines += [f'- trained on {dataset}: {_names(members)}' for dataset, members in groups.items()]
+  if sets:
+    runs = [run for members in groups.values() for run in members]
+    lines += ['', 'External test sets, named by the folder they came from:', '']
+    lines += [f"- {title}: scored for {_names([r for r in runs if key in r['external']])}"
+              for key, title in sets.items()]
+  return lines
 
 
 def _table(header, rows) -> list[str]:
@@ -218,41 +271,56 @@ def _table(header, rows) -> list[str]:
           + ['| ' + ' | '.join(row) + ' |' for row in rows])
 
 
+def _external_section(key: str, title: str, groups: dict[str, list[dict]]) -> list[str]:
+  """One external set: a table and a verdict per training dataset whose runs were scored on it."""
+  source = next(run['external'][key]['source'] for members in groups.values()
+                for run in members if key in run['external'])
+  lines = ['', f'## External test set: {title}', '',
+           f'Images from outside the training data, scored by scripts/evaluate.py '
+           f'(W/{pathlib.PurePath(source).parent}/); the gap is this balanced accuracy minus the '
+           "run's test split's. Runs are ranked only against runs of the same training dataset."]
+  for dataset, members in groups.items():
+    scored = [run for run in members if key in run['external']]
+    if not scored:
+      continue
+    if len(groups) > 1:
+      lines += ['', f'### Runs trained on {dataset}']
+    lines += ['', *_table(EXTERNAL_HEADER, [external_row(run, key) for run in members])]
+    lines += ['', _verdict([{**run, **run['external'][key]} for run in scored])]
+  return lines
+
+
 def markdown(runs: list[dict]) -> str:
   tta = runs[0].get('tta', 'none') if runs else 'none'
   views = '' if tta == 'none' else f' Every score averages the softmax over TTA views ({tta}).'
-  lines = ['# Run comparison', '',
-           'Test split, best checkpoint. Balanced accuracy (mean per-class recall) is the ISIC '
-           '2018 metric; intervals are 95% percentile bootstraps (1000 resamples).' + views, '']
-  lines += _table(HEADER, [table_row(run) for run in runs])
-  lines += ['', _verdict(runs)]
-  for set_name in external_set_names(runs):
-    lines += ['', f'## External test set: {set_name}', '',
-              'Images from outside the training dataset, scored by scripts/evaluate.py '
-              f'(W/eval/{EXTERNAL_PREFIX}{set_name}{eval_suffix(tta)}/); the gap is this balanced '
-              "accuracy minus the run's test split's.", '']
-    lines += _table(EXTERNAL_HEADER, [external_row(run, set_name) for run in runs])
-    lines += ['', _verdict([{**run, **run['external'][set_name]} for run in runs
-                            if set_name in run['external']])]
-  trained_on = sorted({run['dataset'] for run in runs})
-  if len(trained_on) > 1:  # a test split of another dataset is another exam
-    lines += ['', f"Warning: these runs were trained and tested on different datasets "
-                  f"({', '.join(trained_on)}); their scores are not comparable."]
+  groups, sets = by_dataset(runs), external_sets(runs)
+  lines = ['# Run comparison', '', *comparability(groups, sets), '',
+           'Best checkpoint. Balanced accuracy (mean per-class recall) is the ISIC 2018 metric; '
+           'intervals are 95% percentile bootstraps (1000 resamples).' + views]
+  for dataset, members in groups.items():
+    lines += ['', f'## Test split of {dataset}', '']
+    lines += _table(HEADER, [table_row(run) for run in members])
+    lines += ['', _verdict(members)]
+  for key, title in sets.items():
+    lines += _external_section(key, title, groups)
   lines += ['', 'Sources:']
   for run in runs:
     lines.append(f"- {run['name']}: {run['workdir']}; dataset {run['dataset']}; "
                  f"n={run['num_examples']}; intervals from {run['ci_source']}, resampled by "
                  f"{run['ci_unit']}")
-    lines += [f"  - {set_name}: {scores['source']}, n={scores['num_examples']}, resampled by "
-              f"{scores['ci_unit']}" for set_name, scores in run['external'].items()]
+    lines += [f"  - {scores['set_name']}: {scores['source']}, n={scores['num_examples']}, "
+              f"resampled by {scores['ci_unit']}" for scores in run['external'].values()]
   return '\n'.join(lines) + '\n'
 
 
 def _verdict(runs: list[dict]) -> str:
-  """The highest balanced accuracy, and which runs it is not clearly ahead of."""
+  """The highest balanced accuracy among `runs` (one exam), and which runs it is not clearly
+  ahead of."""
   scored = [r for r in runs if r['balanced_accuracy'] is not None]
   if not scored:
     return 'No run has a balanced accuracy.'
+  if len(scored) == 1:
+    return f"Only {scored[0]['name']} has a balanced accuracy here: nothing to rank."
   best = max(scored, key=lambda r: r['balanced_accuracy'])
   text = f"Highest balanced accuracy: {best['name']} ({best['arch']}, {best['init']})"
   low = (best['ci']['balanced_accuracy'] or [None])[0]
@@ -264,39 +332,72 @@ def _verdict(runs: list[dict]) -> str:
   return text + '.'
 
 
-def plot(runs: list[dict], path: pathlib.Path):
-  """Grouped bars, one panel per test set (the test split, then each external set): one group
-  per metric, one bar per run, whiskers at the 95% intervals."""
-  panels = [('test split', runs)]
-  panels += [(name, [{**run, **run['external'][name]} if name in run['external'] else None
-                     for run in runs]) for name in external_set_names(runs)]
-  fig, axes = plt.subplots(1, len(panels), figsize=(10 * len(panels), 5.5), squeeze=False)
-  width = 0.8 / len(runs)
+# Two panels a row at 100 dpi: 1600 px, readable at a page's full width without zooming.
+PANEL_SIZE_IN = (8, 4.5)
+PANELS_PER_ROW = 2
+DPI = 100
+
+
+def panels(runs: list[dict]) -> list[tuple[str, list[tuple[dict, dict | None]]]]:
+  """(title, [(run, its scores or None)]) per panel: each training dataset's test split, then
+  each external set once per training dataset scored on it; a panel holds one exam only."""
+  groups, sets = by_dataset(runs), external_sets(runs)
+  found = [(f'test split of {dataset}', [(run, run) for run in members])
+           for dataset, members in groups.items()]
+  for key, title in sets.items():
+    for dataset, members in groups.items():
+      if any(key in run['external'] for run in members):
+        found.append((f'{title} (trained on {dataset})' if len(groups) > 1 else title,
+                      [(run, {**run, **run['external'][key]} if key in run['external'] else None)
+                       for run in members]))
+  return found
+
+
+def _plot_panel(ax, title: str, entries, colours: dict):
+  """Grouped bars: one group per metric, one bar per run, whiskers at the 95% intervals."""
+  width = 0.8 / len(entries)
   positions = np.arange(len(METRICS))
-  for ax, (title, scored) in zip(axes[0], panels):
-    for i, (run, scores) in enumerate(zip(runs, scored)):
-      x = positions + (i - (len(runs) - 1) / 2) * width
-      label = f"{run['name']} ({run['arch']}, {run['init']})"
-      if scores is None:  # not scored on this set: keep its colour and slot empty
-        ax.bar(x, np.zeros(len(METRICS)), width, label=label)
-        continue
-      values = [np.nan if scores[key] is None else scores[key] for key, _ in METRICS]
-      ax.bar(x, np.nan_to_num(values), width, label=label)
-      for j, key in enumerate(CI_KEYS):
-        interval = scores['ci'][key]
-        if interval is not None and scores[key] is not None:
-          ax.errorbar(x[j], scores[key], yerr=[[max(scores[key] - interval[0], 0)],
-                                               [max(interval[1] - scores[key], 0)]],
-                      color='black', capsize=3, lw=1, fmt='none')
-    ax.set_xticks(positions, [name for _, name in METRICS])
-    ax.set(ylim=(0, 1.05), title=title)
-    ax.grid(axis='y', alpha=0.3)
-  axes[0][0].set_ylabel('score (whiskers: 95% bootstrap intervals)')
-  axes[0][0].legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08),
-                    ncol=min(len(runs), 3))
-  fig.suptitle('Run comparison')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  for i, (run, scores) in enumerate(entries):
+    if scores is None:  # not scored on this set: its slot stays empty
+      continue
+    x = positions + (i - (len(entries) - 1) / 2) * width
+    values = [np.nan if scores[key] is None else scores[key] for key, _ in METRICS]
+    ax.bar(x, np.nan_to_num(values), width, color=colours[run['name']],
+           label=f"{run['name']} ({run['arch']}, {run['init']})")
+    for j, key in enumerate(CI_KEYS):
+      interval = scores['ci'][key]
+      if interval is not None and scores[key] is not None:
+        ax.errorbar(x[j], scores[key], yerr=[[max(scores[key] - interval[0], 0)],
+                                             [max(interval[1] - scores[key], 0)]],
+                    color='black', capsize=3, lw=1, fmt='none')
+  ax.set_xticks(positions, [name for _, name in METRICS])
+  ax.set(ylim=(0, 1.05), ylabel='score')
+  ax.set_title(title, fontsize=12)
+  ax.grid(axis='y', alpha=0.3)
+
+
+def plot(runs: list[dict], path: pathlib.Path):
+  """One panel per exam (see `panels`), PANELS_PER_ROW a row, one legend for every run."""
+  found = panels(runs)
+  columns = min(len(found), PANELS_PER_ROW)
+  rows = math.ceil(len(found) / columns)
+  legend_rows = math.ceil(len(runs) / columns)
+  palette = plt.get_cmap('tab10' if len(runs) <= 10 else 'tab20')
+  colours = {run['name']: palette(i % palette.N) for i, run in enumerate(runs)}
+  fig, axes = plt.subplots(rows, columns, squeeze=False, layout='constrained', figsize=(
+      PANEL_SIZE_IN[0] * columns, PANEL_SIZE_IN[1] * rows + 0.3 * legend_rows + 0.5))
+  for ax, (title, entries) in zip(axes.flat, found):
+    _plot_panel(ax, title, entries, colours)
+  for ax in axes.flat[len(found):]:
+    ax.set_visible(False)
+  handles = {}  # every run has a bar in its test split's panel
+  for ax in axes.flat:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, handle)
+  fig.legend(handles.values(), handles.keys(), loc='outside lower center', ncol=columns,
+             fontsize=11)
+  fig.suptitle('Run comparison (whiskers: 95% bootstrap intervals)', fontsize=13)
+  fig.savefig(path, dpi=DPI)
   plt.close(fig)
 
 
