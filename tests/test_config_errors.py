@@ -65,4 +65,4 @@ def test_unknown_key_names_the_first_missing_key_only():
       'unknown config key data.augment.hfilp (did you mean data.augment.hflip or '
       'data.augment.vflip?)')
   assert cli_flags.unknown_key(config, 'nope').startswith(
-      'unknown config key nope (no close match; the config has data, model, seed, train')
+      'unknown config key nope (no close match; the config has data, eval, model, seed, train')

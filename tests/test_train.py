@@ -225,3 +225,18 @@ def test_progress_bar_clock_stops_while_paused(monkeypatch):
   bar.resume()
   now[0] += 1.0
   assert bar.update(6, 2, 0.5) == pytest.approx(8.0)
+
+
+def test_early_stopping_reads_a_missing_validation_figure_as_no_evidence():
+  """A validation split without melanoma has no melanoma recall (None): the epoch neither beats
+  a measured best nor counts against it, and the first epoch still becomes the best."""
+  rules = tiny_config().train.early_stopping
+  rules.monitor, rules.patience = 'val_melanoma_recall', 1
+  state = {'best_value': None, 'best_epoch': 0, 'best_step': 0, 'bad_epochs': 0, 'stopped': False}
+  assert train._update_early_stopping(state, {'val_melanoma_recall': None, 'epoch': 1, 'step': 5},
+                                      rules)
+  assert train._update_early_stopping(state, {'val_melanoma_recall': 0.4, 'epoch': 2, 'step': 10},
+                                      rules)
+  assert not train._update_early_stopping(
+      state, {'val_melanoma_recall': None, 'epoch': 3, 'step': 15}, rules)
+  assert state['best_value'] == 0.4 and state['best_epoch'] == 2 and not state['stopped']

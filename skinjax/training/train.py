@@ -311,6 +311,11 @@ def _update_early_stopping(state: dict, summary: dict, cfg) -> bool:
   """Updates `state` in place; returns whether this epoch is the new best."""
   value = summary[cfg.monitor]
   sign = 1.0 if cfg.mode == 'max' else -1.0
+  if value is None:  # n/a (melanoma recall of a split without melanoma): no evidence either way
+    improved = state['best_value'] is None  # so that a best checkpoint exists
+    if improved:
+      state.update(best_epoch=summary['epoch'], best_step=summary['step'])
+    return improved
   improved = state['best_value'] is None or sign * (value - state['best_value']) > cfg.min_delta
   if improved:
     state.update(best_value=value, best_epoch=summary['epoch'], best_step=summary['step'],
