@@ -15,6 +15,13 @@ roc.png, reliability.png, ECE and 95% bootstrap intervals in metrics.json, the A
 sensitivity at 80/90/95% specificity of a binary melanoma model, and predictions_isic.csv in the
 submission format of the training dataset's ISIC challenge.
 
+An external set's split is external-<set name>-<set hash>: the set name is the folder it came
+from (the labels file's folder when the images lie in it: derm7pt_dev/images with
+derm7pt_dev/labels.csv is derm7pt_dev; else the images folder's name), the hash 8 hex digits of
+its image ids, classes, lesion ids and score weights, so sets whose label files share a name never
+share a folder (set_name and set_hash in metrics.json). A folder that already holds another set's
+results, or the training report, is refused before anything is predicted: pass another --out.
+
 For an ISIC ground truth it also reports the official score, as isic-challenge-scoring computes
 it from that predictions_isic.csv: rows weighted by the truth's score_weight column, and
 ISIC_0035068 (a duplicate in the ISIC 2018 test set) given weight 0. Rows of weight 0 are named
@@ -54,7 +61,9 @@ _LABELS_CSV = flags.DEFINE_string(
     'Its labels: image_id,dx[,lesion_id] or the ISIC 2018/2019/2020 ground truth.')
 _TTA = flags.DEFINE_enum('tta', 'none', tta.TTA_MODES,
                          'Average the softmax over flips (flip) or flips and rotations (flip_rot).')
-_OUT = flags.DEFINE_string('out', None, 'Output folder; default W/eval/<split>-<checkpoint>.')
+_OUT = flags.DEFINE_string(
+    'out', None, 'Output folder; default W/eval/<split>-<checkpoint>[-tta_<mode>], the split of an '
+    'external set being external-<set name>-<set hash>; a folder holding another set is refused.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None,
                                 "Where the run's prepared dataset is, if not where it trained.")
 _BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstrap intervals.')
