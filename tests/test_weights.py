@@ -104,8 +104,13 @@ def randomise_batch_norm_statistics(model, arch, rng):
 
 
 @functools.cache
-def keras_model(arch: str, include_top: bool, seed: int = 0):
-  """A keras.applications model with random weights and statistics (logits, no softmax)."""
+def keras_model(arch: str, include_top: bool, seed: int = 0, calibrated: bool = True):
+  """A keras.applications model with random weights and statistics (logits, no softmax).
+
+  `calibrated`: BatchNorm statistics near those of the test images' activations, so that a
+  forward pass compares meaningful logits (randomise_batch_norm_statistics); tests that compare
+  only weight values skip that training pass, which costs as much as a forward pass.
+  """
   size = registry.get_spec(arch).default_image_size
   builder = getattr(keras.applications, KERAS_BUILDERS[arch])
   # Keras would compile an initialiser per weight shape (15 s for EfficientNetB7 on 2 cores);
@@ -121,7 +126,8 @@ def keras_model(arch: str, include_top: bool, seed: int = 0):
   for layer in model.layers:
     if isinstance(layer, keras.layers.Normalization):
       layer.finalize_state()  # Keras derives the mean/variance it applies from the weights here.
-  randomise_batch_norm_statistics(model, arch, rng)
+  if calibrated:
+    randomise_batch_norm_statistics(model, arch, rng)
   return model
 
 
@@ -189,7 +195,15 @@ def our_logits(model, arch: str, images: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('arch', list(KERAS_BUILDERS))
+# Checked against Keras' forward pass. EfficientNetB1-B6 run the code B0 and B7 run, at other
+# widths, depths and input sizes: B0 at 224 px (every feature map a strided convolution meets is
+# even) and B7 at 600 px (odd from the third stride on, where Keras pads differently) cover its
+# paths; test_keras_layer_order_is_keras_own (tests/test_weights_published.py) checks every
+# variant's layer shapes, and test_other_efficientnets_port_to_keras_own_values its values.
+FORWARD_CHECKED = ('vgg16', 'xception', 'resnet50', 'efficientnetb0', 'efficientnetb7')
+
+
+@pytest.mark.parametrize('arch', FORWARD_CHECKED)
 def test_ported_logits_match_keras_at_native_size(arch, keras_h5_file):
   images = random_images(arch, 2)
   expected = keras_forward(keras_model(arch, True), keras_preprocess(arch, images))
@@ -198,6 +212,23 @@ def test_ported_logits_match_keras_at_native_size(arch, keras_h5_file):
   assert np.abs(expected[0] - expected[1]).max() > 0.1, 'logits must depend on the input'
   np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
   np.testing.assert_array_equal(np.argsort(-actual)[:, :5], np.argsort(-expected)[:, :5])
+
+
+@pytest.mark.parametrize('arch', [a for a in KERAS_BUILDERS if a not in FORWARD_CHECKED])
+def test_other_efficientnets_port_to_keras_own_values(arch, tmp_path):
+  """Keras' own h5 file of the variant ports to the values its live model holds, one for each of
+  Keras' weights (the live model's port is the one checked against Keras' forward pass above)."""
+  model = keras_model(arch, True, calibrated=False)  # values only: no calibration pass needed
+  path = tmp_path / f'{arch}.h5'
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  values, _ = pretrained.load(arch, str(path), include_top=True)
+  expected = mapping.keras_to_flax(arch, pretrained.abstract_model(arch, include_top=True),
+                                   keras_h5.from_keras_model(model), source='keras')
+  assert values.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_array_equal(values[name], value, err_msg='/'.join(name))
+  assert sum(v.size for v in values.values()) == model.count_params()
 
 
 @pytest.mark.parametrize('arch', ['vgg16', 'xception', 'resnet50', 'efficientnetb7'])

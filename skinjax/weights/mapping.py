@@ -126,10 +126,21 @@ def _listing(names, limit=8) -> str:
   return shown + (f', ... ({len(names)} in all)' if len(names) > limit else '')
 
 
-def abstract_model(arch: str, *, include_top: bool) -> nnx.Module:
-  """`arch`'s network with shapes and no values: what the weights are paired with."""
-  return nnx.eval_shape(lambda: registry.build_backbone(arch, include_top=include_top,
-                                                        rngs=nnx.Rngs(0)))
+def abstract_model(arch: str, *, include_top: bool, dtype=None) -> nnx.Module:
+  """`arch`'s network with shapes and no values: what the weights are paired with.
+
+  A new module each call, which the caller may fill (`fill`); the shapes are traced once per
+  process, since tracing a large network is slow (EfficientNetB7: about 10 s on 2 cores).
+  """
+  graphdef, state = _abstract_parts(arch, include_top, dtype)
+  return nnx.merge(graphdef, state, copy=True)
+
+
+@functools.cache
+def _abstract_parts(arch: str, include_top: bool, dtype) -> tuple[nnx.GraphDef, nnx.State]:
+  kwargs = {} if dtype is None else {'dtype': dtype}
+  return nnx.split(nnx.eval_shape(lambda: registry.build_backbone(
+      arch, include_top=include_top, rngs=nnx.Rngs(0), **kwargs)))
 
 
 @functools.cache

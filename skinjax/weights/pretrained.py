@@ -92,10 +92,7 @@ def load_model(arch: str, init: str, *, include_top: bool, dtype=None) -> nnx.Mo
 
 def model_with(arch: str, values: Values, *, include_top: bool, dtype=None) -> nnx.Module:
   """The bare network holding `values` (from `load`)."""
-  kwargs = {} if dtype is None else {'dtype': dtype}
-  model = nnx.eval_shape(lambda: registry.build_backbone(
-      arch, include_top=include_top, rngs=nnx.Rngs(0), **kwargs))
-  return mapping.fill(model, values)
+  return mapping.fill(abstract_model(arch, include_top=include_top, dtype=dtype), values)
 
 
 def put_backbone(state: nnx.State, values: Values, sharding) -> set[tuple[str, ...]]:
