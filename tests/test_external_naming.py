@@ -271,3 +271,17 @@ def test_the_study_counts_a_set_scored_before_by_its_files(tmp_path):
   write_json(workdir / 'eval' / 'external-derm7pt_dev-5ca1ab1e-best' / 'metrics.json', recorded)
   assert run_study.scored_before(workdir, 'none', images, labels)
   assert not run_study.scored_before(workdir, 'none')  # the test split, not scored
+
+
+def test_a_run_split_another_way_sat_another_exam(tmp_path):
+  """The study's per-image split of HAM10000 leaks lesions into its test split: a run of it is
+  grouped apart from the lesion-grouped runs and never ranked against them."""
+  grouped = finished_run(tmp_path / 'grouped', description('ham10000'), 0.70)
+  leaky = finished_run(tmp_path / 'leaky', description('ham10000'), 0.78)
+  config = json.loads((leaky / 'config.json').read_text())
+  config['data'].update(split='random_image', split_seed=0, split_fractions=[0.6, 0.2, 0.2])
+  write_json(leaky / 'config.json', config)
+  text = comparison_text([grouped, leaky], tmp_path / 'comparison.md')
+  assert '- trained on ham10000: grouped' in text
+  assert '- trained on ham10000 (random_image split 0.6/0.2/0.2, seed 0): leaky' in text
+  assert not any(line.startswith('Highest balanced accuracy') for line in text.splitlines())

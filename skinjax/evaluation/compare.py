@@ -6,9 +6,9 @@ trainer's test report) and, when scripts/evaluate.py has been run on it, W/eval/
 Intervals come from the first that has them: W/eval/test-best/metrics.json, W/report/metrics.json,
 or a bootstrap over W/report/predictions.csv (runs reported before intervals existed).
 
-Only the same exam is ranked: runs are grouped by the dataset they were trained (and tested) on,
-comparison.md says first which groups there are, and each group gets its own test-split table
-and verdict. A test split of another dataset is another exam, and another dataset's classes may
+Only the same exam is ranked: runs are grouped by the dataset they were trained and tested on,
+and how it was split (test_exam); comparison.md says first which groups there are, and each group
+gets its own test-split table and verdict. A test split of another dataset is another exam, and another dataset's classes may
 differ, so no figure is ranked across groups, on the test splits or on an external set.
 
 External test sets come from evaluate.py's default folders for the best checkpoint (as on the
@@ -88,7 +88,7 @@ def read_run(workdir, tta: str = 'none') -> dict:
   return {
       'name': workdir.name,
       'workdir': str(workdir),
-      'dataset': datasets.of_run(config).name,
+      'dataset': test_exam(config),
       'arch': trained.get('arch', model.get('arch')),
       'init': trained.get('init', model.get('init')),
       'num_params': trained.get('num_params'),
@@ -103,6 +103,27 @@ def read_run(workdir, tta: str = 'none') -> dict:
       'external': read_external_sets(workdir, tta),
       'tta': tta,
   }
+
+
+# How the trainer splits a dataset unless told otherwise (configs/base.py).
+DEFAULT_SPLIT = {'split': 'lesion_grouped', 'split_seed': 0, 'split_fractions': [0.6, 0.2, 0.2]}
+
+
+def test_exam(config: dict) -> str:
+  """The exam a run's test split is: its dataset, and how it was split when not as by default.
+
+  Runs are ranked only against runs of the same exam. The same dataset split another way tests
+  other images, and the study's per-image split ('random_image') puts images of one lesion on
+  both sides, which flatters a run; so each split is an exam of its own.
+  """
+  name = datasets.of_run(config).name
+  data = config.get('data', {})
+  split = {key: data.get(key, default) for key, default in DEFAULT_SPLIT.items()}
+  split['split_fractions'] = [float(f) for f in split['split_fractions']]
+  if split == DEFAULT_SPLIT:
+    return name
+  fractions = '/'.join(f'{f:g}' for f in split['split_fractions'])
+  return f"{name} ({split['split']} split {fractions}, seed {split['split_seed']})"
 
 
 def _scores(metrics: dict, ci: dict) -> dict:
