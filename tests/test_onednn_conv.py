@@ -1,11 +1,11 @@
 """oneDNN's convolutions (skinjax.kernels) against lax.conv_general_dilated, the reference.
 
 The cases are every kind of convolution the registered architectures contain (kernel size,
-stride, padding, grouping), read from the models themselves, at a small input of odd and even
-size so that TF's "SAME" gives both its symmetric and its asymmetric (0, 1) pads.
+stride, padding, grouping), listed here and checked against the models themselves, at a small
+input of odd and even size so that TF's "SAME" gives both its symmetric and its asymmetric (0, 1)
+pads.
 """
 
-import functools
 import json
 import os
 import pathlib
@@ -29,15 +29,23 @@ pytestmark = pytest.mark.skipif(
     '(see the warning above); .ci/run sets SKINJAX_CPU_KERNELS=onednn, which fails instead')
 
 
-@functools.cache
-def _model_conv_kinds() -> tuple:
-  return registry.all_convolution_kinds()
+# (kernel size, stride, padding, grouping) of every convolution in the registered architectures.
+# Written out rather than read from the models at collection, which would trace every
+# architecture (~7 s) in each test process; the test below keeps it equal to the models'.
+MODEL_CONV_KINDS = (
+    ((1, 1), 1, 'SAME', 'dense'), ((1, 1), 2, 'SAME', 'dense'), ((3, 3), 1, 'SAME', 'dense'),
+    ((3, 3), 1, 'SAME', 'depthwise'), ((3, 3), 1, 'VALID', 'dense'), ((3, 3), 2, 'SAME', 'dense'),
+    ((3, 3), 2, 'SAME', 'depthwise'), ((3, 3), 2, 'VALID', 'dense'),
+    ((3, 3), 2, 'VALID', 'depthwise'), ((5, 5), 1, 'SAME', 'depthwise'),
+    ((5, 5), 2, 'SAME', 'depthwise'), ((5, 5), 2, 'VALID', 'depthwise'),
+    ((7, 7), 2, 'VALID', 'dense'))
 
 
-def test_the_models_use_the_kinds_the_issue_lists():
+def test_the_models_use_the_kinds_the_issue_lists(fast_tracing):
   """What the kernels must cover, as the models define it: if an architecture adds another kind
-  of convolution, the parametrised test below covers it and this list says so."""
-  kinds = _model_conv_kinds()
+  of convolution, this fails until MODEL_CONV_KINDS, and so the parametrised test below, has it."""
+  assert registry.all_convolution_kinds() == MODEL_CONV_KINDS
+  kinds = MODEL_CONV_KINDS
   assert {kernel for kernel, *_ in kinds} == {(1, 1), (3, 3), (5, 5), (7, 7)}
   assert {stride for _, stride, *_ in kinds} == {1, 2}
   assert {padding for *_, padding, _ in kinds} == {'SAME', 'VALID'}
@@ -57,13 +65,16 @@ def _value_and_grads(conv, x, kernel, strides, padding, groups, dy):
 
 
 def _cases():
-  """Each kind at an odd and an even size; depthwise ones also at a multiple of 16 channels, which
-  the library's own depthwise kernel gradient (for kernels above 3x3) takes, and at 24, which
-  goes to oneDNN."""
+  """Each kind at an odd and an even size, at 24 channels (not a multiple of oneDNN's 16-channel
+  blocks); depthwise ones above 3x3 also at 32, a multiple of 16, which the library's own
+  depthwise kernel gradient takes (3x3 ones go to oneDNN at any channel count)."""
+  def channel_counts(kind):
+    (kh, kw), *_, grouping = kind
+    return (24, 32) if grouping == 'depthwise' and kh * kw > 9 else (24,)
   if not kernels.onednn_enabled():
     return []
-  return [(kind, size, channels) for kind in _model_conv_kinds() for size in (11, 12)
-          for channels in ((24, 32) if kind[-1] == 'depthwise' else (24,))]
+  return [(kind, size, channels) for kind in MODEL_CONV_KINDS for size in (11, 12)
+          for channels in channel_counts(kind)]
 
 
 @pytest.mark.parametrize('kind, size, channels', _cases(), ids=repr)
@@ -79,11 +90,15 @@ def test_kernels_match_lax_to_float32_rounding(kind, size, channels):
       feature_group_count=groups)).shape
   dy = _random(out_shape, 2)
   args = ((stride, stride), padding, groups)
-  ours = jax.jit(lambda x, k, dy: _value_and_grads(cpu_conv.conv_general_dilated, x, k, *args,
-                                                   dy))(x, kernel, dy)
-  reference = _value_and_grads(lax.conv_general_dilated, x, kernel, *args, dy)
-  magnitude = _value_and_grads(lax.conv_general_dilated, jnp.abs(x), jnp.abs(kernel), *args,
-                               jnp.abs(dy))
+
+  @jax.jit  # one compilation for the three: each case's cost is compiling, not convolving
+  def ours_reference_and_magnitude(x, kernel, dy):
+    return (_value_and_grads(cpu_conv.conv_general_dilated, x, kernel, *args, dy),
+            _value_and_grads(lax.conv_general_dilated, x, kernel, *args, dy),
+            _value_and_grads(lax.conv_general_dilated, jnp.abs(x), jnp.abs(kernel), *args,
+                             jnp.abs(dy)))
+
+  ours, reference, magnitude = ours_reference_and_magnitude(x, kernel, dy)
   jaxpr = str(jax.make_jaxpr(lambda x, k: cpu_conv.conv_general_dilated(
       x, k, *args[:2], dimension_numbers=NHWC_HWIO, feature_group_count=groups))(x, kernel))
   assert 'skinjax_conv_forward' in jaxpr
@@ -119,10 +134,15 @@ def test_kernel_gradient_is_bitwise_reproducible():
 def test_conv_with_bias_matches_nnx_conv(kernel_size, strides, padding):
   """cpu_conv.Conv hands its bias to oneDNN (added in the convolution's pass, its gradient from
   the kernel gradient's): values and all three gradients equal nnx.Conv's on lax."""
+  # Parameters from numpy, the kernel at nnx's default scale (1 / sqrt(fan in)): jax.random's
+  # initialisers take XLA:CPU up to 30 s to compile for some 4-D shapes (3x3x8x12 among them).
+  def kernel_init(_, shape, __):
+    return _random(shape, 7) / np.sqrt(np.prod(shape[:-1]))
+
   options = dict(in_features=8, out_features=12, kernel_size=(kernel_size, kernel_size),
-                 strides=strides, padding=padding)
+                 strides=strides, padding=padding, kernel_init=kernel_init,
+                 bias_init=lambda _, shape, __: _random(shape, 8))
   ours, reference = cpu_conv.Conv(**options, rngs=nnx.Rngs(0)), nnx.Conv(**options, rngs=nnx.Rngs(0))
-  reference.bias[...] = ours.bias[...] = _random((12,), 8)
   x = _random((3, 13, 12, 8), 9)
 
   def value_and_grads(conv):
