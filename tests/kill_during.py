@@ -1,15 +1,17 @@
-"""Runs the tiny training of tests/test_reliability.py, and SIGKILLs itself at a chosen moment.
+"""Runs tiny_config()'s training (with two grain workers), and SIGKILLs itself at a chosen moment.
 
   python tests/kill_during.py POINT WORKDIR
 
-POINT is where, in the second epoch, the process dies with no chance to clean up:
-  none             train to the end (the uninterrupted reference, or the rerun after a kill)
-  train_step       while a train step computes (right after dispatching it)
-  checkpoint_write inside Orbax's write of the second checkpoint, before it is committed
-  validation       after the first validation batch
-  between_epochs   right after the first epoch's checkpoint is saved
-  mid_epoch        with a checkpoint every 4 steps (config.train.checkpoint_every_steps), before
-                   step 15: two steps after the mid-epoch checkpoint of step 12
+tests/test_reliability.py runs it again and again in one workdir, each process resuming where the
+one before was killed. POINT is where this process dies, with no chance to clean up:
+  none             train to the end
+  train_step       while the train step of step 12 (in the second epoch) computes
+  mid_epoch        with a checkpoint every 4 steps (config.train.checkpoint_every_steps), while
+                   step 15 computes: three steps after the mid-epoch checkpoint of step 12
+  validation       after the first batch of this process's first validation
+  checkpoint_write inside Orbax's write of this process's first `latest` checkpoint, before it
+                   is committed
+  between_epochs   right after this process's first `latest` checkpoint is saved
 """
 
 import os
@@ -23,7 +25,7 @@ from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
 from tests.helpers import tiny_config
 
-CONFIG = {'train.num_epochs': 3, 'data.num_workers': 2}
+DIES_AT_STEP = {'train_step': 12, 'mid_epoch': 15}
 
 
 def die():
@@ -44,55 +46,57 @@ def after_calls(function, calls: int, then):
   return wrapper
 
 
+def die_while_step_computes(step: int):
+  """The loop asks StopSignals.at_step(s) right after dispatching step s, which returns at once."""
+  original = train.preemption.StopSignals.at_step
+
+  def at_step(self, current):
+    if current == step:
+      die()
+    return original(self, current)
+  train.preemption.StopSignals.at_step = at_step
+
+
+def die_in_the_first_latest_commit():
+  for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
+    original_finalize = cls.finalize
+
+    async def finalize_or_die(self, *args, _original=original_finalize, **kwargs):
+      if 'latest' in str(self.get_final()):  # everything written, nothing committed
+        die()
+      return await _original(self, *args, **kwargs)
+    cls.finalize = finalize_or_die
+
+
+def die_in_the_first_validation():
+  original_predict = evaluate.predict
+
+  def predict(step_fn, params, rest, batches, *args, **kwargs):
+    return original_predict(step_fn, params, rest, die_after_one(batches), *args, **kwargs)
+  train.evaluate.predict = predict
+
+
+def die_after_one(batches):
+  for i, batch in enumerate(batches):
+    if i == 1:
+      die()
+    yield batch
+
+
 def main(point: str, workdir: str):
   every = 4 if point == 'mid_epoch' else 0
-  config = tiny_config(**CONFIG, **{'train.checkpoint_every_steps': every})
-  steps_per_epoch = int(config.data.synthetic_examples * 0.6) // config.train.batch_size
-  if point in ('train_step', 'mid_epoch'):  # the jitted step returns at dispatch; die meanwhile
-    original = train.sharding.global_batch
-    count = 0
-    die_at = steps_per_epoch + 3 if point == 'train_step' else 15
-
-    def batch_then_die(*args, **kwargs):
-      nonlocal count
-      count += 1
-      if count == die_at:
-        die()
-      return original(*args, **kwargs)
-    train.sharding.global_batch = batch_then_die
+  config = tiny_config(**{'data.num_workers': 2, 'train.checkpoint_every_steps': every})
+  if point in DIES_AT_STEP:
+    die_while_step_computes(DIES_AT_STEP[point])
   elif point == 'checkpoint_write':
-    for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
-      original_finalize = cls.finalize
-      count = {'n': 0}
-
-      async def finalize_or_die(self, *args, _original=original_finalize, _count=count, **kw):
-        _count['n'] += 1
-        if _count['n'] == 3:  # latest(1), best(1), then latest(2): everything written, not committed
-          die()
-        return await _original(self, *args, **kw)
-      cls.finalize = finalize_or_die
+    die_in_the_first_latest_commit()
   elif point == 'validation':
-    original_predict = evaluate.predict
-    calls = {'n': 0}
-
-    def predict(step_fn, params, rest, batches, *args, **kwargs):
-      calls['n'] += 1
-      if calls['n'] == 2:
-        batches = after_calls_iter(batches)
-      return original_predict(step_fn, params, rest, batches, *args, **kwargs)
-    train.evaluate.predict = predict
+    die_in_the_first_validation()
   elif point == 'between_epochs':
     ckpt.RunCheckpoints.save_latest = after_calls(ckpt.RunCheckpoints.save_latest, 1, die)
   elif point != 'none':
     raise SystemExit(f'unknown POINT {point}')
   train.train_and_evaluate(config, workdir)
-
-
-def after_calls_iter(batches):
-  for i, batch in enumerate(batches):
-    if i == 1:
-      die()
-    yield batch
 
 
 if __name__ == '__main__':

@@ -20,19 +20,19 @@ from skinjax.training import train
 from skinjax.training import workdir as workdir_lib
 from tests.helpers import REPO, tiny_config
 
-KILL_POINTS = ('train_step', 'checkpoint_write', 'validation', 'between_epochs', 'mid_epoch')
+# The processes of one run, in order: where each is SIGKILLed (tests/kill_during.py) and the step
+# it resumes from, its predecessor's last complete checkpoint; the last one trains to the end.
+# Every kill's leftovers (an uncommitted checkpoint, log records past the checkpoint, the lock)
+# meet the next process, and each resume feeds the checkpoints of the ones after it, so one
+# wrong resume would show in the final state.
+PROCESSES = (('train_step', None), ('mid_epoch', 9), ('validation', 12), ('checkpoint_write', 12),
+             ('between_epochs', 12), ('none', 18))
 
 
 def run_wrapper(point, workdir):
   env = {**os.environ, 'PYTHONPATH': str(REPO)}
   return subprocess.run([sys.executable, 'tests/kill_during.py', point, str(workdir)], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_grain_workers_die_with_a_killed_trainer(tmp_path):
-  # Workers that outlived the trainer would also hold its stdout open: run() would never return.
-  killed = run_wrapper('train_step', tmp_path)
-  assert killed.returncode == -9
 
 
 def latest_state(workdir):
@@ -44,26 +44,23 @@ def latest_state(workdir):
   return step, state
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = run_wrapper('none', workdir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+def test_sigkill_anywhere_then_rerun_equals_the_uninterrupted_run(tiny_run, tmp_path):
+  uninterrupted = tiny_run[0]  # the same config, in one process and without grain workers
+  for point, resumes_from in PROCESSES:
+    # run() returns at all: grain's workers died with the trainer, or they would hold its stdout.
+    result = run_wrapper(point, tmp_path)
+    if resumes_from is None:
+      assert 'Resuming' not in result.stdout, point
+    else:
+      assert 'Taking over the stale lock' in result.stdout, point
+      assert f'Resuming from step {resumes_from} (' in result.stdout, (point, result.stdout)
+    if point == 'none':
+      assert result.returncode == 0, result.stderr[-3000:]
+      continue
+    assert result.returncode == -9, f'the run was not killed at {point}: {result.stderr[-2000:]}'
+    assert not (tmp_path / 'report').exists(), point
+    assert (tmp_path / workdir_lib.LOCK_NAME).exists(), f'SIGKILL at {point} leaves the lock'
 
-
-@pytest.mark.parametrize('point', KILL_POINTS)
-def test_sigkill_anywhere_then_rerun_equals_the_uninterrupted_run(point, uninterrupted, tmp_path):
-  killed = run_wrapper(point, tmp_path)
-  assert killed.returncode == -9, f'the run was not killed at {point}: {killed.stderr[-2000:]}'
-  assert not (tmp_path / 'report').exists()
-  assert (tmp_path / workdir_lib.LOCK_NAME).exists(), 'SIGKILL leaves the lock behind'
-
-  rerun = run_wrapper('none', tmp_path)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert 'Taking over the stale lock' in rerun.stdout
-  if point == 'mid_epoch':  # from the checkpoint of step 12, not from the end of epoch 1 (9)
-    assert 'Resuming from step 12 (epoch 1)' in rerun.stdout
   assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
   # The whole report, metrics with their bootstrap intervals included, is the same.
   assert (json.loads((tmp_path / 'report' / 'metrics.json').read_text())
@@ -102,13 +99,14 @@ def test_a_lock_from_another_host_is_not_guessed_at(tmp_path):
     train.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
-def test_a_stale_lock_is_taken_over_and_released_at_the_end(tmp_path, capsys):
+def test_a_stale_lock_is_taken_over_and_released_at_the_end(copy_of_tiny_run, capsys):
+  # A finished run takes the lock too, before it finds nothing left to train: no training needed.
   dead = subprocess.Popen([sys.executable, '-c', 'pass'])
   dead.wait()
-  write_lock(tmp_path, pid=dead.pid, host=socket.gethostname(), started='earlier')
-  train.train_and_evaluate(tiny_config(**{'train.num_epochs': 1}), str(tmp_path))
+  write_lock(copy_of_tiny_run, pid=dead.pid, host=socket.gethostname(), started='earlier')
+  train.train_and_evaluate(tiny_config(), str(copy_of_tiny_run))
   assert f'stale lock of pid {dead.pid}' in capsys.readouterr().out
-  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
+  assert not (copy_of_tiny_run / workdir_lib.LOCK_NAME).exists()
 
 
 def test_two_trainers_cannot_both_take_the_lock(tmp_path):
@@ -172,9 +170,8 @@ def test_a_workdir_that_cannot_be_written(tmp_path):
 # --------------------------------------------------------------------------- disk full
 
 
-def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
-  config = tiny_config(**{'train.num_epochs': 3})
-  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_run, tmp_path, monkeypatch):
+  config, reference = tiny_config(), tiny_run[1]
 
   from orbax.checkpoint._src.handlers import json_checkpoint_handler
   handler = json_checkpoint_handler.JsonCheckpointHandler
@@ -182,14 +179,15 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypa
   saves = {'n': 0}
 
   async def full_disk(self, directory, *args, **kwargs):
-    saves['n'] += 1
-    if saves['n'] == 3:  # latest(1) and best(1) fit, the second epoch's latest does not
-      raise OSError(errno.ENOSPC, 'No space left on device')
+    if 'latest' in str(directory).split(os.sep):
+      saves['n'] += 1
+      if saves['n'] == 2:  # the first epoch's latest fits, the second's does not
+        raise OSError(errno.ENOSPC, 'No space left on device')
     return await original(self, directory, *args, **kwargs)
 
   monkeypatch.setattr(handler, 'async_save', full_disk)
   workdir = tmp_path / 'run'
-  with pytest.raises(OSError, match=r'No space left on device.*step \d+ is intact'):
+  with pytest.raises(OSError, match=r'No space left on device.*step 9 is intact'):
     train.train_and_evaluate(config, str(workdir))
   monkeypatch.setattr(handler, 'async_save', original)
   assert ckpt.has_checkpoint(workdir)
@@ -220,8 +218,8 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path, monkeypatch):
 
 def test_skip_nonfinite_skips_and_counts(tmp_path, monkeypatch):
   poisoned_class_weights(monkeypatch)
-  metrics = train.train_and_evaluate(tiny_config(**{'train.skip_nonfinite': True}),
-                                     str(tmp_path))
+  config = tiny_config(**{'train.skip_nonfinite': True, 'train.num_epochs': 1})
+  metrics = train.train_and_evaluate(config, str(tmp_path))
   skips = metrics['nonfinite_skips']
   assert skips > 0
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
