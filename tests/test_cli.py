@@ -1,11 +1,9 @@
-"""`python -m skinjax.main` as a user runs it: config errors, missing data, SIGKILL and resume."""
+"""`python -m skinjax.main` as a user runs it: config errors, missing data, several processes."""
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +13,13 @@ from skinjax.runtime import distributed
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',
         '--config.train.batch_size=16', '--config.train.eval_batch_size=32']
+
+
+# Multi-device programs are compiled afresh in every test: the oneDNN convolutions' custom
+# partitioning puts a per-process pointer into JAX's persistent-cache key, and of several processes
+# only process 0 writes the cache, under a key that process 1 does not share. LLVM's -O0 takes a
+# third or more off these tests; both sides of each comparison are compiled with it.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
 
 
 def main_command(workdir, *flags, config='configs/demo.py'):
@@ -53,27 +58,6 @@ def test_unknown_architecture_exits_with_the_valid_ones(tmp_path):
   assert 'small_cnn' in result.stderr and 'Traceback' not in result.stderr
 
 
-def test_sigkill_after_first_checkpoint_then_rerun_resumes(tmp_path):
-  workdir = tmp_path / 'w'
-  flags = [*TINY, '--config.train.num_epochs=4']
-  process = subprocess.Popen(main_command(workdir, *flags), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  latest = workdir / 'checkpoints' / 'latest'
-  deadline = time.monotonic() + 300
-  while not any(p.name.isdigit() for p in latest.glob('*')) and time.monotonic() < deadline:
-    assert process.poll() is None, 'the run ended before its first checkpoint'
-    time.sleep(0.2)
-  os.kill(process.pid, signal.SIGKILL)
-  process.wait()
-  saved = sorted(int(p.name) for p in latest.glob('*') if p.name.isdigit())
-  assert saved, 'no checkpoint was written before the kill'
-
-  result = run_main(workdir, *flags)
-  assert result.returncode == 0, result.stderr
-  assert f'Resuming from step {saved[-1]}' in result.stdout
-  assert (workdir / 'report' / 'metrics.json').exists()
-
-
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   """Multi-host on CPU: two JAX processes (gloo) see the same global batches as one process."""
   import json
@@ -86,10 +70,11 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   processes = [subprocess.Popen(
       main_command(tmp_path / 'two', *flags, f'--coordinator_address=localhost:{port}',
                    '--num_processes=2', f'--process_id={i}'),
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS=FAST_COMPILE), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
   outputs = [p.communicate(timeout=600)[0] for p in processes]
   assert all(p.returncode == 0 for p in processes), outputs
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')
   single = subprocess.run(main_command(tmp_path / 'one', *flags), cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert single.returncode == 0, single.stderr
