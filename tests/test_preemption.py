@@ -7,13 +7,11 @@ import socket
 import subprocess
 import time
 
-import pytest
-
 from tests.helpers import REPO
-from tests.test_cli import TINY, main_command
+from tests.test_cli import FAST_COMPILE, TINY, main_command
 
-# Two grain worker processes, as a real run has, and a record per step to watch the run by.
-FLAGS = [*TINY, '--config.train.num_epochs=3', '--config.data.num_workers=2',
+# tiny_config()'s run (the session's tiny_run), with two grain worker processes as a real run has.
+FLAGS = [*TINY, '--config.train.num_epochs=2', '--config.data.num_workers=2',
          '--config.train.log_every_steps=1']
 STEPS_PER_EPOCH = 9
 
@@ -25,51 +23,56 @@ def logged_steps(workdir):
   return [json.loads(line)['step'] for line in path.read_text().splitlines() if line.endswith('}')]
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = subprocess.run(main_command(workdir, *FLAGS), cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  # The end of a run is quiet too: grain's shared memory leaves no resource-tracker warning.
-  assert 'leaked' not in result.stderr and 'Traceback' not in result.stderr
-  return workdir
+def assert_quiet(stdout, stderr):
+  # grain's shared memory leaves no resource-tracker warning, at a stop or at the end of a run.
+  assert 'Traceback' not in stdout + stderr and 'leaked' not in stderr, stderr[-3000:]
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_mid_epoch_saves_there_and_the_rerun_equals_the_uninterrupted_run(
-    uninterrupted, tmp_path, signum):
-  process = subprocess.Popen(main_command(tmp_path, *FLAGS), cwd=REPO, stdout=subprocess.PIPE,
+def stop_with(signum, workdir, after_step):
+  """Starts (or resumes) the run, sends `signum` once it logged `after_step`: (stopped step, stdout)."""
+  process = subprocess.Popen(main_command(workdir, *FLAGS), cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 300
-  while max(logged_steps(tmp_path), default=0) < STEPS_PER_EPOCH + 2:  # into the second epoch
+  while max(logged_steps(workdir), default=0) < after_step:
     assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-    time.sleep(0.05)
+    time.sleep(0.02)
   os.kill(process.pid, signum)
   stdout, stderr = process.communicate(timeout=300)
 
-  assert process.returncode == 1
+  assert process.returncode == 1, stderr[-3000:]
   last_line = stderr.strip().splitlines()[-1]
   stopped_at = int(last_line.split('Stopped at step ')[1].split(',')[0])
-  assert last_line == (f'Stopped at step {stopped_at}, saved to {tmp_path}. Run the same command '
+  assert last_line == (f'Stopped at step {stopped_at}, saved to {workdir}. Run the same command '
                        'again to continue.')
-  assert STEPS_PER_EPOCH + 2 <= stopped_at < 3 * STEPS_PER_EPOCH
-  assert 'Traceback' not in stdout + stderr and 'leaked' not in stderr
-  saved = [int(p.name) for p in (tmp_path / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
+  assert_quiet(stdout, stderr)
+  saved = [int(p.name) for p in (workdir / 'checkpoints' / 'latest').iterdir() if p.name.isdigit()]
   assert saved == [stopped_at]
-  assert not (tmp_path / 'report').exists()
+  assert not (workdir / 'report').exists()
+  assert after_step <= stopped_at
+  return stopped_at, stdout
+
+
+def test_signals_mid_epoch_save_there_and_the_rerun_equals_the_uninterrupted_run(tiny_run,
+                                                                                  tmp_path):
+  """SIGTERM in the first epoch, then Ctrl-C (SIGINT) in the second epoch of the resumed run."""
+  first, _ = stop_with(signal.SIGTERM, tmp_path, after_step=1)
+  assert first < STEPS_PER_EPOCH, 'the stop was not mid-epoch'
+  second, stdout = stop_with(signal.SIGINT, tmp_path, after_step=STEPS_PER_EPOCH + 1)
+  assert f'Resuming from step {first} ' in stdout
+  assert second < 2 * STEPS_PER_EPOCH, 'the stop was not mid-epoch'
 
   rerun = subprocess.run(main_command(tmp_path, *FLAGS), cwd=REPO, capture_output=True, text=True,
                          timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert f'Resuming from step {stopped_at}' in rerun.stdout
+  assert f'Resuming from step {second} ' in rerun.stdout
+  assert_quiet(rerun.stdout, rerun.stderr)
   assert (json.loads((tmp_path / 'report' / 'metrics.json').read_text())
-          == json.loads((uninterrupted / 'report' / 'metrics.json').read_text()))
+          == json.loads((tiny_run[0] / 'report' / 'metrics.json').read_text()))
 
 
 def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
   """A scheduler may notify one host only: JAX's preemption sync makes both save the same step."""
-  flags = [*TINY, '--config.train.num_epochs=3', '--config.train.log_every_steps=1',
+  flags = [*TINY, '--config.train.num_epochs=2', '--config.train.log_every_steps=1',
            '--config.data.num_workers=0']
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -77,9 +80,10 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path):
   processes = [subprocess.Popen(
       main_command(tmp_path, *flags, f'--coordinator_address=localhost:{port}',
                    '--num_processes=2', f'--process_id={i}'),
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+      cwd=REPO, env=dict(os.environ, XLA_FLAGS=FAST_COMPILE), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
   deadline = time.monotonic() + 300
-  while max(logged_steps(tmp_path), default=0) < STEPS_PER_EPOCH + 2:
+  while max(logged_steps(tmp_path), default=0) < 2:
     assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
     time.sleep(0.05)
   os.kill(processes[1].pid, signal.SIGTERM)
