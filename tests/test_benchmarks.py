@@ -10,11 +10,17 @@ import pytest
 from skinjax import kernels
 
 from tests.helpers import REPO
+from tests.test_cli import FAST_COMPILE
+
+
+def benchmark_env(xla_flags=''):
+  """LLVM at -O0 (a third less CPU): these tests check what the scripts report, not its speed."""
+  return dict(os.environ, XLA_FLAGS=f'{xla_flags} {FAST_COMPILE}'.strip())
 
 
 def run_json(*args, env=None):
   result = subprocess.run([sys.executable, *args, '--json'], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=env)
+                          text=True, timeout=600, env=env or benchmark_env())
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -51,7 +57,7 @@ def test_benchmark_train_counts_the_flops_of_all_devices(one_device_run):
   """XLA's cost analysis of a partitioned step covers one device's share; the script scales it."""
   one = one_device_run
   two = run_json(*SMALL_RUN, '--rounds=1',
-                 env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+                 env=benchmark_env('--xla_force_host_platform_device_count=2'))
   assert (one['num_devices'], two['num_devices']) == (1, 2)
   # Not scaled, two devices would count half; each of them also updates the replicated parameters,
   # which adds 8% here (VGG16's 15M parameters, 2 images of 32 px): XLA's counts are exact.
@@ -149,7 +155,7 @@ def test_benchmark_conv_reports_each_kind_of_convolution():
     pytest.skip('LOUD SKIP: the oneDNN kernels are unavailable here')
   result = subprocess.run([sys.executable, 'scripts/benchmark_conv.py', '--batch_size=2',
                            '--size=9', '--channels=16', '--repeats=1', '--json'], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=benchmark_env())
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
   assert len(rows) == 13 and {row['grouping'] for row in rows} == {'dense', 'depthwise'}
