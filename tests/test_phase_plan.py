@@ -3,31 +3,32 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from skinjax.models.run_model import RunModel
+from skinjax.runtime import checkpoint as ckpt
+from skinjax.runtime import sharding
 from skinjax.training import train
 from tests.golden import record_two_phase_runs as recorded
 from tests.helpers import GOLDEN, narrow_small_cnn, tiny_config, unpack_golden
+from tests.test_train import assert_same_run, interrupt_after_checkpoint
 
 
+@pytest.fixture(scope='module')
+def two_phase_runs(tmp_path_factory):
+  """{name: (workdir, metrics)} of the runs of tests/golden/two_phase_runs.json, trained today.
 
-def test_resume_with_a_longer_frozen_phase_and_more_epochs(tmp_path):
-  """A finished phase-2 run resumed with allow_config_change into a longer phase 1.
-
-  The trainer used to infer the checkpoint's optimiser layout from the new config (phase 1 here)
-  and stopped with Orbax's tree-mismatch error; with one layout the run goes on.
+  Each unfreezes at step 9 (freeze_backbone_epochs=1) and ends at step 27.
   """
-  train.train_and_evaluate(tiny_config(**{'train.freeze_backbone_epochs': 1}), str(tmp_path))
-  longer = tiny_config(**{'train.freeze_backbone_epochs': 2, 'train.num_epochs': 4,
-                          'train.allow_config_change': True})
-  metrics = train.train_and_evaluate(longer, str(tmp_path))
-  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
-  assert max(r['step'] for r in records) == 4 * 9
-  assert metrics['epochs_run'] == 4
+  root = tmp_path_factory.mktemp('two_phase')
+  return {name: (root / name, train.train_and_evaluate(tiny_config(**overrides), str(root / name)))
+          for name, overrides in recorded.RUNS.items()}
 
 
-def test_two_phase_runs_train_as_the_two_layout_optimiser_did():
+def test_two_phase_runs_train_as_the_two_layout_optimiser_did(two_phase_runs):
   """Losses and final parameters of tests/golden/two_phase_runs.json (recorded before the change).
 
   On the machine and kernels that recorded it the values must be bit-identical; elsewhere float32
@@ -35,9 +36,8 @@ def test_two_phase_runs_train_as_the_two_layout_optimiser_did():
   """
   golden = json.loads((GOLDEN / 'two_phase_runs.json').read_text())
   exact = golden['machine'] == recorded.machine()
-  runs = recorded.record_runs()
   for name, expected in golden['runs'].items():
-    got = runs[name]
+    got = recorded.run_summary(two_phase_runs[name][0])
     if exact:
       assert got == expected, name
       continue
@@ -45,6 +45,58 @@ def test_two_phase_runs_train_as_the_two_layout_optimiser_did():
     np.testing.assert_allclose([p['sum'] for p in got['params'].values()],
                                [p['sum'] for p in expected['params'].values()],
                                rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_resume_at_the_unfreezing_step_matches_uninterrupted_run(two_phase_runs, tmp_path,
+                                                                 monkeypatch):
+  """The checkpoint at the end of phase 1 holds the phase-1 optimiser layout."""
+  name = 'adamw_clipped_all'
+  config = tiny_config(**recorded.RUNS[name])
+  interrupt_after_checkpoint(config, tmp_path, monkeypatch, step=9)
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  reference_dir, reference = two_phase_runs[name]
+  assert_same_run(tmp_path, reference_dir, resumed, reference)
+
+
+def test_resume_with_a_longer_frozen_phase_and_more_epochs(two_phase_runs, tmp_path):
+  """A finished phase-2 run resumed with allow_config_change into a longer phase 1.
+
+  The trainer used to infer the checkpoint's optimiser layout from the new config (phase 1 here)
+  and stopped with Orbax's tree-mismatch error; with one layout the run goes on.
+  """
+  workdir = shutil.copytree(two_phase_runs['adamw_clipped_all'][0], tmp_path / 'run')
+  longer = tiny_config(**{**recorded.RUNS['adamw_clipped_all'], 'train.freeze_backbone_epochs': 3,
+                          'train.num_epochs': 4, 'train.allow_config_change': True})
+  metrics = train.train_and_evaluate(longer, str(workdir))
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert max(r['step'] for r in records) == 4 * 9
+  assert metrics['epochs_run'] == 4
+
+
+def test_frozen_blocks_keep_their_batch_statistics(two_phase_runs):
+  """unfreeze=1: the blocks left frozen run in inference mode, as Keras runs a non-trainable
+  BatchNorm, so their moving statistics end the run bit-identical to their initial values (through
+  phase 1, all of the backbone frozen, and phase 2); only the unfrozen last block's statistics
+  move."""
+  name = 'sgd_unclipped_last_block'
+  config = tiny_config(**recorded.RUNS[name])
+  run_model = RunModel(config, num_classes=7)
+
+  def init_model():  # as the trainer makes its initial model: its program is in the cache
+    _, params, rest = nnx.split(run_model.build(), nnx.Param, ...)
+    return params, rest
+
+  replicated = sharding.replicated(sharding.data_mesh())
+  params, initial = jax.jit(init_model, out_shardings=replicated)()
+  _, _, trained = ckpt.RunCheckpoints(two_phase_runs[name][0]).restore_model(
+      'latest', ckpt.abstract(params, replicated), ckpt.abstract(initial, replicated))
+  last = run_model.abstract.backbone.layer_groups()[-1]
+  same = {jax.tree_util.keystr(path): np.array_equal(a, b) for (path, a), b in zip(
+      jax.tree_util.tree_flatten_with_path(initial)[0], jax.tree.leaves(trained))}
+  frozen = {k: v for k, v in same.items() if f"['{last}']" not in k}
+  unfrozen = {k: v for k, v in same.items() if f"['{last}']" in k}
+  assert frozen and all(frozen.values()), [k for k, v in frozen.items() if not v]
+  assert unfrozen and not any(unfrozen.values())
 
 
 @pytest.fixture(scope='module')

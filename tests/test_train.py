@@ -77,18 +77,19 @@ def test_finished_run_reprints_report(finished_run, capsys):
   assert 'has finished' in capsys.readouterr().out
 
 
-def interrupt_after_first_checkpoint(config, workdir, monkeypatch):
+def interrupt_after_checkpoint(config, workdir, monkeypatch, step):
+  """Runs `config` in `workdir` until its `latest` checkpoint of `step` is saved, then stops it."""
   original_save = ckpt.RunCheckpoints.save_latest
 
-  def save_then_die(self, step, *args, **kwargs):
-    original_save(self, step, *args, **kwargs)
-    raise KeyboardInterrupt('simulated kill after the first checkpoint')
+  def save_then_stop(self, saved_step, *args, **kwargs):
+    original_save(self, saved_step, *args, **kwargs)
+    if saved_step == step:
+      raise KeyboardInterrupt(f'simulated kill after the checkpoint of step {step}')
 
-  monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', save_then_die)
+  monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', save_then_stop)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(workdir))
   monkeypatch.setattr(ckpt.RunCheckpoints, 'save_latest', original_save)
-  return max(step_losses(workdir))
 
 
 def assert_same_run(workdir, reference_dir, resumed, reference):
@@ -99,24 +100,35 @@ def assert_same_run(workdir, reference_dir, resumed, reference):
   assert resumed['balanced_accuracy'] == pytest.approx(reference['balanced_accuracy'])
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
-  """Stops right after the first epoch's checkpoint, reruns, and must reproduce every loss."""
-  reference_dir, reference = finished_run
-  config = tiny_config()
-  steps_per_epoch = interrupt_after_first_checkpoint(config, tmp_path, monkeypatch)
-  resumed = train.train_and_evaluate(config, str(tmp_path))
-  logged_steps = [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'step_losses' in r]
-  assert steps_per_epoch > 1 and logged_steps.count(1) == 1  # resumed, not restarted
-  assert_same_run(tmp_path, reference_dir, resumed, reference)
+SLOW_VALIDATION_S = 2.0
+STOPPED_AT = 12  # after the mid-epoch checkpoint of step 12, in the second epoch
 
 
-def test_resume_at_the_unfreezing_step_matches_uninterrupted_run(tmp_path, monkeypatch):
-  """The checkpoint at the end of phase 1 holds the phase-1 optimiser layout."""
-  config = tiny_config(**{'train.freeze_backbone_epochs': 1, 'train.backbone_lr_multiplier': 0.5})
-  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
-  interrupt_after_first_checkpoint(config, tmp_path / 'resumed', monkeypatch)
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  assert_same_run(tmp_path / 'resumed', tmp_path / 'reference', resumed, reference)
+@pytest.fixture(scope='module')
+def resumed_run(tmp_path_factory):
+  """(workdir, metrics) of tiny_config()'s run, with a checkpoint every 4 steps, stopped after the
+  one of STOPPED_AT and rerun to the end. The first process's validation (after step 9) takes
+  SLOW_VALIDATION_S longer."""
+  workdir = tmp_path_factory.mktemp('resumed')
+  config = tiny_config(**{'train.checkpoint_every_steps': 4})
+  original_predict = evaluate.predict
+
+  def slow_predict(*args, **kwargs):
+    time.sleep(SLOW_VALIDATION_S)
+    return original_predict(*args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluate, 'predict', slow_predict)
+    interrupt_after_checkpoint(config, workdir, patch, step=STOPPED_AT)
+  return workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(resumed_run, finished_run):
+  """The rerun, from the middle of an epoch, must reproduce every loss of the uninterrupted run."""
+  workdir, resumed = resumed_run
+  logged_steps = [r['step'] for r in read_jsonl(workdir / 'metrics.jsonl') if 'step_losses' in r]
+  assert logged_steps.count(1) == logged_steps.count(STOPPED_AT) == 1  # resumed there, not earlier
+  assert_same_run(workdir, finished_run[0], resumed, finished_run[1])
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path):
@@ -167,50 +179,18 @@ def test_best_and_latest_model_restore_at_their_steps(finished_run):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves((p, r)))
 
 
-def test_frozen_blocks_keep_their_batch_statistics(tmp_path):
-  """unfreeze=1: the blocks left frozen run in inference mode, as Keras runs a
-  non-trainable BatchNorm, so their moving statistics end the run bit-identical to their initial
-  values; only the unfrozen last block's statistics move."""
-  from flax import nnx
-  from skinjax.models.run_model import RunModel
-  from skinjax.runtime import sharding
-  config = tiny_config(**{'train.unfreeze': '1', 'train.num_epochs': 1})
-  train.train_and_evaluate(config, str(tmp_path))
-  model = RunModel(config, num_classes=7).build()  # the trainer's initial model, same seed
-  _, params, initial = nnx.split(model, nnx.Param, ...)
-  replicated = sharding.replicated(sharding.data_mesh())
-  _, _, trained = ckpt.RunCheckpoints(tmp_path).restore_model(
-      'latest', ckpt.abstract(params, replicated), ckpt.abstract(initial, replicated))
-  last = model.backbone.layer_groups()[-1]
-  same = {jax.tree_util.keystr(path): np.array_equal(a, b) for (path, a), b in zip(
-      jax.tree_util.tree_flatten_with_path(initial)[0], jax.tree.leaves(trained))}
-  frozen = {k: v for k, v in same.items() if f"['{last}']" not in k}
-  unfrozen = {k: v for k, v in same.items() if f"['{last}']" in k}
-  assert frozen and all(frozen.values()), [k for k, v in frozen.items() if not v]
-  assert unfrozen and not any(unfrozen.values())
-
-
-def test_throughput_times_training_steps_only(tmp_path, monkeypatch):
-  """images_per_sec leaves out validation and checkpoints, and is not 0.0 in the
-  first record after a start or a resume. Validation is made 2 s slower: a record of one
+def test_throughput_times_training_steps_only(resumed_run):
+  """images_per_sec leaves out validation and checkpoints, and is not 0.0 in the first record
+  after a start or a resume. Validation was made SLOW_VALIDATION_S slower: a record of one
   16-image step that counted it would show under 8 img/s."""
-  slow_s = 2.0
-  original_predict = evaluate.predict
-
-  def slow_predict(*args, **kwargs):
-    time.sleep(slow_s)
-    return original_predict(*args, **kwargs)
-
-  monkeypatch.setattr(evaluate, 'predict', slow_predict)
-  config = tiny_config(**{'train.num_epochs': 3})  # log_every_steps=1: one step per record
-  steps_per_epoch = interrupt_after_first_checkpoint(config, tmp_path, monkeypatch)
-  train.train_and_evaluate(config, str(tmp_path))
-  records = {r['step']: r for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'images_per_sec' in r}
-  after_start, after_resume, after_validation = 1, steps_per_epoch + 1, 2 * steps_per_epoch + 1
+  workdir, _ = resumed_run
+  records = {r['step']: r for r in read_jsonl(workdir / 'metrics.jsonl') if 'images_per_sec' in r}
+  after_start, after_validation, after_resume = 1, 10, STOPPED_AT + 1
   # The first step of a start or a resume also compiles the train step, so these two are low.
   assert records[after_start]['images_per_sec'] > 0
   assert records[after_resume]['images_per_sec'] > 0
-  assert config.train.batch_size / records[after_validation]['images_per_sec'] < slow_s / 4
+  batch_size = tiny_config().train.batch_size  # log_every_steps=1: one step per record
+  assert batch_size / records[after_validation]['images_per_sec'] < SLOW_VALIDATION_S / 4
 
 
 def test_progress_bar_clock_stops_while_paused(monkeypatch):
