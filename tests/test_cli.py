@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from skinjax.runtime import distributed
+from tests.helpers import FAST_COMPILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',
         '--config.train.batch_size=16', '--config.train.eval_batch_size=32']
-
-
-# Multi-device programs are compiled afresh in every test: the oneDNN convolutions' custom
-# partitioning puts a per-process pointer into JAX's persistent-cache key, and of several processes
-# only process 0 writes the cache, under a key that process 1 does not share. LLVM's -O0 takes a
-# third or more off these tests; both sides of each comparison are compiled with it.
-FAST_COMPILE = '--xla_backend_optimization_level=0'
 
 
 def main_command(workdir, *flags, config='configs/demo.py'):

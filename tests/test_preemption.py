@@ -7,8 +7,8 @@ import socket
 import subprocess
 import time
 
-from tests.helpers import REPO
-from tests.test_cli import FAST_COMPILE, TINY, main_command
+from tests.helpers import FAST_COMPILE, REPO
+from tests.test_cli import TINY, main_command
 
 # tiny_config()'s run (the session's tiny_run), with two grain worker processes as a real run has.
 FLAGS = [*TINY, '--config.train.num_epochs=2', '--config.data.num_workers=2',
