@@ -78,9 +78,10 @@ def shared_compilation_cache(tmp_path_factory):
 # test` runs two xdist workers that take whole files in collection order (--dist loadfile):
 # starting these first leaves the short files to fill the gaps, where alphabetical order would
 # leave test_weights*.py, the longest, to run last on one worker while the other idles.
-SLOW_FILES_FIRST = ('test_weights.py', 'test_weights_published.py', 'test_reliability.py',
-                    'test_train.py', 'test_cli_errors.py', 'test_ham10000_real.py',
-                    'test_efficientnet_lite.py', 'test_cli.py', 'test_evaluation_scripts.py')
+SLOW_FILES_FIRST = ('test_weights.py', 'test_cli_errors.py', 'test_reliability.py',
+                    'test_phase_plan.py', 'test_dataset_runs.py', 'test_weights_published.py',
+                    'test_ham10000_real.py', 'test_efficientnet_lite.py', 'test_cli.py',
+                    'test_evaluation_scripts.py')
 
 
 def pytest_collection_modifyitems(items):
