@@ -9,8 +9,7 @@ import pytest
 
 from skinjax import kernels
 
-from tests.helpers import REPO
-from tests.test_cli import FAST_COMPILE
+from tests.helpers import FAST_COMPILE, REPO
 
 
 def benchmark_env(xla_flags=''):

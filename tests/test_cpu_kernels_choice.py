@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
-from test_cli import FAST_COMPILE, REPO, TINY, main_command
+from test_cli import REPO, TINY, main_command
+
+from tests.helpers import FAST_COMPILE
 
 
 def run_main(workdir, *flags, env):

@@ -5,8 +5,7 @@ import os
 import subprocess
 import sys
 
-from tests.helpers import REPO
-from tests.test_cli import FAST_COMPILE
+from tests.helpers import FAST_COMPILE, REPO
 
 
 def gpu_check(*args, **env):
