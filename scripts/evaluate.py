@@ -3,6 +3,7 @@ r"""Evaluates a trained run's checkpoint: its own test split, another split or a
   python scripts/evaluate.py --workdir=W [--checkpoint=best|latest|STEP] [--split=test|val|train]
       [--images_dir=DIR --labels_csv=CSV [--skip_bad_images]] [--tta=none|flip|flip_rot]
       [--out=DIR]
+  python scripts/evaluate.py --onnx=DIR (the same set flags)
 
 The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
 and --labels_csv it evaluates an external labelled set instead of a split, scored in the classes
@@ -33,6 +34,10 @@ images out of the scored set instead, like scripts/prepare_dataset.py, and names
 and in metrics.json (skipped_images: image and reason). A --tta other than the one the run's
 recipe was validated with (config.eval.validated_tta) is evaluated, with a warning on stderr and
 in metrics.json (warnings).
+
+--onnx scores a model written by scripts/export.py (DIR or DIR/model.onnx) through onnxruntime,
+on an external set or on the split of the dataset it was trained on (read from its model card),
+into DIR/eval/<split>-onnx[-tta_<mode>]/ by default: the same report, from the deployed graph.
 """
 
 import dataclasses
@@ -47,11 +52,14 @@ from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import inference
 from skinjax.evaluation import report
 from skinjax.evaluation import tta
+from skinjax.export import onnx_run
 from skinjax.runtime import cli_flags
 from skinjax.runtime import compilation_cache
 from skinjax.training import config_checks
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
+_ONNX = flags.DEFINE_string('onnx', None, 'Evaluate this export of scripts/export.py (DIR or '
+                            'DIR/model.onnx) through onnxruntime instead of a --workdir.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
 _SPLIT = flags.DEFINE_enum('split', 'test', checkpoint_eval.SPLITS,
                            "Which split of the run's own dataset to evaluate.")
@@ -75,6 +83,9 @@ _SKIP_BAD_IMAGES = flags.DEFINE_bool(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if bool(_WORKDIR.value) == bool(_ONNX.value):
+    raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
+                         'nor neither.')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
   # Before the evaluation, not after it: a file in the way would otherwise lose the whole run.
@@ -90,7 +101,8 @@ def main(argv):
     if _SKIP_BAD_IMAGES.value and not _IMAGES_DIR.value:
       raise ValueError("--skip_bad_images applies to --images_dir; the run's own dataset was "
                        'checked image by image when it was prepared.')
-    run = inference.load_run(_WORKDIR.value, _CHECKPOINT.value)
+    run = (onnx_run.open_export(_ONNX.value) if _ONNX.value
+           else inference.load_run(_WORKDIR.value, _CHECKPOINT.value))
     warnings = [w for w in [config_checks.tta_warning(run.config, _TTA.value)] if w]
     for warning in warnings:
       print(warning, file=sys.stderr, flush=True)

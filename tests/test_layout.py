@@ -5,7 +5,8 @@ import pathlib
 
 SKINJAX = pathlib.Path(__file__).resolve().parents[1] / 'skinjax'
 # Top to bottom; a package may import those after it, never those before it.
-LAYERS = ('main', 'training', 'evaluation', 'runtime', ('data', 'models', 'weights'), 'kernels')
+LAYERS = ('main', 'training', 'export', 'evaluation', 'runtime', ('data', 'models', 'weights'),
+          'kernels')
 
 
 def _layer(module: str) -> int:

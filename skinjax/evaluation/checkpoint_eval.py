@@ -97,7 +97,7 @@ def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathl
   """Predicts `data` with the run's model and writes the full report into `out_dir`, unless
   `out_dir` holds the results of another set (a ValueError naming --out, before any prediction)."""
   eval_folders.check_out_dir(out_dir, data.description)
-  probs = inference.predict_source(run, data.source, data.indices, tta_mode=tta_mode)
+  probs = run.predict(data.source, data.indices, tta_mode=tta_mode)
   config = run.config
   extra = {'workdir': str(run.workdir), 'arch': config.model.arch, 'init': config.model.init,
            'num_params': run.num_params, 'image_size': config.data.image_size,

@@ -58,6 +58,11 @@ class LoadedRun:
     """The nnx Classifier in inference mode."""
     return nnx.merge(self.graphdef, self.params, self.rest)
 
+  def predict(self, source, indices, *, tta_mode: str = 'none',
+              batch_size: int | None = None) -> np.ndarray:
+    """predict_source with this run: what an exported model's OnnxRun.predict also offers."""
+    return predict_source(self, source, indices, tta_mode=tta_mode, batch_size=batch_size)
+
 
 def check_checkpoint_name(checkpoint: str):
   if checkpoint not in ('best', 'latest') and not re.fullmatch(r'\d+', checkpoint):

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 from flax import nnx
 
-from skinjax.models.layers import global_average_pool
+from skinjax.models.layers import dropout, global_average_pool
 
 
 class Classifier(nnx.Module):
@@ -36,4 +36,4 @@ class Classifier(nnx.Module):
   def logits_from_features(self, features: jnp.ndarray, *,
                            rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     """The head on the backbone's NHWC feature map (where Grad-CAM takes its gradients)."""
-    return self.head(self.head_dropout(global_average_pool(features), rngs=rngs))
+    return self.head(dropout(self.head_dropout, global_average_pool(features), rngs))

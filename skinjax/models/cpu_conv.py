@@ -25,8 +25,14 @@ Flax's nnx.Conv takes the function as its `conv_general_dilated` argument; see l
 select-and-scatter: the maximum over the window's strided slices gives the same values, and with
 its own gradient (to the first maximum, as select-and-scatter) forward+backward is ~9x faster for
 small_cnn's and VGG16's 2x2 pools and ~1.5x for ResNet50's 3x3 stem pool.
+
+`portable_ops()` switches every fast path off while a model is traced for another runtime (ONNX
+export): the graph then holds plain convolutions and max-pools, which every runtime accelerates,
+instead of shifted-slice sums, matmuls or calls into this process's native library.
 """
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -39,6 +45,22 @@ from skinjax import kernels
 # The layout nnx.Conv uses for 2-D inputs: NHWC activations, HWIO kernels.
 _NHWC_HWIO_NAMES = ('NHWC', 'HWIO', 'NHWC')
 _NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC_HWIO_NAMES)
+
+_PORTABLE = contextvars.ContextVar('portable_ops', default=False)
+
+
+@contextlib.contextmanager
+def portable_ops():
+  """Within it, lax.conv_general_dilated and nnx.max_pool only, on every backend."""
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
+def _fast_paths_apply() -> bool:
+  return jax.default_backend() == 'cpu' and not _PORTABLE.get()
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -69,7 +91,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def _has_fast_path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, batch_group_count,
                    kwargs) -> bool:
-  if jax.default_backend() != 'cpu' or lhs.ndim != 4 or batch_group_count != 1:
+  if not _fast_paths_apply() or lhs.ndim != 4 or batch_group_count != 1:
     return False
   if kwargs.get('out_sharding') is not None:
     return False
@@ -141,8 +163,9 @@ def _is_float32(lhs, rhs, preferred_element_type) -> bool:
 
 def max_pool(x, window_shape, strides, padding='VALID'):
   """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
-  if jax.default_backend() != 'cpu' or x.ndim != 4:
-    return nnx.max_pool(x, window_shape, strides=strides, padding=padding)
+  if not _fast_paths_apply() or x.ndim != 4:
+    # Keywords: jax2onnx's stand-in for nnx.max_pool, traced for export, takes only those.
+    return nnx.max_pool(x, window_shape=window_shape, strides=strides, padding=padding)
   # Static arguments of the custom gradient must be hashable: explicit pads become tuples.
   pads = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
   return _cpu_max_pool(x, tuple(window_shape), tuple(strides), pads)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from skinjax.models import cpu_conv
-from skinjax.models.layers import Buffer, batch_norm, correct_pad, global_average_pool, zero_pad_2d
+from skinjax.models.layers import (Buffer, batch_norm, correct_pad, dropout, global_average_pool,
+                                   zero_pad_2d)
 
 # Verbatim from Keras; `filters_*`/`repeats` are B0's and get scaled by the coefficients.
 DEFAULT_BLOCKS_ARGS = (
@@ -269,7 +270,7 @@ class MBConvBlock(nnx.Module):
     x = self.project_bn(self.project_conv(x))
     if self.identity_skip:
       if self.drop is not None:
-        x = self.drop(x, rngs=rngs)
+        x = dropout(self.drop, x, rngs)
       x = x + inputs
     return x
 
@@ -360,7 +361,7 @@ class EfficientNet(nnx.Module):
       x = getattr(self, name)(x, rngs=rngs)
     x = self.top(x)
     if self.include_top:
-      x = self.top_dropout(global_average_pool(x), rngs=rngs)
+      x = dropout(self.top_dropout, global_average_pool(x), rngs)
       x = self.predictions(x)
     return x
 

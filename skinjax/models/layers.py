@@ -11,6 +11,12 @@ KERAS_BN_EPSILON = 1e-3
 KERAS_BN_MOMENTUM = 0.99
 
 
+def dropout(module: nnx.Dropout, x: jnp.ndarray, rngs: nnx.Rngs | None) -> jnp.ndarray:
+  """module(x, rngs=rngs); without rngs where there are none (inference), because jax2onnx's
+  stand-in for nnx.Dropout, traced for the ONNX export, takes no rngs argument."""
+  return module(x) if rngs is None else module(x, rngs=rngs)
+
+
 class Buffer(nnx.Variable):
   """A constant that belongs to the model state but is never optimised.
 

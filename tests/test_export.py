@@ -1,0 +1,269 @@
+"""scripts/export.py and the ONNX model it writes, run back through onnxruntime.
+
+The reference is the JAX model itself: the run's own predictions (inference.predict_source, the
+path evaluate.py and predict.py take) on real ISIC 2018 test images, and for each architecture
+family the exported function run by JAX.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from skinjax.data import augment
+from skinjax.data.constants import CLASS_NAMES
+from skinjax.evaluation import checkpoint_eval
+from skinjax.evaluation import inference
+from skinjax.export import graph
+from skinjax.export import model_card
+from skinjax.export import onnx_file
+from skinjax.export import onnx_run
+from skinjax.models import cpu_conv
+from tests.helpers import FAST_COMPILE
+from tests.helpers import REPO
+
+pytest.importorskip('jax2onnx', reason="the export extra is not installed: pip install -e '.[export]'")
+
+ISIC2018_DIR = os.environ.get('SKINJAX_ISIC2018_DIR')
+FAMILIES = ('small_cnn', 'resnet50', 'xception', 'efficientnetb0', 'efficientnet_lite0')
+
+
+def isic2018() -> pathlib.Path:
+  if not ISIC2018_DIR:
+    pytest.skip('SKINJAX_ISIC2018_DIR not set: point it at a folder with images/ and '
+                'ISIC2018_Task3_Test_GroundTruth.csv (.ci/run uses ../shared/data/isic2018_test_dev)')
+  return pathlib.Path(ISIC2018_DIR)
+
+
+def script(name, *args, env=None):
+  return subprocess.run([sys.executable, str(REPO / 'scripts' / name), *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope='module')
+def run(tiny_run):
+  return inference.load_run(tiny_run[0], 'best')
+
+
+@pytest.fixture(scope='module')
+def exported(run, tmp_path_factory):
+  return onnx_file.export(run, tmp_path_factory.mktemp('export') / 'onnx').out_dir
+
+
+# ------------------------------------------------------------------ the graph's pieces
+
+
+def test_colour_constancy_in_the_graph_is_the_pipeline_s():
+  """jnp Shades of Grey (float32, in the graph) against augment's (float64, in the pipeline)."""
+  rng = np.random.default_rng(0)
+  cast = np.array([1.0, 0.8, 0.6])  # a warm cast, as dermoscopes give
+  images = np.clip(rng.uniform(0, 255, (6, 40, 40, 3)) * cast, 0, 255).astype(np.uint8)
+  images[5, ..., 2] = 0  # a channel black everywhere: no cast to remove, the image is kept
+  expected = np.stack([augment.apply_gains(image, augment.shades_of_grey_gains(image, 6.0))
+                       for image in images])
+  got = np.asarray(jax.jit(graph.shades_of_grey, static_argnums=1)(images, 6.0))
+  assert got.dtype == np.uint8 and got.shape == images.shape
+  difference = np.abs(got.astype(int) - expected)
+  assert difference.max() <= 1 and (difference == 0).mean() > 0.999  # float32 at .5 boundaries
+  np.testing.assert_array_equal(got[5], images[5])
+
+
+def test_portable_ops_switch_off_the_cpu_fast_paths():
+  x, depthwise = jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4))
+
+  def traced() -> str:  # new functions each time: JAX caches a traced function's jaxpr
+    conv = lambda a, k: cpu_conv.conv_general_dilated(  # noqa: E731
+        a, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=4)
+    pool = lambda a: cpu_conv.max_pool(a, (2, 2), (2, 2))  # noqa: E731
+    return str(jax.make_jaxpr(conv)(x, depthwise)) + str(jax.make_jaxpr(pool)(x))
+
+  fast = traced()
+  with cpu_conv.portable_ops():
+    portable = traced()
+  assert 'conv_general_dilated' not in fast and 'reduce_window_max' not in fast
+  assert 'conv_general_dilated' in portable and 'reduce_window_max' in portable
+  assert 'custom_vjp' not in portable and 'ffi' not in portable
+
+
+def test_every_architecture_family_matches_jax_in_onnxruntime(tmp_path):
+  """One process (compiled at -O0) exports a randomly weighted model of each family and predicts
+  real dermoscopy images with both; the last family also has colour constancy in its graph."""
+  images = isic2018() / 'images'
+  result = subprocess.run(
+      [sys.executable, str(REPO / 'tests' / 'onnx_families.py'), images, tmp_path, *FAMILIES],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'XLA_FLAGS': FAST_COMPILE, 'PYTHONPATH': str(REPO)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [row['arch'] for row in rows] == list(FAMILIES)
+  for row in rows:
+    assert row['max_abs_diff'] <= 1e-5, row
+    assert 0.2 < row['max_probability'] < 0.999, row  # neither uniform nor one-hot: both hide errors
+    assert 'Conv' in row['op_types'], row
+    assert set(row['op_types']) <= STANDARD_ONNX_OPS, set(row['op_types']) - STANDARD_ONNX_OPS
+  assert {row['arch'] for row in rows if 'MaxPool' in row['op_types']} == {
+      'small_cnn', 'resnet50', 'xception'}
+
+
+# Every op a family's graph may hold: the ONNX standard (default domain) ones jax2onnx emits.
+STANDARD_ONNX_OPS = {
+    'Add', 'AveragePool', 'Cast', 'Clip', 'Concat', 'Constant', 'Conv', 'Div', 'Equal', 'Exp',
+    'Expand', 'Flatten', 'Gather', 'Gemm', 'GlobalAveragePool', 'Greater', 'Identity', 'MatMul',
+    'Max', 'MaxPool', 'Min', 'Mul', 'Neg', 'Pad', 'Pow', 'ReduceL2', 'ReduceMax', 'ReduceMean',
+    'ReduceMin', 'ReduceSum', 'Relu', 'Reshape', 'Round', 'Shape', 'Sigmoid', 'Slice', 'Softmax',
+    'Sqrt', 'Squeeze', 'Sub', 'Tanh', 'Transpose', 'Unsqueeze', 'Where', 'And', 'Not', 'Less',
+    'LessOrEqual', 'GreaterOrEqual', 'Or', 'ReduceProd', 'HardSigmoid', 'HardSwish', 'Erf',
+    'Abs', 'Sign', 'Floor', 'Ceil', 'Log', 'Reciprocal', 'Range', 'ConstantOfShape', 'Tile',
+    'Split', 'BatchNormalization', 'ArgMax', 'Einsum', 'Mod', 'Xor', 'IsNaN', 'IsInf', 'Size',
+    'Dropout', 'ReduceSumSquare',
+}
+
+
+# ------------------------------------------------------------------ a trained run
+
+
+def test_a_trained_run_scores_the_same_through_onnxruntime(run, exported):
+  """The 453 real ISIC 2018 test images: probabilities within 1e-5, the same balanced accuracy."""
+  folder = isic2018()
+  data = checkpoint_eval.external_set(folder / 'images',
+                                      folder / 'ISIC2018_Task3_Test_GroundTruth.csv', run)
+  onnx_model = onnx_run.open_export(exported)
+  jax_probs = run.predict(data.source, data.indices)
+  onnx_probs = onnx_model.predict(data.source, data.indices)
+  assert len(onnx_probs) == 453
+  assert np.abs(onnx_probs - jax_probs).max() <= 1e-5
+  assert (skm.balanced_accuracy_score(data.labels, onnx_probs.argmax(-1))
+          == skm.balanced_accuracy_score(data.labels, jax_probs.argmax(-1)))
+  # TTA averages the same views in both.
+  subset = data.indices[:16]
+  np.testing.assert_allclose(onnx_model.predict(data.source, subset, tta_mode='flip_rot'),
+                             run.predict(data.source, subset, tta_mode='flip_rot'), atol=1e-5)
+
+
+def test_the_model_card_says_what_the_model_is(run, exported):
+  card = json.loads((exported / model_card.CARD_FILE).read_text())
+  assert card['classes'] == list(CLASS_NAMES) and card['melanoma_class'] == 'mel'
+  assert card['input']['shape'] == ['batch', 24, 24, 3] and card['input']['dtype'] == 'uint8'
+  assert 'central square' in card['input']['resize_rule']
+  assert card['architecture'] == 'small_cnn' and card['weight_source'].startswith('none')
+  assert card['run']['step'] == run.step and card['run']['num_params'] == run.num_params
+  assert card['dataset']['fingerprint'] == json.loads(
+      (run.workdir / 'config.json').read_text())['dataset']
+  assert card['training_config']['model']['arch'] == 'small_cnn'
+  report = json.loads((run.workdir / 'report' / 'metrics.json').read_text())
+  test = card['metrics']['test (training report)']
+  assert test['balanced_accuracy'] == report['balanced_accuracy']
+  assert test['ci_95']['balanced_accuracy'] == report['ci']['balanced_accuracy']
+  assert 'not a medical device' in card['intended_use']
+  markdown = (exported / model_card.CARD_MARKDOWN).read_text()
+  assert 'not a medical device' in markdown and f"{report['balanced_accuracy']:.3f}" in markdown
+
+
+def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path):
+  """predict.py --onnx against predict.py --workdir, and evaluate.py --onnx's report."""
+  folder = isic2018()
+  truth = folder / 'ISIC2018_Task3_Test_GroundTruth.csv'
+  rows = truth.read_text().splitlines()
+  (tmp_path / 'truth.csv').write_text('\n'.join(rows[:41]) + '\n')  # the first 40 images
+  images = [folder / 'images' / f'{row.split(",")[0]}.jpg' for row in rows[1:4]]
+  by_onnx = script('predict.py', f'--onnx={exported / onnx_file.ONNX_FILE}', '--json', *images)
+  by_jax = script('predict.py', f'--workdir={run.workdir}', '--json', *images)
+  assert by_onnx.returncode == 0 and by_jax.returncode == 0, by_onnx.stderr + by_jax.stderr
+  for onnx_line, jax_line in zip(by_onnx.stdout.splitlines(), by_jax.stdout.splitlines(),
+                                 strict=True):
+    onnx_record, jax_record = json.loads(onnx_line), json.loads(jax_line)
+    assert onnx_record['top_class'] == jax_record['top_class']
+    for name in CLASS_NAMES:
+      assert onnx_record['probabilities'][name] == pytest.approx(
+          jax_record['probabilities'][name], abs=1e-5)
+  result = script('evaluate.py', f'--onnx={exported}', f'--images_dir={folder / "images"}',
+                  f'--labels_csv={tmp_path / "truth.csv"}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  written = list((exported / 'eval').glob('external-*-onnx/metrics.json'))
+  assert len(written) == 1
+  metrics = json.loads(written[0].read_text())
+  data = checkpoint_eval.external_set(folder / 'images', tmp_path / 'truth.csv', run)
+  jax_pred = run.predict(data.source, data.indices).argmax(-1)
+  assert metrics['num_examples'] == 40
+  assert metrics['balanced_accuracy'] == pytest.approx(
+      skm.balanced_accuracy_score(data.labels, jax_pred), abs=1e-12)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_an_existing_out_is_refused_and_kept(run, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'keep.txt').write_text('mine')
+  result = script('export.py', f'--workdir={run.workdir}', f'--out={out}')
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1].startswith('error: --out') and '--overwrite' in lines[-1], result.stderr
+  assert [p.name for p in out.iterdir()] == ['keep.txt']
+
+
+def test_a_workdir_without_a_checkpoint_is_refused(tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{}')
+  result = script('export.py', f'--workdir={workdir}', f'--out={tmp_path / "out"}')
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith('error: ') and 'train it' in result.stderr
+  assert not (tmp_path / 'out').exists()
+
+
+def test_without_jax2onnx_the_error_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)  # what an environment without it gives
+  with pytest.raises(onnx_file.ExportError, match=r"pip install -e '\.\[export\]'"):
+    onnx_file.import_jax2onnx()
+
+
+def test_a_failed_export_leaves_nothing(run, tmp_path, monkeypatch):
+  import jax2onnx
+
+  def failing(*args, **kwargs):
+    raise RuntimeError('interrupted')
+
+  monkeypatch.setattr(jax2onnx, 'to_onnx', failing)
+  with pytest.raises(RuntimeError):
+    onnx_file.export(run, tmp_path / 'out')
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_a_previous_export(run, exported, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'old.txt').write_text('old')
+  onnx_file.export(run, out, overwrite=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['out']
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      [model_card.CARD_FILE, model_card.CARD_MARKDOWN, onnx_file.ONNX_FILE])
+
+
+def test_images_of_the_wrong_size_are_refused(exported):
+  model = onnx_run.open_export(exported)
+  with pytest.raises(onnx_run.OnnxInputError, match=r'24x24 pixels.*resize_rule'):
+    model.probabilities(np.zeros((2, 32, 32, 3), np.uint8))
+  with pytest.raises(onnx_run.OnnxInputError, match='uint8'):
+    model.probabilities(np.zeros((2, 24, 24, 3), np.float32))
+
+
+def test_a_card_of_another_export_is_refused(exported, tmp_path):
+  copy = tmp_path / 'copy'
+  copy.mkdir()
+  (copy / onnx_file.ONNX_FILE).write_bytes((exported / onnx_file.ONNX_FILE).read_bytes())
+  card = json.loads((exported / model_card.CARD_FILE).read_text())
+  card['input']['image_size'] = 224
+  (copy / model_card.CARD_FILE).write_text(json.dumps(card))
+  with pytest.raises(onnx_run.OnnxInputError, match='card belongs to another export'):
+    onnx_run.open_export(copy)
+  with pytest.raises(onnx_run.OnnxInputError, match='there is no'):
+    onnx_run.open_export(tmp_path / 'nowhere')
