@@ -71,7 +71,8 @@ def test_colour_constancy_in_the_graph_is_the_pipeline_s():
   got = np.asarray(jax.jit(graph.shades_of_grey, static_argnums=1)(images, 6.0))
   assert got.dtype == np.uint8 and got.shape == images.shape
   difference = np.abs(got.astype(int) - expected)
-  assert difference.max() <= 1 and (difference == 0).mean() > 0.999  # float32 at .5 boundaries
+  # The graph's gains lie on a grid of 1/4096: a product moves by at most 255/8192 of a level.
+  assert difference.max() <= 1 and (difference == 0).mean() > 0.98
   np.testing.assert_array_equal(got[5], images[5])
 
 
@@ -145,6 +146,17 @@ def test_a_trained_run_scores_the_same_through_onnxruntime(run, exported):
   subset = data.indices[:16]
   np.testing.assert_allclose(onnx_model.predict(data.source, subset, tta_mode='flip_rot'),
                              run.predict(data.source, subset, tta_mode='flip_rot'), atol=1e-5)
+
+
+def test_evaluating_the_run_s_own_test_split_through_onnxruntime(run, exported, tmp_path):
+  """evaluate.py --onnx --split=test: the split comes from the training config in the card."""
+  onnx_model = onnx_run.open_export(exported)
+  data = checkpoint_eval.run_split(onnx_model, 'test')
+  np.testing.assert_array_equal(data.indices, checkpoint_eval.run_split(run, 'test').indices)
+  metrics = checkpoint_eval.evaluate_checkpoint(onnx_model, data, tmp_path / 'onnx')
+  jax_metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path / 'jax')
+  assert metrics['balanced_accuracy'] == jax_metrics['balanced_accuracy']
+  assert metrics['checkpoint'] == 'onnx' and metrics['step'] == run.step
 
 
 def test_the_model_card_says_what_the_model_is(run, exported):

@@ -99,8 +99,9 @@ def card(run, *, onnx_file: str, opset: int, portable_note: str) -> dict:
           'resize_rule': RESIZE_RULES[view.resize_mode].format(size=view.image_size),
           'colour_constancy': (
               None if view.colour_constancy_power is None else
-              f'Shades of Grey, p={view.colour_constancy_power:g}, inside the graph, estimated '
-              'on the view it is given (skinjax estimates it on the whole image before cropping)'),
+              f'Shades of Grey, p={view.colour_constancy_power:g}, inside the graph: estimated on '
+              'the view it is given (skinjax estimates it on the whole image before cropping), '
+              'gains on a grid of 1/4096, rounded to whole levels'),
       },
       'output': {'name': 'probabilities', 'dtype': 'float32', 'shape': ['batch', len(
           description.class_names)], 'meaning': 'softmax over the classes, in the order above'},
