@@ -154,6 +154,11 @@ ERRORS = [
     ('predict-garbage-image', ['predict', '--workdir={run}', '{garbage_png}'], ['garbage.png']),
     ('predict-missing-image', ['predict', '--workdir={run}', '{missing}.jpg'], ['missing.jpg']),
     ('predict-no-workdir', ['predict', '{image}'], ['--workdir']),
+    ('predict-onnx-gradcam', ['predict', '--onnx={missing}', '--gradcam={missing}', '{image}'],
+     ['--gradcam', 'ONNX']),
+    ('evaluate-onnx-and-workdir', ['evaluate', '--workdir={run}', '--onnx={missing}'], ['--onnx', 'not both']),
+    ('evaluate-onnx-missing', ['evaluate', '--onnx={missing}'], ['--onnx', 'there is no']),
+    ('export-out-is-file', ['export', '--workdir={run}', '--out={file}'], ['--out', 'is a file']),
     # prepare_dataset
     ('pd-data-dir-is-file', ['prepare_dataset', '--format=csv', '--manual_dir={empty}', '--data_dir={file}'],
      ['--data_dir', 'is a file']),
