@@ -178,6 +178,24 @@ def test_the_model_card_says_what_the_model_is(run, exported):
   assert 'not a medical device' in markdown and f"{report['balanced_accuracy']:.3f}" in markdown
 
 
+def test_the_card_keeps_the_scores_of_the_exported_step_only(tmp_path):
+  """The trainer's report and evaluate.py's folders, external sets included, at that step."""
+  def write(folder, **metrics):
+    folder.mkdir(parents=True)
+    (folder / 'metrics.json').write_text(json.dumps({'num_examples': 10, 'balanced_accuracy': 0.5,
+                                                     'ci': {'balanced_accuracy': [0.4, 0.6]},
+                                                     **metrics}))
+  write(tmp_path / 'report', best_step=18)
+  write(tmp_path / 'eval' / 'external-derm7pt_dev-da6aa963-best-tta_flip_rot', step=18,
+        tta='flip_rot')
+  write(tmp_path / 'eval' / 'test-9', step=9)  # another checkpoint's
+  scores = model_card.scored_sets(tmp_path, 18)
+  assert sorted(scores) == ['external-derm7pt_dev-da6aa963-best-tta_flip_rot',
+                            'test (training report)']
+  assert scores['external-derm7pt_dev-da6aa963-best-tta_flip_rot']['tta'] == 'flip_rot'
+  assert scores['test (training report)']['ci_95'] == {'balanced_accuracy': [0.4, 0.6]}
+
+
 def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path):
   """predict.py --onnx against predict.py --workdir, and evaluate.py --onnx's report."""
   folder = isic2018()
