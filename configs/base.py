@@ -46,6 +46,18 @@ def get_config() -> ml_collections.ConfigDict:
   augment.brightness = 0.1
   augment.contrast = 0.1
   augment.saturation = 0.1
+  # Other cameras (all off at 0; augment.camera_jitter says what each does): the tone curve's
+  # gamma in [1-g, 1+g], a hue turn of up to this fraction of the circle, per-channel gains in
+  # [1-c, 1+c] (a colour cast), PIL's sharpness factor in [1-s, 1+s], a Gaussian blur of sigma up
+  # to this many pixels.
+  augment.gamma = 0.0
+  augment.hue = 0.0
+  augment.channel_gain = 0.0
+  augment.sharpness = 0.0
+  augment.blur = 0.0
+  # With colour constancy on: (low, high) draws each training view's Shades of Grey power instead
+  # of data.shades_of_grey_power; () keeps that power.
+  augment.shades_of_grey_powers = ()
 
   config.model = model = ml_collections.ConfigDict()
   model.arch = 'small_cnn'

@@ -10,6 +10,8 @@ import math
 import ml_collections
 import numpy as np
 from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageFilter
 
 
 def to_pil(image, min_side: int | None = None) -> Image.Image:
@@ -91,6 +93,55 @@ def colour_jitter(image: np.ndarray, cfg: ml_collections.ConfigDict, rng: np.ran
   return np.clip(x, 0, 255).astype(np.uint8)
 
 
+# Keys of config.data.augment that imitate other cameras; 0 (or an empty range) turns each off,
+# and one that is off draws nothing from the generator, so runs without them are unchanged.
+CAMERA_KEYS = ('gamma', 'hue', 'channel_gain', 'sharpness', 'blur')
+
+
+def camera_jitter(image: np.ndarray, cfg: ml_collections.ConfigDict, rng: np.random.Generator):
+  """Another camera's rendering of a uint8 view: tone curve, hue, colour cast, focus.
+
+  - gamma g: the tone curve 255 * (x / 255) ** gamma, gamma uniform in [1 - g, 1 + g];
+  - hue h: every pixel's hue turned by up to h of the colour circle (0.05: 18 degrees);
+  - channel_gain c: each channel scaled by [1 - c, 1 + c], brightness kept: a colour cast such as
+    another dermoscope's light gives;
+  - sharpness s: PIL's sharpness factor in [1 - s, 1 + s] (below 1 softer, above crisper);
+  - blur b: a Gaussian blur of sigma uniform in [0, b] pixels, defocus.
+  """
+  if not any(getattr(cfg, key) for key in CAMERA_KEYS):
+    return image
+  x = image
+  if cfg.gamma:
+    gamma = rng.uniform(1 - cfg.gamma, 1 + cfg.gamma)
+    x = np.rint(255.0 * (x.astype(np.float32) / 255.0) ** gamma).astype(np.uint8)
+  if cfg.hue:
+    hsv = np.asarray(Image.fromarray(x).convert('HSV')).copy()
+    shift = int(round(rng.uniform(-cfg.hue, cfg.hue) * 256))
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256  # hue is a circle
+    x = np.asarray(Image.fromarray(hsv, 'HSV').convert('RGB'))
+  if cfg.channel_gain:
+    gains = rng.uniform(1 - cfg.channel_gain, 1 + cfg.channel_gain, 3)
+    x = apply_gains(x, (gains * 3 / gains.sum()).astype(np.float32))
+  if cfg.sharpness:
+    factor = rng.uniform(1 - cfg.sharpness, 1 + cfg.sharpness)
+    x = np.asarray(ImageEnhance.Sharpness(Image.fromarray(x)).enhance(factor))
+  if cfg.blur:
+    sigma = rng.uniform(0, cfg.blur)
+    x = np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(sigma)))
+  return x
+
+
+def random_power(power: float | None, cfg: ml_collections.ConfigDict,
+                 rng: np.random.Generator) -> float | None:
+  """The Shades of Grey power of one training view: config.data.augment.shades_of_grey_powers
+  (low, high) draws it uniformly, so that the model sees casts removed more or less fully, as
+  other estimates than the evaluation's would; the configured power otherwise."""
+  powers = tuple(cfg.shades_of_grey_powers)
+  if power is None or not powers:
+    return power
+  return float(rng.uniform(*powers))
+
+
 def colour_gains(pil: Image.Image, power: float | None) -> np.ndarray | None:
   """The colour constancy gains of the whole decoded image (None: no colour constancy).
 
@@ -112,7 +163,7 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
   """One augmented training view of a record's image, as uint8 (size, size, 3)."""
   # Decode at about twice the output size: enough for the tightest random crop we take.
   pil = to_pil(image, min_side=2 * size)
-  gains = colour_gains(pil, colour_constancy_power)
+  gains = colour_gains(pil, random_power(colour_constancy_power, cfg, rng))
   if cfg.random_resized_crop:
     out = random_resized_crop(pil, size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), rng)
   else:
@@ -124,7 +175,8 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
   if cfg.rot90:
     out = np.rot90(out, k=int(rng.integers(0, 4)))
   # The jitter comes after the correction: it then varies a neutral image, as intended.
-  return np.ascontiguousarray(colour_jitter(apply_gains(out, gains), cfg, rng))
+  out = colour_jitter(apply_gains(out, gains), cfg, rng)
+  return np.ascontiguousarray(camera_jitter(out, cfg, rng))
 
 
 def eval_image_size(data_config: ml_collections.ConfigDict) -> int:

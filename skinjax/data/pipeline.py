@@ -30,10 +30,18 @@ class AugmentSpec:
   brightness: float
   contrast: float
   saturation: float
+  # Other cameras (augment.camera_jitter) and random Shades of Grey powers; off by default.
+  gamma: float = 0.0
+  hue: float = 0.0
+  channel_gain: float = 0.0
+  sharpness: float = 0.0
+  blur: float = 0.0
+  shades_of_grey_powers: tuple[float, ...] = ()
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> 'AugmentSpec':
-    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+    values = {f.name: cfg[f.name] for f in dataclasses.fields(cls)}
+    return cls(**{**values, 'shades_of_grey_powers': tuple(values['shades_of_grey_powers'])})
 
 
 class BalancedDraws:

@@ -2,12 +2,15 @@
 
 import json
 
+from skinjax.data import augment as augment_lib
+
 
 def upgrade(saved: dict) -> dict:
   """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
-  'prepared', and without colour constancy, larger evaluation views or a validated TTA mode.
+  'prepared', and without colour constancy, larger evaluation views, a validated TTA mode or the
+  camera augmentations (off, as they trained).
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -15,6 +18,10 @@ def upgrade(saved: dict) -> dict:
   data.setdefault('colour_constancy', 'none')
   data.setdefault('shades_of_grey_power', 6.0)
   data.setdefault('eval_image_size', 0)
+  augment = data.setdefault('augment', {})
+  for key in augment_lib.CAMERA_KEYS:
+    augment.setdefault(key, 0.0)
+  augment.setdefault('shades_of_grey_powers', [])
   upgraded.setdefault('eval', {}).setdefault('validated_tta', '')
   if data.get('source') == 'ham10000':
     data['source'] = 'prepared'

@@ -9,6 +9,7 @@ was probably meant; they do not stop the run.
 
 import ml_collections
 
+from skinjax.data import augment as augment_lib
 from skinjax.weights import pretrained
 
 CHOICES = {
@@ -57,6 +58,24 @@ def validate(config: ml_collections.ConfigDict):
   if 'num_workers' in config.data and config.data.num_workers < 0:
     raise ValueError(f'config.data.num_workers={config.data.num_workers} must be 0 (read in the '
                      'main process) or more.')
+  _check_camera_augmentation(config.data.augment)
+
+
+# The largest sensible value of each camera augmentation: a factor range [1-x, 1+x] must stay
+# positive, and a hue turn of half the circle already reaches every hue.
+_CAMERA_LIMITS = {'gamma': 0.99, 'hue': 0.5, 'channel_gain': 0.99, 'sharpness': 0.99}
+
+
+def _check_camera_augmentation(augment: ml_collections.ConfigDict):
+  for key in augment_lib.CAMERA_KEYS:
+    value, limit = augment[key], _CAMERA_LIMITS.get(key)
+    if value < 0 or (limit is not None and value > limit):
+      bounds = f'between 0 (off) and {limit}' if limit is not None else '0 (off) or more'
+      raise ValueError(f'config.data.augment.{key}={value} must be {bounds}.')
+  powers = tuple(augment.shades_of_grey_powers)
+  if powers and (len(powers) != 2 or not 0 < powers[0] <= powers[1]):
+    raise ValueError(f'config.data.augment.shades_of_grey_powers={powers}: give (low, high) with '
+                     '0 < low <= high, or () to keep config.data.shades_of_grey_power.')
 
 
 def check_init(config: ml_collections.ConfigDict):
@@ -72,7 +91,8 @@ def check_init(config: ml_collections.ConfigDict):
 
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
   """One line per setting that is valid but probably not meant, each saying how to fix it."""
-  found = (_frozen_for_the_whole_run(config), _eval_size_far_from_training_size(config))
+  found = (_frozen_for_the_whole_run(config), _eval_size_far_from_training_size(config),
+           _powers_without_colour_constancy(config))
   return [line for line in found if line]
 
 
@@ -98,6 +118,16 @@ def _eval_size_far_from_training_size(config) -> str | None:
           f'config.data.image_size={train_size}, so validation and test views are at another '
           f'scale than training. Set eval_image_size=0 (the training size) or between '
           f'{train_size} and {2 * train_size}.')
+
+
+def _powers_without_colour_constancy(config) -> str | None:
+  """Random Shades of Grey powers drawn for a correction that is off do nothing."""
+  powers = tuple(config.data.augment.shades_of_grey_powers)
+  if not powers or config.data.colour_constancy != 'none':
+    return None
+  return (f'warning: config.data.augment.shades_of_grey_powers={powers} has no effect while '
+          "config.data.colour_constancy='none'. Set colour_constancy='shades_of_grey' or "
+          'shades_of_grey_powers=().')
 
 
 def tta_warning(config: ml_collections.ConfigDict, tta_mode: str) -> str | None:
