@@ -12,9 +12,9 @@ from skinjax import kernels
 from tests.helpers import FAST_COMPILE, REPO
 
 
-def benchmark_env(xla_flags=''):
+def benchmark_env(xla_flags='', **env):
   """LLVM at -O0 (a third less CPU): these tests check what the scripts report, not its speed."""
-  return dict(os.environ, XLA_FLAGS=f'{xla_flags} {FAST_COMPILE}'.strip())
+  return dict(os.environ, XLA_FLAGS=f'{xla_flags} {FAST_COMPILE}'.strip(), **env)
 
 
 def run_json(*args, env=None):
@@ -55,9 +55,12 @@ def test_benchmark_train_reports_rate_flops_and_mfu(one_device_run):
 def test_benchmark_train_counts_the_flops_of_all_devices(one_device_run):
   """XLA's cost analysis of a partitioned step covers one device's share; the script scales it."""
   one = one_device_run
+  # The count comes from the step on the pure-JAX path whichever kernels run (the test above):
+  # with them chosen outright, that step is the only one compiled, not a oneDNN one beside it.
   two = run_json(*SMALL_RUN, '--rounds=1',
-                 env=benchmark_env('--xla_force_host_platform_device_count=2'))
-  assert (one['num_devices'], two['num_devices']) == (1, 2)
+                 env=benchmark_env('--xla_force_host_platform_device_count=2',
+                                   SKINJAX_CPU_KERNELS='xla'))
+  assert (one['num_devices'], two['num_devices'], two['cpu_kernels']) == (1, 2, 'xla')
   # Not scaled, two devices would count half; each of them also updates the replicated parameters,
   # which adds 8% here (VGG16's 15M parameters, 2 images of 32 px): XLA's counts are exact.
   assert two['flops_per_step'] == pytest.approx(one['flops_per_step'], rel=0.1)
