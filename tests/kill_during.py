@@ -18,12 +18,9 @@ import os
 import signal
 import sys
 
-from orbax.checkpoint._src.path import atomicity
-
-from skinjax.evaluation import evaluate
-from skinjax.runtime import checkpoint as ckpt
-from skinjax.training import train
-from tests.helpers import tiny_config
+# The trainer's modules are imported in the functions that use them: grain's workers are spawned
+# and run this file's top level again, and they need none of these (~0.6 CPU-s each, 12 workers
+# in tests/test_reliability.py).
 
 DIES_AT_STEP = {'train_step': 12, 'mid_epoch': 15}
 
@@ -48,6 +45,7 @@ def after_calls(function, calls: int, then):
 
 def die_while_step_computes(step: int):
   """The loop asks StopSignals.at_step(s) right after dispatching step s, which returns at once."""
+  from skinjax.training import train  # noqa: PLC0415
   original = train.preemption.StopSignals.at_step
 
   def at_step(self, current):
@@ -58,6 +56,7 @@ def die_while_step_computes(step: int):
 
 
 def die_in_the_first_latest_commit():
+  from orbax.checkpoint._src.path import atomicity  # noqa: PLC0415
   for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
     original_finalize = cls.finalize
 
@@ -69,6 +68,8 @@ def die_in_the_first_latest_commit():
 
 
 def die_in_the_first_validation():
+  from skinjax.evaluation import evaluate  # noqa: PLC0415
+  from skinjax.training import train  # noqa: PLC0415
   original_predict = evaluate.predict
 
   def predict(step_fn, params, rest, batches, *args, **kwargs):
@@ -84,6 +85,9 @@ def die_after_one(batches):
 
 
 def main(point: str, workdir: str):
+  from skinjax.runtime import checkpoint as ckpt  # noqa: PLC0415
+  from skinjax.training import train  # noqa: PLC0415
+  from tests.helpers import tiny_config  # noqa: PLC0415
   every = 4 if point == 'mid_epoch' else 0
   config = tiny_config(**{'data.num_workers': 2, 'train.checkpoint_every_steps': every})
   if point in DIES_AT_STEP:
