@@ -1,6 +1,7 @@
 """Every CLI over a catalogue of realistic mistakes: one `error:` line, no traceback, nothing lost.
 
-Each case runs a script (or `python -m skinjax.main`) as a user would, and asserts a non-zero
+Each case runs a script (or `python -m skinjax.main`) as a user would, in a process of its own
+(forked from tests/cli_zygote.py, which has imported the libraries once), and asserts a non-zero
 exit status, no traceback in its output, a last stderr line that starts with `error:` and names
 the problem, and that every file that existed before is unchanged (and no path the mistake named
 was created). The cases fail before any model is built; the few that need a trained run share one
@@ -17,17 +18,40 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinjax.training import train
-from tests.helpers import REPO, tiny_config
+from tests.helpers import REPO
 
 PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbage_png', 'tiny_png',
                 'run', 'no_latest', 'garbage_run', 'garbage_report', 'csv_download', 'image',
                 'data_out')
 
 
+class WarmPython:
+  """tests/cli_zygote.py: each command in a fork of a Python that has imported skinjax's
+  libraries, so that a case costs its own work, not ~2 s of imports."""
+
+  def __init__(self, scratch: pathlib.Path):
+    self.scratch = scratch
+    self.process = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'cli_zygote.py')],
+                                    cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+
+  def run(self, args) -> subprocess.CompletedProcess:
+    out, err = self.scratch / 'stdout', self.scratch / 'stderr'
+    request = {'argv': args, 'cwd': str(REPO), 'stdout': str(out), 'stderr': str(err)}
+    self.process.stdin.write(json.dumps(request) + '\n')
+    self.process.stdin.flush()
+    answer = json.loads(self.process.stdout.readline())
+    return subprocess.CompletedProcess(args, answer['returncode'], out.read_text(),
+                                       err.read_text())
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait(timeout=60)
+
+
 @pytest.fixture(scope='module')
-def places(tmp_path_factory):
-  """The files and folders the cases point at, under one root."""
+def places(tmp_path_factory, tiny_run):
+  """The files and folders the cases point at, under one root, and the Python that runs them."""
   root = tmp_path_factory.mktemp('cli_errors')
   places = {name: root / name for name in PLACEHOLDERS}
   places['file'] = root / 'notes.txt'
@@ -44,7 +68,7 @@ def places(tmp_path_factory):
   places['image'] = root / 'lesion.png'
   Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
       places['image'])
-  train.train_and_evaluate(tiny_config(**{'train.num_epochs': 1}), str(places['run']))
+  shutil.copytree(tiny_run[0], places['run'])
   # A run whose config.json is there but that has no checkpoint yet.
   (places['no_latest'] / 'checkpoints').mkdir(parents=True)
   shutil.copy(places['run'] / 'config.json', places['no_latest'] / 'config.json')
@@ -54,7 +78,9 @@ def places(tmp_path_factory):
   (places['garbage_report'] / 'report' / 'metrics.json').write_bytes(junk)
   places['csv_download'].mkdir()
   (places['csv_download'] / 'labels.csv').write_bytes(junk)
-  return places
+  places['python'] = WarmPython(tmp_path_factory.mktemp('cli_output'))
+  yield places
+  places['python'].close()
 
 
 def snapshot(root: pathlib.Path) -> dict:
@@ -63,11 +89,9 @@ def snapshot(root: pathlib.Path) -> dict:
 
 def run(command, places):
   args = [arg.format(**places) for arg in command]
-  if args[0] == '-m':
-    args = [sys.executable, *args]
-  else:
-    args = [sys.executable, str(REPO / 'scripts' / f'{args[0]}.py'), *args[1:]]
-  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  if args[0] != '-m':
+    args = [str(REPO / 'scripts' / f'{args[0]}.py'), *args[1:]]
+  return places['python'].run(args)
 
 
 INSTRUCTIONS = object()  # the error line is followed by instructions rather than last
