@@ -6,6 +6,7 @@ and max-pools are traced on their portable path (cpu_conv.portable_ops), so that
 plain Conv and MaxPool operations, which every runtime accelerates.
 """
 
+import contextlib
 from typing import Callable
 
 import jax
@@ -40,15 +41,19 @@ def shades_of_grey(images: jnp.ndarray, power: float) -> jnp.ndarray:
   return jnp.clip(corrected, 0, 255).astype(jnp.uint8)
 
 
-def probabilities_fn(run) -> Callable[[jnp.ndarray], jnp.ndarray]:
-  """images (N, S, S, 3) uint8 -> (N, classes) float32 softmax, for the loaded run `run`."""
+def probabilities_fn(run, *, portable: bool = True) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  """images (N, S, S, 3) uint8 -> (N, classes) float32 softmax, for the loaded run `run`.
+
+  `portable=False` keeps skinjax's CPU fast paths: the same function as skinjax runs it, which is
+  what an export's speed is compared with.
+  """
   predict_step = steps.make_predict_step(run.graphdef, normalise=run.normalise)
   power = run.eval_view.colour_constancy_power
 
   def probabilities(images):
     if power is not None:
       images = shades_of_grey(images, power)
-    with cpu_conv.portable_ops():
+    with cpu_conv.portable_ops() if portable else contextlib.nullcontext():
       return predict_step(run.params, run.rest, images)
 
   return probabilities
