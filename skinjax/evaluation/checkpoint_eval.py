@@ -95,7 +95,11 @@ def default_out_dir(run: inference.LoadedRun, data: EvalData, tta_mode: str) -> 
 def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathlib.Path, *,
                         tta_mode: str = 'none', bootstrap_seed: int = 0) -> dict:
   """Predicts `data` with the run's model and writes the full report into `out_dir`, unless
-  `out_dir` holds the results of another set (a ValueError naming --out, before any prediction)."""
+  `out_dir` holds the results of another set (a ValueError naming --out, before any prediction).
+
+  `run` may also be an export run back by onnxruntime (skinjax.export.onnx_run.OnnxRun), which
+  offers the same `predict`, config, classes and names.
+  """
   eval_folders.check_out_dir(out_dir, data.description)
   probs = run.predict(data.source, data.indices, tta_mode=tta_mode)
   config = run.config
