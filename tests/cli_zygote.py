@@ -2,8 +2,8 @@
 
   python tests/cli_zygote.py   (then one JSON request per line on stdin)
 
-A request is {"argv": [script.py or "-m", ...], "cwd": DIR, "stdout": FILE, "stderr": FILE}; the
-answer, one JSON line on stdout, is {"returncode": N}. Each command still runs as `__main__` in a
+A request is {"argv": [script.py or "-m", ...], "cwd": DIR, "stdout": FILE, "stderr": FILE,
+"env": {...}}; the answer, one JSON line on stdout, is {"returncode": N}. Each command still runs as `__main__` in a
 process of its own, with its output in files, its exit status and nothing shared with the next;
 it only skips the ~2 s of imports (jax, flax, orbax, grain, TFDS) that a fresh interpreter spends
 before a bad-input check that takes milliseconds. Forking is safe here: the imports start no
@@ -34,6 +34,8 @@ def run_child(request: dict):
   code = 1
   try:
     os.chdir(request['cwd'])
+    os.environ.clear()
+    os.environ.update(request['env'])  # before any JAX backend starts: XLA_FLAGS count
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # the requests are the zygote's, not the command's
     for fd, path in ((1, request['stdout']), (2, request['stderr'])):
       os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)

@@ -1,7 +1,11 @@
 """Helpers that several test files share (imported explicitly, not through conftest)."""
 
 import contextlib
+import json
+import os
 import pathlib
+import subprocess
+import sys
 import tarfile
 
 from configs import demo
@@ -57,3 +61,32 @@ def unpack_golden(archive: str, destination: pathlib.Path) -> pathlib.Path:
   with tarfile.open(GOLDEN / archive) as opened:
     opened.extractall(destination, filter='data')
   return destination
+
+
+class WarmPython:
+  """tests/cli_zygote.py: each command in a fork of a Python that has imported skinjax's
+  libraries, so that a command costs its own work, not ~2 s of imports. Its environment is the
+  test's (or `env`): variables that jax reads at import (JAX_*) are the zygote's, those read when a
+  backend starts (XLA_FLAGS) or by skinjax (SKINJAX_*) the command's."""
+
+  def __init__(self, scratch: pathlib.Path):
+    self.scratch = scratch
+    self.process = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'cli_zygote.py')],
+                                    cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+
+  def run(self, args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`args`: a script's path and its arguments, or ['-m', module, ...], run from the repo."""
+    args = [str(arg) for arg in args]
+    out, err = self.scratch / 'stdout', self.scratch / 'stderr'
+    request = {'argv': args, 'cwd': str(REPO), 'stdout': str(out), 'stderr': str(err),
+               'env': dict(os.environ if env is None else env)}
+    self.process.stdin.write(json.dumps(request) + '\n')
+    self.process.stdin.flush()
+    answer = json.loads(self.process.stdout.readline())
+    return subprocess.CompletedProcess(args, answer['returncode'], out.read_text(),
+                                       err.read_text())
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait(timeout=60)

@@ -18,35 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO
+from tests.helpers import REPO, WarmPython
 
 PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbage_png', 'tiny_png',
                 'run', 'no_latest', 'garbage_run', 'garbage_report', 'csv_download', 'image',
                 'data_out')
-
-
-class WarmPython:
-  """tests/cli_zygote.py: each command in a fork of a Python that has imported skinjax's
-  libraries, so that a case costs its own work, not ~2 s of imports."""
-
-  def __init__(self, scratch: pathlib.Path):
-    self.scratch = scratch
-    self.process = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'cli_zygote.py')],
-                                    cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True)
-
-  def run(self, args) -> subprocess.CompletedProcess:
-    out, err = self.scratch / 'stdout', self.scratch / 'stderr'
-    request = {'argv': args, 'cwd': str(REPO), 'stdout': str(out), 'stderr': str(err)}
-    self.process.stdin.write(json.dumps(request) + '\n')
-    self.process.stdin.flush()
-    answer = json.loads(self.process.stdout.readline())
-    return subprocess.CompletedProcess(args, answer['returncode'], out.read_text(),
-                                       err.read_text())
-
-  def close(self):
-    self.process.stdin.close()
-    self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope='module')

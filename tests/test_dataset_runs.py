@@ -7,8 +7,6 @@ import csv
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from sklearn import metrics as skm
 from skinjax.evaluation import report
 from tests import dataset_fixtures as fx
 from tests.helpers import FAST_COMPILE
+from tests.helpers import WarmPython
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_SIDE = 32
@@ -32,11 +31,18 @@ CASES = {
 }
 
 
-def run(args):
+@pytest.fixture(scope='module')
+def python(tmp_path_factory):
+  """The tools run as commands, each in a fork of a Python with the libraries imported."""
+  warm = WarmPython(tmp_path_factory.mktemp('commands'))
+  yield warm
+  warm.close()
+
+
+def run(python, args):
   # These runs check the class structure through each tool, not the numbers: every tool alike
   # compiles the new 8- and 2-class programs at FAST_COMPILE.
-  result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=FAST_COMPILE))
+  result = python.run(args, env=dict(os.environ, XLA_FLAGS=FAST_COMPILE))
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return result
 
@@ -47,17 +53,17 @@ def rows_of(path):
 
 
 @pytest.fixture(scope='module', params=list(CASES))
-def trained(request, tmp_path_factory):
+def trained(request, tmp_path_factory, python):
   name = request.param
   writer, _, _ = CASES[name]
   root = tmp_path_factory.mktemp(name)
   writer(root / 'download')
   writer(root / 'external', seed=1)  # other images, the same ground-truth format
   data_dir = root / 'tfds'
-  run([REPO / 'scripts' / 'prepare_dataset.py', f'--format={name}',
+  run(python, [REPO / 'scripts' / 'prepare_dataset.py', f'--format={name}',
        f'--manual_dir={root / "download"}', f'--data_dir={data_dir}', f'--image_size={SHORT_SIDE}'])
   workdir = root / 'run'
-  run(['-m', 'skinjax.main', *TRAIN_FLAGS, f'--config.data.dataset={name}',
+  run(python, ['-m', 'skinjax.main', *TRAIN_FLAGS, f'--config.data.dataset={name}',
        f'--config.data.data_dir={data_dir}', f'--workdir={workdir}'])
   return name, root, workdir
 
@@ -88,13 +94,13 @@ def test_training_reads_the_classes_from_the_dataset(trained):
     assert set(metrics['sensitivity_at_specificity']) == {'0.80', '0.90', '0.95'}
 
 
-def test_evaluate_an_external_set_in_the_challenge_format(trained):
+def test_evaluate_an_external_set_in_the_challenge_format(trained, python):
   name, root, workdir = trained
   truth_name, classes = CASES[name][1], CASES[name][2]
   external = root / 'external'
   truth = next(external.rglob(truth_name))
   out = root / 'eval_external'
-  result = run([REPO / 'scripts' / 'evaluate.py', f'--workdir={workdir}',
+  result = run(python, [REPO / 'scripts' / 'evaluate.py', f'--workdir={workdir}',
                 f'--images_dir={external}', f'--labels_csv={truth}', f'--out={out}'])
   metrics = json.loads((out / 'metrics.json').read_text())
   truth_rows = rows_of(truth)
@@ -119,21 +125,22 @@ def test_evaluate_an_external_set_in_the_challenge_format(trained):
   assert metrics['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
 
 
-def test_evaluate_its_test_split_predict_and_compare(trained):
+def test_evaluate_its_test_split_predict_and_compare(trained, python):
   name, root, workdir = trained
   classes = CASES[name][2]
-  run([REPO / 'scripts' / 'evaluate.py', f'--workdir={workdir}'])
+  run(python, [REPO / 'scripts' / 'evaluate.py', f'--workdir={workdir}'])
   evaluated = json.loads((workdir / 'eval' / 'test-best' / 'metrics.json').read_text())
   reported = json.loads((workdir / 'report' / 'metrics.json').read_text())
   assert evaluated['balanced_accuracy'] == pytest.approx(reported['balanced_accuracy'])
   assert evaluated['dataset'] == name
   images = sorted((root / 'external').rglob('*.jpg'))[:2]
-  result = run([REPO / 'scripts' / 'predict.py', f'--workdir={workdir}', '--json', *images])
+  result = run(python, [REPO / 'scripts' / 'predict.py', f'--workdir={workdir}', '--json',
+                        *images])
   for line in result.stdout.strip().splitlines():
     record = json.loads(line)
     assert list(record['probabilities']) == list(classes)
     assert record['top_class'] in classes
-  run([REPO / 'scripts' / 'compare.py', workdir, f'--out={root / "comparison"}'])
+  run(python, [REPO / 'scripts' / 'compare.py', workdir, f'--out={root / "comparison"}'])
   text = (root / 'comparison' / 'comparison.md').read_text()
   assert f'dataset {name}' in text
   unit = 'lesion' if name == 'isic2019' else 'patient'
