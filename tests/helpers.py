@@ -75,11 +75,11 @@ class WarmPython:
                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     text=True)
 
-  def run(self, args, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`args`: a script's path and its arguments, or ['-m', module, ...], run from the repo."""
+  def run(self, args, env: dict | None = None, cwd=REPO) -> subprocess.CompletedProcess:
+    """`args`: a script's path and its arguments, or ['-m', module, ...], run in `cwd`."""
     args = [str(arg) for arg in args]
     out, err = self.scratch / 'stdout', self.scratch / 'stderr'
-    request = {'argv': args, 'cwd': str(REPO), 'stdout': str(out), 'stderr': str(err),
+    request = {'argv': args, 'cwd': str(cwd), 'stdout': str(out), 'stderr': str(err),
                'env': dict(os.environ if env is None else env)}
     self.process.stdin.write(json.dumps(request) + '\n')
     self.process.stdin.flush()

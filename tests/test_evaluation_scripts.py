@@ -12,8 +12,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -31,6 +29,7 @@ from skinjax.evaluation import metrics as eval_metrics
 from skinjax.models import registry
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
+from tests.helpers import WarmPython
 from tests.helpers import tiny_config
 from tests.test_eval_metrics import assert_isic_submission
 from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs
@@ -79,9 +78,16 @@ def read_predictions(path):
   return rows, labels, probs
 
 
-def script(name, *args, cwd=REPO):
-  return subprocess.run([sys.executable, str(REPO / 'scripts' / name), *map(str, args)], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope='module')
+def python(tmp_path_factory):
+  """The scripts run as commands, each in a fork of a Python with the libraries imported."""
+  warm = WarmPython(tmp_path_factory.mktemp('commands'))
+  yield warm
+  warm.close()
+
+
+def script(python, name, *args, cwd=REPO):
+  return python.run([REPO / 'scripts' / name, *args], cwd=cwd)
 
 
 def model_probs(run, views):
@@ -240,8 +246,8 @@ def test_unusable_workdirs_are_refused_with_the_fix(trained, tmp_path, case, mes
     inference.load_run(workdir, checkpoint)
 
 
-def test_evaluate_script_errors_are_one_line_without_traceback(tmp_path):
-  result = script('evaluate.py', f'--workdir={tmp_path / "nope"}')
+def test_evaluate_script_errors_are_one_line_without_traceback(tmp_path, python):
+  result = script(python, 'evaluate.py', f'--workdir={tmp_path / "nope"}')
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith('error: --workdir')
   assert 'Traceback' not in result.stderr
@@ -250,7 +256,7 @@ def test_evaluate_script_errors_are_one_line_without_traceback(tmp_path):
 # ------------------------------------------------------------- scripts end to end
 
 
-def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
+def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path, python):
   """An ISIC 2018 ground truth as the official scorer reads it: a score_weight column that
   leaves one row out, and ISIC_0035068, which the scorer always leaves out."""
   folder, ids, labels = external_set
@@ -263,7 +269,8 @@ def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path):
   truth = tmp_path / 'set' / 'isic.csv'
   write_truth(truth, [*ids, 'ISIC_0035068'], [*labels, CLASS_NAMES.index('nv')], weights)
   out = tmp_path / 'out'
-  result = script('evaluate.py', f'--workdir={trained}', '--checkpoint=latest', '--tta=flip_rot',
+  result = script(python, 'evaluate.py', f'--workdir={trained}', '--checkpoint=latest',
+                  '--tta=flip_rot',
                   f'--images_dir={images}', f'--labels_csv={truth}', f'--out={out}')
   assert result.returncode == 0, result.stderr
   assert re.search(r'external-set-[0-9a-f]{8}, latest checkpoint', result.stdout)
@@ -311,9 +318,10 @@ def test_real_isic2018_test_dev_matches_the_official_scorer(run, tmp_path):
   assert abs(metrics['isic_challenge']['balanced_accuracy'] - official.overall) <= 1e-9
 
 
-def test_predict_script_json_and_gradcam(trained, external_set, tmp_path):
+def test_predict_script_json_and_gradcam(trained, external_set, tmp_path, python):
   folder, ids, _ = external_set
-  result = script('predict.py', f'--workdir={trained}', '--json', f'--gradcam={tmp_path / "cams"}',
+  result = script(python, 'predict.py', f'--workdir={trained}', '--json',
+                  f'--gradcam={tmp_path / "cams"}',
                   folder / 'images' / f'{ids[3]}.jpg', folder / 'images')
   assert result.returncode == 0, result.stderr
   records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -329,8 +337,8 @@ def test_predict_script_json_and_gradcam(trained, external_set, tmp_path):
   assert len({r['gradcam'] for r in records}) == len(records)
 
 
-def test_predict_script_names_a_missing_image(trained, tmp_path):
-  result = script('predict.py', f'--workdir={trained}', tmp_path / 'lesion.jpg')
+def test_predict_script_names_a_missing_image(trained, tmp_path, python):
+  result = script(python, 'predict.py', f'--workdir={trained}', tmp_path / 'lesion.jpg')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   missing = tmp_path / 'lesion.jpg'
   assert result.stderr.strip().splitlines()[-1] == (f'error: No such image or folder: {missing}; '
@@ -364,7 +372,7 @@ def markdown_rows(path):
 
 
 def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained, study_dir,
-                                                                         external_set):
+                                                                         external_set, python):
   configs = study_dir / 'configs'
   configs.mkdir(exist_ok=True)
   tiny_a = write_config(configs / 'tiny_a.py', 'tiny_config()')
@@ -373,7 +381,7 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   # deliberate change the trainer accepts only when told.
   shutil.copytree(trained, study_dir / 'tiny_b', ignore=shutil.ignore_patterns('report', 'eval'))
   folder, _, _ = external_set
-  result = script('run_study.py', f'--out={study_dir}', f'--configs={tiny_a},{tiny_b}',
+  result = script(python, 'run_study.py', f'--out={study_dir}', f'--configs={tiny_a},{tiny_b}',
                   '--override', 'train.log_every_steps=3', '--override',
                   'train.allow_config_change=true', f'--images_dir={folder / "images"}',
                   f'--labels_csv={folder / "isic.csv"}', '--tta=flip', cwd=study_dir)
@@ -397,13 +405,13 @@ def test_study_skips_finished_runs_resumes_unfinished_ones_then_compares(trained
   assert markdown_rows(study_dir / 'comparison.md').keys() == {'tiny_a', 'tiny_b'}
 
 
-def test_study_says_which_runs_could_not_be_evaluated(study_dir, tmp_path):
+def test_study_says_which_runs_could_not_be_evaluated(study_dir, tmp_path, python):
   if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
     pytest.skip('needs the runs that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
   (tmp_path / 'images').mkdir()
   (tmp_path / 'broken.csv').write_text('image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0000001,1,0,0,0,0,0,0\n')
   configs = study_dir / 'configs'
-  result = script('run_study.py', f'--out={study_dir}',
+  result = script(python, 'run_study.py', f'--out={study_dir}',
                   f'--configs={configs / "tiny_a.py"},{configs / "tiny_b.py"}',
                   f'--images_dir={tmp_path / "images"}', f'--labels_csv={tmp_path / "broken.csv"}',
                   cwd=study_dir)
@@ -414,7 +422,7 @@ def test_study_says_which_runs_could_not_be_evaluated(study_dir, tmp_path):
   assert 'failed to train' not in result.stderr
 
 
-def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp_path):
+def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp_path, python):
   if not (study_dir / 'tiny_b' / 'report' / 'metrics.json').exists():
     pytest.skip('needs the run that test_study_skips_finished_runs_resumes_unfinished_ones... makes')
   # tiny_a has been evaluated (by-lesion intervals) and scored on an external set; tiny_b only
@@ -422,10 +430,12 @@ def test_compare_table_reads_each_run(trained, study_dir, run, external_set, tmp
   checkpoint_eval.evaluate_checkpoint(run, checkpoint_eval.run_split(run, 'test'),
                                       trained / 'eval' / 'test-best')
   folder, _, _ = external_set
-  result = script('evaluate.py', f'--workdir={trained}', f'--images_dir={folder / "images"}',
+  result = script(python, 'evaluate.py', f'--workdir={trained}',
+                  f'--images_dir={folder / "images"}',
                   f'--labels_csv={folder / "isic.csv"}')
   assert result.returncode == 0, result.stderr
-  result = script('compare.py', study_dir / 'tiny_a', study_dir / 'tiny_b', f'--out={tmp_path}')
+  result = script(python, 'compare.py', study_dir / 'tiny_a', study_dir / 'tiny_b',
+                  f'--out={tmp_path}')
   assert result.returncode == 0, result.stderr
   assert (tmp_path / 'comparison.png').stat().st_size > 0
   test_rows, external_rows = markdown_tables(tmp_path / 'comparison.md')
