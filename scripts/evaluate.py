@@ -86,6 +86,9 @@ def main(argv):
   if bool(_WORKDIR.value) == bool(_ONNX.value):
     raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
                          'nor neither.')
+  if _ONNX.value and flags.FLAGS['checkpoint'].present:
+    raise app.UsageError('--checkpoint picks a training run\'s checkpoint; an --onnx export holds '
+                         'one already (model_card.json says which): leave --checkpoint out.')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
   # Before the evaluation, not after it: a file in the way would otherwise lose the whole run.

@@ -65,6 +65,9 @@ def main(argv):
   if bool(_WORKDIR.value) == bool(_ONNX.value):
     raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
                          'nor neither.')
+  if _ONNX.value and flags.FLAGS['checkpoint'].present:
+    raise app.UsageError('--checkpoint picks a training run\'s checkpoint; an --onnx export holds '
+                         'one already (model_card.json says which): leave --checkpoint out.')
   if _ONNX.value and _GRADCAM.value:
     raise app.UsageError('--gradcam needs the model\'s gradients, which an ONNX export does not '
                          'have; pass --workdir of the run instead.')

@@ -158,6 +158,8 @@ ERRORS = [
      ['--gradcam', 'ONNX']),
     ('evaluate-onnx-and-workdir', ['evaluate', '--workdir={run}', '--onnx={missing}'], ['--onnx', 'not both']),
     ('evaluate-onnx-missing', ['evaluate', '--onnx={missing}'], ['--onnx', 'there is no']),
+    ('evaluate-onnx-checkpoint', ['evaluate', '--onnx={missing}', '--checkpoint=latest'],
+     ['--checkpoint', 'export holds']),
     ('export-out-is-file', ['export', '--workdir={run}', '--out={file}'], ['--out', 'is a file']),
     # prepare_dataset
     ('pd-data-dir-is-file', ['prepare_dataset', '--format=csv', '--manual_dir={empty}', '--data_dir={file}'],
