@@ -17,6 +17,7 @@ from skinjax.data.constants import CLASS_NAMES
 from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import external
 from skinjax.evaluation import inference
+from tests.test_evaluation_scripts import python  # noqa: F401 (the fixture script needs)
 from tests.test_evaluation_scripts import script
 from tests.test_external import write_ham_csv, write_jpegs
 
@@ -130,7 +131,8 @@ TTA_WARNING = ("warning: --tta=none, but this run's recipe was validated with --
                'published figures are for flip.')
 
 
-def test_evaluate_skips_bad_images_and_warns_of_an_unvalidated_tta(copy_of_tiny_run, tmp_path):
+def test_evaluate_skips_bad_images_and_warns_of_an_unvalidated_tta(copy_of_tiny_run, tmp_path,
+                                                                  python):
   with_validated_tta(copy_of_tiny_run, 'flip')
   ids = [f'ISIC_{i:07d}' for i in range(9)]
   write_jpegs(tmp_path / 'images', ids[:7])
@@ -139,7 +141,7 @@ def test_evaluate_skips_bad_images_and_warns_of_an_unvalidated_tta(copy_of_tiny_
   dx = [CLASS_NAMES[i % 7] for i in range(9)]
   write_ham_csv(tmp_path / 'labels.csv', ids, dx)
   out = tmp_path / 'out'
-  result = script('evaluate.py', f'--workdir={copy_of_tiny_run}',
+  result = script(python, 'evaluate.py', f'--workdir={copy_of_tiny_run}',
                   f'--images_dir={tmp_path / "images"}',
                   f'--labels_csv={tmp_path / "labels.csv"}', f'--out={out}', '--skip_bad_images')
   assert result.returncode == 0, result.stderr
@@ -155,12 +157,13 @@ def test_evaluate_skips_bad_images_and_warns_of_an_unvalidated_tta(copy_of_tiny_
       f'in {out / "metrics.json"} (skipped_images).')
 
 
-def test_predict_skips_bad_images_names_them_and_captions_gradcam(copy_of_tiny_run, tmp_path):
+def test_predict_skips_bad_images_names_them_and_captions_gradcam(copy_of_tiny_run, tmp_path,
+                                                                 python):
   with_validated_tta(copy_of_tiny_run, 'flip')
   write_jpegs(tmp_path / 'images', ['a', 'b'])
   bad = [write_bad(tmp_path / 'images', name) for name in ('empty.jpg', 'cut.png')]
-  result = script('predict.py', f'--workdir={copy_of_tiny_run}', '--json', '--skip_bad_images',
-                  f'--gradcam={tmp_path / "cams"}', tmp_path / 'images')
+  result = script(python, 'predict.py', f'--workdir={copy_of_tiny_run}', '--json',
+                  '--skip_bad_images', f'--gradcam={tmp_path / "cams"}', tmp_path / 'images')
   assert result.returncode == 0, result.stderr
   records = [json.loads(line) for line in result.stdout.splitlines()]
   predicted = {r['image']: r for r in records if 'error' not in r}
