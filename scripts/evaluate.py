@@ -49,7 +49,6 @@ from absl import flags
 from absl import logging
 
 from skinjax.evaluation import checkpoint_eval
-from skinjax.evaluation import inference
 from skinjax.evaluation import report
 from skinjax.evaluation import tta
 from skinjax.export import onnx_run
@@ -83,12 +82,7 @@ _SKIP_BAD_IMAGES = flags.DEFINE_bool(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  if bool(_WORKDIR.value) == bool(_ONNX.value):
-    raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
-                         'nor neither.')
-  if _ONNX.value and flags.FLAGS['checkpoint'].present:
-    raise app.UsageError('--checkpoint picks a training run\'s checkpoint; an --onnx export holds '
-                         'one already (model_card.json says which): leave --checkpoint out.')
+  onnx_run.check_model_flags(_WORKDIR.value, _ONNX.value, flags.FLAGS['checkpoint'].present)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax and grain log every restore at INFO
   # Before the evaluation, not after it: a file in the way would otherwise lose the whole run.
@@ -104,8 +98,7 @@ def main(argv):
     if _SKIP_BAD_IMAGES.value and not _IMAGES_DIR.value:
       raise ValueError("--skip_bad_images applies to --images_dir; the run's own dataset was "
                        'checked image by image when it was prepared.')
-    run = (onnx_run.open_export(_ONNX.value) if _ONNX.value
-           else inference.load_run(_WORKDIR.value, _CHECKPOINT.value))
+    run = onnx_run.load_model(_WORKDIR.value, _ONNX.value, _CHECKPOINT.value)
     warnings = [w for w in [config_checks.tta_warning(run.config, _TTA.value)] if w]
     for warning in warnings:
       print(warning, file=sys.stderr, flush=True)

@@ -62,12 +62,7 @@ TINY_IMAGE = 32
 def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
-  if bool(_WORKDIR.value) == bool(_ONNX.value):
-    raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
-                         'nor neither.')
-  if _ONNX.value and flags.FLAGS['checkpoint'].present:
-    raise app.UsageError('--checkpoint picks a training run\'s checkpoint; an --onnx export holds '
-                         'one already (model_card.json says which): leave --checkpoint out.')
+  onnx_run.check_model_flags(_WORKDIR.value, _ONNX.value, flags.FLAGS['checkpoint'].present)
   if _ONNX.value and _GRADCAM.value:
     raise app.UsageError('--gradcam needs the model\'s gradients, which an ONNX export does not '
                          'have; pass --workdir of the run instead.')
@@ -77,8 +72,7 @@ def main(argv):
     paths = external.collect_images(argv[1:])
     readable, skipped = external.check_readable(paths, _SKIP_BAD_IMAGES.value)
     paths = [path for path, ok in zip(paths, readable) if ok]
-    run = (onnx_run.open_export(_ONNX.value) if _ONNX.value
-           else inference.load_run(_WORKDIR.value, _CHECKPOINT.value))
+    run = onnx_run.load_model(_WORKDIR.value, _ONNX.value, _CHECKPOINT.value)
   except (ValueError, FileNotFoundError) as error:
     fail(error)
   warn(config_checks.tta_warning(run.config, _TTA.value))

@@ -10,11 +10,13 @@ import dataclasses
 import json
 import pathlib
 
+from absl import app
 import ml_collections
 import numpy as np
 
 from skinjax.data import datasets
 from skinjax.data import pipeline
+from skinjax.evaluation import inference
 from skinjax.evaluation import tta
 from skinjax.export import model_card
 from skinjax.export import onnx_file
@@ -81,6 +83,21 @@ class OnnxRun:
       probs[batch['position'][real]] = np.mean(
           [self.probabilities(np.asarray(view(images))) for view in views], axis=0)
     return probs
+
+
+def check_model_flags(workdir: str | None, onnx: str | None, checkpoint_given: bool):
+  """predict.py's and evaluate.py's choice of model: a --workdir or an --onnx export, not both."""
+  if bool(workdir) == bool(onnx):
+    raise app.UsageError('Pass either --workdir (a training run) or --onnx (an export), not both '
+                         'nor neither.')
+  if onnx and checkpoint_given:
+    raise app.UsageError("--checkpoint picks a training run's checkpoint; an --onnx export holds "
+                         'one already (model_card.json says which): leave --checkpoint out.')
+
+
+def load_model(workdir: str | None, onnx: str | None, checkpoint: str):
+  """The run whose model predicts: the --onnx export, or the --workdir run's checkpoint."""
+  return open_export(onnx) if onnx else inference.load_run(workdir, checkpoint)
 
 
 def open_export(path) -> OnnxRun:
