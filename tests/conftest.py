@@ -7,6 +7,7 @@ import jax
 import pytest
 from jax._src.interpreters import partial_eval
 
+from tests.helpers import WarmPython
 from tests.helpers import tiny_config
 
 
@@ -40,6 +41,15 @@ def tiny_run(tmp_path_factory):
 @pytest.fixture
 def copy_of_tiny_run(tiny_run, tmp_path):
   return shutil.copytree(tiny_run[0], tmp_path / 'run')
+
+
+@pytest.fixture(scope='module')
+def python(tmp_path_factory):
+  """Runs commands as a user would, each in a fork of a Python with the libraries imported
+  (tests.helpers.WarmPython): one per test file."""
+  warm = WarmPython(tmp_path_factory.mktemp('commands'))
+  yield warm
+  warm.close()
 
 
 @pytest.fixture(scope='session', autouse=True)

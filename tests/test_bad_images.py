@@ -17,7 +17,6 @@ from skinjax.data.constants import CLASS_NAMES
 from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import external
 from skinjax.evaluation import inference
-from tests.test_evaluation_scripts import python  # noqa: F401 (the fixture script needs)
 from tests.test_evaluation_scripts import script
 from tests.test_external import write_ham_csv, write_jpegs
 

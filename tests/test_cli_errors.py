@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import REPO, WarmPython
+from tests.helpers import REPO
 
 PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbage_png', 'tiny_png',
                 'run', 'no_latest', 'garbage_run', 'garbage_report', 'csv_download', 'image',
@@ -26,7 +26,7 @@ PLACEHOLDERS = ('file', 'empty', 'missing', 'garbage_csv', 'garbage_h5', 'garbag
 
 
 @pytest.fixture(scope='module')
-def places(tmp_path_factory, tiny_run):
+def places(tmp_path_factory, tiny_run, python):
   """The files and folders the cases point at, under one root, and the Python that runs them."""
   root = tmp_path_factory.mktemp('cli_errors')
   places = {name: root / name for name in PLACEHOLDERS}
@@ -54,9 +54,8 @@ def places(tmp_path_factory, tiny_run):
   (places['garbage_report'] / 'report' / 'metrics.json').write_bytes(junk)
   places['csv_download'].mkdir()
   (places['csv_download'] / 'labels.csv').write_bytes(junk)
-  places['python'] = WarmPython(tmp_path_factory.mktemp('cli_output'))
-  yield places
-  places['python'].close()
+  places['python'] = python
+  return places
 
 
 def snapshot(root: pathlib.Path) -> dict:

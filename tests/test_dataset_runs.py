@@ -15,7 +15,6 @@ from sklearn import metrics as skm
 from skinjax.evaluation import report
 from tests import dataset_fixtures as fx
 from tests.helpers import FAST_COMPILE
-from tests.helpers import WarmPython
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_SIDE = 32
@@ -29,14 +28,6 @@ CASES = {
                  ('mel', 'nv', 'bcc', 'ak', 'bkl', 'df', 'vasc', 'scc')),
     'isic2020': (fx.write_isic2020, 'train.csv', ('benign', 'melanoma')),
 }
-
-
-@pytest.fixture(scope='module')
-def python(tmp_path_factory):
-  """The tools run as commands, each in a fork of a Python with the libraries imported."""
-  warm = WarmPython(tmp_path_factory.mktemp('commands'))
-  yield warm
-  warm.close()
 
 
 def run(python, args):

@@ -29,7 +29,6 @@ from skinjax.evaluation import metrics as eval_metrics
 from skinjax.models import registry
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import train
-from tests.helpers import WarmPython
 from tests.helpers import tiny_config
 from tests.test_eval_metrics import assert_isic_submission
 from tests.test_external import write_ham_csv, write_isic_csv, write_jpegs
@@ -76,14 +75,6 @@ def read_predictions(path):
   labels = np.array([CLASS_NAMES.index(r['label']) for r in rows])
   probs = np.array([[float(r[f'prob_{c}']) for c in CLASS_NAMES] for r in rows])
   return rows, labels, probs
-
-
-@pytest.fixture(scope='module')
-def python(tmp_path_factory):
-  """The scripts run as commands, each in a fork of a Python with the libraries imported."""
-  warm = WarmPython(tmp_path_factory.mktemp('commands'))
-  yield warm
-  warm.close()
 
 
 def script(python, name, *args, cwd=REPO):

@@ -28,8 +28,10 @@ from skinjax.export import onnx_run
 from skinjax.models import cpu_conv
 from tests.helpers import FAST_COMPILE
 from tests.helpers import REPO
+from tests.test_evaluation_scripts import script
 
-pytest.importorskip('jax2onnx', reason="the export extra is not installed: pip install -e '.[export]'")
+pytest.importorskip('jax2onnx',
+                    reason="the export extra is not installed: pip install -e '.[export]'")
 
 ISIC2018_DIR = os.environ.get('SKINJAX_ISIC2018_DIR')
 FAMILIES = ('small_cnn', 'resnet50', 'xception', 'efficientnetb0', 'efficientnet_lite0')
@@ -40,11 +42,6 @@ def isic2018() -> pathlib.Path:
     pytest.skip('SKINJAX_ISIC2018_DIR not set: point it at a folder with images/ and '
                 'ISIC2018_Task3_Test_GroundTruth.csv (.ci/run uses ../shared/data/isic2018_test_dev)')
   return pathlib.Path(ISIC2018_DIR)
-
-
-def script(name, *args, env=None):
-  return subprocess.run([sys.executable, str(REPO / 'scripts' / name), *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope='module')
@@ -106,7 +103,8 @@ def test_every_architecture_family_matches_jax_in_onnxruntime(tmp_path):
   assert [row['arch'] for row in rows] == list(FAMILIES)
   for row in rows:
     assert row['max_abs_diff'] <= 1e-5, row
-    assert 0.2 < row['max_probability'] < 0.999, row  # neither uniform nor one-hot: both hide errors
+    # Neither uniform nor one-hot: both would hide a difference.
+    assert 0.2 < row['max_probability'] < 0.999, row
     assert 'Conv' in row['op_types'], row
     assert set(row['op_types']) <= STANDARD_ONNX_OPS, set(row['op_types']) - STANDARD_ONNX_OPS
   assert {row['arch'] for row in rows if 'MaxPool' in row['op_types']} == {
@@ -196,15 +194,16 @@ def test_the_card_keeps_the_scores_of_the_exported_step_only(tmp_path):
   assert scores['test (training report)']['ci_95'] == {'balanced_accuracy': [0.4, 0.6]}
 
 
-def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path):
+def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path, python):
   """predict.py --onnx against predict.py --workdir, and evaluate.py --onnx's report."""
   folder = isic2018()
   truth = folder / 'ISIC2018_Task3_Test_GroundTruth.csv'
   rows = truth.read_text().splitlines()
   (tmp_path / 'truth.csv').write_text('\n'.join(rows[:41]) + '\n')  # the first 40 images
   images = [folder / 'images' / f'{row.split(",")[0]}.jpg' for row in rows[1:4]]
-  by_onnx = script('predict.py', f'--onnx={exported / onnx_file.ONNX_FILE}', '--json', *images)
-  by_jax = script('predict.py', f'--workdir={run.workdir}', '--json', *images)
+  by_onnx = script(python, 'predict.py', f'--onnx={exported / onnx_file.ONNX_FILE}', '--json',
+                   *images)
+  by_jax = script(python, 'predict.py', f'--workdir={run.workdir}', '--json', *images)
   assert by_onnx.returncode == 0 and by_jax.returncode == 0, by_onnx.stderr + by_jax.stderr
   for onnx_line, jax_line in zip(by_onnx.stdout.splitlines(), by_jax.stdout.splitlines(),
                                  strict=True):
@@ -213,7 +212,7 @@ def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path):
     for name in CLASS_NAMES:
       assert onnx_record['probabilities'][name] == pytest.approx(
           jax_record['probabilities'][name], abs=1e-5)
-  result = script('evaluate.py', f'--onnx={exported}', f'--images_dir={folder / "images"}',
+  result = script(python, 'evaluate.py', f'--onnx={exported}', f'--images_dir={folder / "images"}',
                   f'--labels_csv={tmp_path / "truth.csv"}')
   assert result.returncode == 0, result.stderr[-2000:]
   written = list((exported / 'eval').glob('external-*-onnx/metrics.json'))
@@ -229,24 +228,25 @@ def test_the_scripts_predict_and_evaluate_with_onnx(run, exported, tmp_path):
 # ------------------------------------------------------------------ bad input
 
 
-def test_an_existing_out_is_refused_and_kept(run, tmp_path):
+def test_an_existing_out_is_refused_and_kept(run, tmp_path, python):
   out = tmp_path / 'out'
   out.mkdir()
   (out / 'keep.txt').write_text('mine')
-  result = script('export.py', f'--workdir={run.workdir}', f'--out={out}')
+  result = script(python, 'export.py', f'--workdir={run.workdir}', f'--out={out}')
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith('error: --out') and '--overwrite' in lines[-1], result.stderr
   assert [p.name for p in out.iterdir()] == ['keep.txt']
 
 
-def test_a_workdir_without_a_checkpoint_is_refused(tmp_path):
+def test_a_workdir_without_a_checkpoint_is_refused(tmp_path, python):
   workdir = tmp_path / 'w'
   workdir.mkdir()
   (workdir / 'config.json').write_text('{}')
-  result = script('export.py', f'--workdir={workdir}', f'--out={tmp_path / "out"}')
+  result = script(python, 'export.py', f'--workdir={workdir}', f'--out={tmp_path / "out"}')
   assert result.returncode == 1
-  assert result.stderr.strip().splitlines()[-1].startswith('error: ') and 'train it' in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+  assert 'train it' in result.stderr
   assert not (tmp_path / 'out').exists()
 
 
