@@ -8,7 +8,6 @@ was created). The cases fail before any model is built; the few that need a trai
 tiny run, trained once for the module.
 """
 
-import json
 import pathlib
 import shutil
 import subprocess
