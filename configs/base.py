@@ -16,6 +16,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Which prepared dataset: its --name in scripts/prepare_dataset.py, the format's name by default
   # (ham10000, isic_archive, isic2019, isic2020, csv). Classes and groups come from it.
   data.dataset = 'ham10000'
+  # More prepared datasets (in data_dir, at prepared_size) whose images join training, e.g.
+  # ('isic2019_bcn_msk',). The main dataset's splits, classes and test split stay as they are;
+  # each extra's classes map into the main dataset's by name (AK is AKIEC), or by label_map:
+  # {extra class: main class, or '' to leave its images out}, e.g. {'scc': 'akiec'}.
+  data.extra_train = ()
+  data.label_map = {}
+  data.extra_val_fraction = 0.0  # of each extra's groups, to validation (0: all to training)
+  # How often each source's images are drawn, relative to each other: (main, *extra_train), e.g.
+  # (1.0, 0.5); () draws every image alike (or, with train.balanced_sampling, every class alike).
+  data.source_weights = ()
   data.data_dir = '~/tensorflow_datasets'
   data.prepared_size = 256  # short side the dataset was prepared at (--image_size of prepare)
   data.image_size = 224  # side of the square images the model sees

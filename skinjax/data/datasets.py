@@ -113,6 +113,28 @@ HAM10000 = DatasetDescription(
 SYNTHETIC = dataclasses.replace(HAM10000, name='synthetic', format='synthetic', metadata_columns=())
 
 
+# One diagnosis under two names: ISIC 2018's AKIEC (actinic keratosis and intraepithelial
+# carcinoma) is ISIC 2019's AK.
+SYNONYMS = {'akiec': ('ak',), 'ak': ('akiec',)}
+
+
+def class_of(name: str, description: DatasetDescription) -> int | None:
+  """The index of `description`'s class called `name` (a dx value, a ground-truth column or another
+  dataset's class), or None: by name, the challenge's columns, then case and SYNONYMS aside."""
+  names = description.class_names
+  if name in names:
+    return names.index(name)
+  if description.challenge is not None:  # e.g. ISIC 2019's AK column is our 'ak'
+    mapped = description.challenge.class_of_column.get(name)
+    if mapped is not None:
+      return names.index(mapped)
+  lowered = {c.lower(): i for i, c in enumerate(names)}
+  for candidate in (name.lower(), *SYNONYMS.get(name.lower(), ())):
+    if candidate in lowered:
+      return lowered[candidate]
+  return None
+
+
 def of_run(saved_config: Mapping) -> DatasetDescription:
   """The description a run recorded in W/config.json; runs from before descriptions were recorded
   trained on HAM10000 or on the synthetic source, which imitates it."""

@@ -14,6 +14,8 @@ metadata.csv, and no attribute but `source` opens the ArrayRecord files. The syn
 
 config.data.source is 'prepared' (the dataset named config.data.dataset in config.data.data_dir,
 prepared with short side config.data.prepared_size; 'ham10000' is its older name) or 'synthetic'.
+With config.data.extra_train, `open` gives a `combined.CombinedDataset`: the same attributes over
+the main dataset and its extras.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from skinjax.data import combined
 from skinjax.data import datasets
 from skinjax.data import formats
 from skinjax.data import splits as splits_lib
@@ -66,9 +69,19 @@ class PreparedDataset:
     if data.source not in SOURCES:
       raise ValueError(f"config.data.source={data.source!r}: use 'prepared' or 'synthetic'.")
     split = dict(split=data.split, split_fractions=data.split_fractions, split_seed=data.split_seed)
+    extra_train = tuple(data.get('extra_train', ()))
     if data.source == 'synthetic':
+      if extra_train:
+        raise combined.SourcesError("config.data.extra_train joins prepared datasets to a prepared "
+                                    "one: set config.data.source='prepared', or extra_train=().")
       return SyntheticDataset(data.synthetic_examples, config.seed, **split)
-    return cls(data.data_dir, data.dataset, data.prepared_size, **split)
+    main = cls(data.data_dir, data.dataset, data.prepared_size, **split)
+    if not extra_train:
+      return main
+    return combined.CombinedDataset(
+        main, [cls(data.data_dir, name, data.prepared_size) for name in extra_train],
+        label_map=dict(data.label_map), extra_val_fraction=data.extra_val_fraction,
+        source_weights=tuple(data.source_weights))
 
   @property
   def path(self) -> str:
@@ -167,6 +180,14 @@ class PreparedDataset:
     """Grouped (or, for the study's method, per-image) splits; every class must be in each."""
     return split_indices(self.metadata, self.description, method=self.split,
                          fractions=self.split_fractions, seed=self.split_seed)
+
+  def source_weights_of(self, indices: np.ndarray) -> None:
+    """One source: its images weigh alike (config.data.source_weights weighs extra datasets)."""
+    return None
+
+  def sources_summary(self) -> list[str]:
+    """What extra datasets add (combined.CombinedDataset); one source adds nothing."""
+    return []
 
 
 class SyntheticDataset(PreparedDataset):

@@ -44,18 +44,16 @@ class AugmentSpec:
     return cls(**{**values, 'shades_of_grey_powers': tuple(values['shades_of_grey_powers'])})
 
 
-class BalancedDraws:
-  """Indices drawn with replacement so that every class is equally likely, new draws each epoch.
+class WeightedDraws:
+  """Indices drawn with replacement in proportion to `weights`, new draws each epoch.
 
   Item i belongs to epoch i // len(indices); each epoch's draw is a pure function of (seed, epoch),
   so the stream is reproducible and grain can checkpoint it by position alone.
   """
 
-  def __init__(self, indices: np.ndarray, labels: np.ndarray, seed: int, num_epochs: int):
+  def __init__(self, indices: np.ndarray, weights: np.ndarray, seed: int, num_epochs: int):
     self.indices = np.asarray(indices)
-    counts = np.bincount(labels, minlength=labels.max() + 1)
-    self.probs = 1.0 / counts[labels]
-    self.probs /= self.probs.sum()
+    self.probs = np.asarray(weights, np.float64) / np.sum(weights)
     self.seed = seed
     self.num_epochs = num_epochs
 
@@ -145,18 +143,31 @@ class ProcessShard(grain.MapDataset):
     return f'ProcessShard(offset={self._offset}, batch={self._batch}/{self._global_batch})'
 
 
+def draw_weights(labels: np.ndarray, balanced: bool, source_weights: np.ndarray | None = None
+                 ) -> np.ndarray | None:
+  """Each training example's relative chance of being drawn, or None for a plain shuffle: every
+  class equally likely when `balanced`, times its source's weight (combined.CombinedDataset)."""
+  weights = 1.0 / np.bincount(labels)[labels] if balanced else None
+  if source_weights is not None:
+    weights = source_weights if weights is None else weights * source_weights
+  return weights
+
+
 def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml_collections.ConfigDict,
                   process_batch_size: int, num_epochs: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """Shuffled (or class-balanced), repeated, augmented and batched training examples.
+                  process_count: int = 1, source_weights: np.ndarray | None = None
+                  ) -> grain.IterDataset:
+  """Shuffled (or drawn by class balance and source weights), repeated, augmented and batched
+  training examples.
 
   The global stream, augmentation included, is fixed by the seed alone; each process then takes
   its contiguous part of every global batch, so any number of processes together see exactly
   the single-process batches.
   """
   seed = config.seed
-  if config.train.balanced_sampling:
-    ds = grain.MapDataset.source(BalancedDraws(indices, labels, seed, num_epochs))
+  weights = draw_weights(np.asarray(labels), config.train.balanced_sampling, source_weights)
+  if weights is not None:
+    ds = grain.MapDataset.source(WeightedDraws(indices, weights, seed, num_epochs))
   else:
     ds = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat(num_epochs)
   transform = TrainTransform(source, config.data.image_size,

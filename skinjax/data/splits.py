@@ -42,6 +42,21 @@ def make_splits(labels, groups, fractions: Sequence[float] = (0.6, 0.2, 0.2), se
   raise ValueError(f'Unknown split method {method!r}; valid methods are {list(METHODS)}')
 
 
+def train_val_split(labels, groups, val_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+  """{'train', 'val'} -> sorted indices, grouped as `make_splits` groups, with no test split: how an
+  extra training dataset joins a run. val_fraction 0 puts every image in train."""
+  labels, groups = np.asarray(labels), np.asarray(groups)
+  if not 0 <= val_fraction < 1:
+    raise ValueError(f'val_fraction must be in [0, 1), got {val_fraction}')
+  if val_fraction == 0 or len(labels) == 0:
+    return {'train': np.arange(len(labels)), 'val': np.arange(0)}
+  # A test share of 0: the dealing gives each group to the split that misses the most images, and
+  # while images remain, train or val misses more than the test split's 0.
+  assignment = _grouped_split(labels, groups, np.array([1 - val_fraction, val_fraction, 0.0]), seed)
+  assert not np.any(assignment == 2)
+  return {'train': np.flatnonzero(assignment == 0), 'val': np.flatnonzero(assignment == 1)}
+
+
 def _check_fractions(fractions) -> np.ndarray:
   values = np.asarray(fractions, dtype=np.float64)
   if values.shape != (len(SPLIT_NAMES),) or not np.all(np.isfinite(values)) or np.any(values <= 0) \

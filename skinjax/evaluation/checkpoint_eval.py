@@ -51,11 +51,28 @@ def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None)
         f'The dataset in {config.data.data_dir} has the classes {", ".join(description.class_names)}'
         f', but the run was trained on {", ".join(run.description.class_names)}; pass the '
         '--data_dir the run trained on.')
+  _check_extra_sources(config, dataset)
   metadata, indices = dataset.metadata, dataset.splits[split]
   return EvalData(split, dataset.source, indices, metadata['label'][indices],
                   metadata['image_id'][indices], metadata['group'][indices],
                   {'split': split, 'source': config.data.source, 'dataset': description.name,
                    'data_dir': config.data.data_dir})
+
+
+def _check_extra_sources(config, dataset):
+  """The extra training datasets (config.data.extra_train) are those the run recorded: they hold
+  part of its train and val splits."""
+  recorded = config.get('dataset')
+  if recorded is None:
+    return
+
+  def identities(fingerprint):
+    return [(extra['name'], extra['metadata_sha256']) for extra in fingerprint.get('extra_train', [])]
+  if identities(recorded) != identities(dataset.fingerprint):
+    raise inference.RunInputError(
+        f'The extra training datasets in {config.data.data_dir} are not those the run recorded in '
+        f'its config.json ({identities(recorded)}, found {identities(dataset.fingerprint)}); pass '
+        'the --data_dir the run trained on.')
 
 
 def external_set(images_dir, labels_csv, run: inference.LoadedRun,

@@ -33,9 +33,6 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 ISIC_SCORER_EXCLUDED = ('ISIC_0035068',)
 # Per-row weights the ISIC ground truths carry beside their class columns.
 WEIGHT_COLUMNS = ('score_weight', 'validation_weight')
-# One diagnosis under two names: ISIC 2018's AKIEC (actinic keratosis and intraepithelial
-# carcinoma) is ISIC 2019's AK.
-SYNONYMS = {'akiec': ('ak',), 'ak': ('akiec',)}
 _FORMATS_HELP = ('image_id,dx[,lesion_id] (metadata style), '
                  f'image,{",".join(datasets.ISIC2018_COLUMNS)} (ISIC 2018 Task 3 ground truth), '
                  f'image,{",".join(datasets.ISIC2019_COLUMNS)} (ISIC 2019 ground truth) or '
@@ -122,24 +119,8 @@ def _strip_suffix(image_id: str) -> str:
   return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else image_id
 
 
-def class_of(name: str, description: datasets.DatasetDescription) -> int | None:
-  """The model's class called `name` (a dx value or a ground-truth column), or None."""
-  names = description.class_names
-  if name in names:
-    return names.index(name)
-  if description.challenge is not None:  # e.g. ISIC 2019's AK column is our 'ak'
-    mapped = description.challenge.class_of_column.get(name)
-    if mapped is not None:
-      return names.index(mapped)
-  lowered = {c.lower(): i for i, c in enumerate(names)}
-  for candidate in (name.lower(), *SYNONYMS.get(name.lower(), ())):
-    if candidate in lowered:
-      return lowered[candidate]
-  return None
-
-
 def _metadata_labels(rows, columns, csv_path, description) -> LabelledImages:
-  labels = [class_of(row['dx'], description) for row in rows]
+  labels = [datasets.class_of(row['dx'], description) for row in rows]
   unknown = sorted({row['dx'] for row, label in zip(rows, labels) if label is None})
   if unknown:
     raise ExternalDataError(
@@ -177,7 +158,7 @@ def _isic2020_labels(rows, csv_path, description) -> LabelledImages:
 def _one_hot_labels(rows, columns, csv_format, csv_path, description) -> LabelledImages:
   """ISIC-style one-hot ground truth; a column that matches none of the model's classes may only
   hold zeros."""
-  class_of_column = {c: class_of(c, description) for c in columns}
+  class_of_column = {c: datasets.class_of(c, description) for c in columns}
   extra_columns = [c for c in columns if class_of_column[c] is None]
   labels, outside, weights = [], [], []
   for row in rows:

@@ -113,6 +113,11 @@ def card(run, *, onnx_file: str, opset: int, portable_note: str) -> dict:
       'dataset': {'name': description.name, 'format': description.format,
                   'fingerprint': saved.get('dataset'),
                   'licence': DATA_LICENCES.get(description.format, UNKNOWN_LICENCE)},
+      # The extra datasets that joined training (config.data.extra_train), from their fingerprints.
+      'extra_train': [{'name': extra['name'], 'format': extra.get('format'),
+                       'class_map': extra.get('class_map'),
+                       'licence': DATA_LICENCES.get(extra.get('format'), UNKNOWN_LICENCE)}
+                      for extra in (saved.get('dataset') or {}).get('extra_train', [])],
       'dataset_description': description.to_json(),
       'metrics': scored_sets(run.workdir, run.step),
       'training_config': {key: saved[key] for key in ('seed', 'data', 'model', 'train', 'eval')
@@ -132,7 +137,9 @@ def markdown(card_json: dict) -> str:
       f"`{card_json['run']['workdir']}`.",
       f"- Weights before fine-tuning: {card_json['weight_source']}.",
       f"- Trained on: {card_json['dataset']['name']}; data licence: "
-      f"{card_json['dataset']['licence']}.",
+      f"{card_json['dataset']['licence']}."
+      + ''.join(f" Also trained on {extra['name']}; data licence: {extra['licence']}."
+                for extra in card_json.get('extra_train', [])),
       f"- Input `images`: uint8 RGB, NHWC, {model_input['image_size']}x"
       f"{model_input['image_size']}, any batch size. {model_input['resize_rule']}",
       f"- Colour constancy: {model_input['colour_constancy'] or 'none'}.",

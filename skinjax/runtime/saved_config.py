@@ -9,8 +9,8 @@ def upgrade(saved: dict) -> dict:
   """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
-  'prepared', and without colour constancy, larger evaluation views, a validated TTA mode or the
-  camera augmentations (off, as they trained).
+  'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
+  camera augmentations (off, as they trained) or extra training datasets.
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -18,6 +18,9 @@ def upgrade(saved: dict) -> dict:
   data.setdefault('colour_constancy', 'none')
   data.setdefault('shades_of_grey_power', 6.0)
   data.setdefault('eval_image_size', 0)
+  for key, value in (('extra_train', []), ('label_map', {}), ('extra_val_fraction', 0.0),
+                     ('source_weights', [])):
+    data.setdefault(key, value)
   augment = data.setdefault('augment', {})
   for key in augment_lib.CAMERA_KEYS:
     augment.setdefault(key, 0.0)

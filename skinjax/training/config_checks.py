@@ -59,6 +59,32 @@ def validate(config: ml_collections.ConfigDict):
     raise ValueError(f'config.data.num_workers={config.data.num_workers} must be 0 (read in the '
                      'main process) or more.')
   _check_camera_augmentation(config.data.augment)
+  _check_sources(config.data)
+
+
+def _check_sources(data: ml_collections.ConfigDict):
+  """The keys that join extra datasets (skinjax/data/combined.py); whether those are prepared, and
+  their classes, is checked when they are opened."""
+  extra_train = tuple(data.extra_train)
+  if any(not isinstance(name, str) or not name for name in extra_train):
+    raise ValueError(f'config.data.extra_train={extra_train}: give the names of prepared datasets, '
+                     "e.g. ('isic2019_bcn_msk',).")
+  if not 0 <= data.extra_val_fraction < 1:
+    raise ValueError(f'config.data.extra_val_fraction={data.extra_val_fraction} must be in [0, 1): '
+                     "the share of each extra dataset's groups that validates.")
+  weights = tuple(data.source_weights)
+  if weights and extra_train and len(weights) != 1 + len(extra_train):
+    raise ValueError(f'config.data.source_weights={weights} gives {len(weights)} weights for '
+                     f'{1 + len(extra_train)} sources: one for config.data.dataset, then one for '
+                     'each of config.data.extra_train, or () for none.')
+  if any(not weight > 0 for weight in weights):
+    raise ValueError(f'config.data.source_weights={weights}: each weight must be positive (it sets '
+                     "how often that source's images are drawn); remove a source from "
+                     'config.data.extra_train instead of weighting it 0.')
+  for name, target in dict(data.label_map).items():
+    if not isinstance(target, str):
+      raise ValueError(f'config.data.label_map[{name!r}]={target!r}: map each class to a class '
+                       "name, or to '' to leave its images out.")
 
 
 # The largest sensible value of each camera augmentation: a factor range [1-x, 1+x] must stay
@@ -92,7 +118,7 @@ def check_init(config: ml_collections.ConfigDict):
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
   """One line per setting that is valid but probably not meant, each saying how to fix it."""
   found = (_frozen_for_the_whole_run(config), _eval_size_far_from_training_size(config),
-           _powers_without_colour_constancy(config))
+           _powers_without_colour_constancy(config), _source_keys_without_extras(config))
   return [line for line in found if line]
 
 
@@ -128,6 +154,19 @@ def _powers_without_colour_constancy(config) -> str | None:
   return (f'warning: config.data.augment.shades_of_grey_powers={powers} has no effect while '
           "config.data.colour_constancy='none'. Set colour_constancy='shades_of_grey' or "
           'shades_of_grey_powers=().')
+
+
+def _source_keys_without_extras(config) -> str | None:
+  """A recipe's label_map or source weights kept while extra_train=() (its ablation without extra
+  data, say) do nothing: worth a line, not a stop."""
+  data = config.data
+  if tuple(data.extra_train):
+    return None
+  unused = [key for key in ('label_map', 'extra_val_fraction', 'source_weights') if data[key]]
+  if not unused:
+    return None
+  return (f'warning: config.data.{", ".join(unused)} set, but config.data.extra_train=() names no '
+          'extra dataset for them to apply to; they are ignored.')
 
 
 def tta_warning(config: ml_collections.ConfigDict, tta_mode: str) -> str | None:

@@ -49,6 +49,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_checks.check_init(config)
   dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
   workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
+  if is_lead:
+    for line in dataset.sources_summary():
+      print(line, flush=True)
   lock = None
   if is_lead:
     workdir_lib.check_writable(workdir)
@@ -90,7 +93,8 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
   train_data = pipeline.train_dataset(
       source, splits['train'], labels[splits['train']], config=config,
       process_batch_size=batch_size // process_count, num_epochs=config.train.num_epochs,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count,
+      source_weights=dataset.source_weights_of(splits['train']))
   train_iter = iter(train_data)
 
   eval_view = pipeline.EvalView.from_config(config.data)

@@ -122,6 +122,10 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())  # tuples become lists, as in the saved file
 
 
+def _extra_sources(fingerprint: dict) -> list[str]:
+  return [extra['name'] for extra in fingerprint.get('extra_train', [])]
+
+
 def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, dataset: dict,
                  has_checkpoint: bool):
   """Refuses to resume W with another config or dataset, unless the change is allowed."""
@@ -132,6 +136,14 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
   saved_dataset = saved.pop('dataset', None)
   saved.pop(DESCRIPTION_KEY, None)  # follows from the dataset, compared through its fingerprint
   saved.pop(WARNINGS_KEY, None)  # follow from the config compared below; recomputed at each start
+  if saved_dataset is not None and _extra_sources(saved_dataset) != _extra_sources(dataset):
+    # Not even a deliberate change: the data stream's position and the splits would mean
+    # something else.
+    trained, now = (' + '.join(_extra_sources(d)) or 'none' for d in (saved_dataset, dataset))
+    raise WorkdirError(
+        f'{workdir} holds a run trained with the extra datasets {trained}, but this config names '
+        f'{now} (config.data.extra_train): a run cannot change its sources midway. Rerun with '
+        f'the same extra_train, or use another --workdir.')
   old, new = (_flat(saved_config.upgrade(saved)),
               _flat(saved_config.upgrade(_as_json(config))))
   changed = sorted(k for k in old.keys() | new.keys()
