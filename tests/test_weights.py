@@ -103,6 +103,14 @@ def randomise_batch_norm_statistics(model, arch, rng):
     layer.moving_variance.assign(std ** 2 * rng.uniform(0.9, 1.1, std.shape))
 
 
+def forward_image_size(arch: str) -> int:
+  """The input size of the forward-pass comparisons: each network's native size, except
+  EfficientNetB7's 600 px, which costs 3.3 times the pixels of 328 px. At 328 px B7's feature maps
+  are odd from the fourth stride on (41, 21 and 11 px), the case where Keras' padding differs from
+  TensorFlow's SAME, as they are at 75 px at 600 px."""
+  return 328 if arch == 'efficientnetb7' else registry.get_spec(arch).default_image_size
+
+
 @functools.cache
 def keras_model(arch: str, include_top: bool, seed: int = 0, calibrated: bool = True):
   """A keras.applications model with random weights and statistics (logits, no softmax).
@@ -111,7 +119,7 @@ def keras_model(arch: str, include_top: bool, seed: int = 0, calibrated: bool = 
   forward pass compares meaningful logits (randomise_batch_norm_statistics); tests that compare
   only weight values skip that training pass, which costs as much as a forward pass.
   """
-  size = registry.get_spec(arch).default_image_size
+  size = forward_image_size(arch)
   builder = getattr(keras.applications, KERAS_BUILDERS[arch])
   # Keras would compile an initialiser per weight shape (15 s for EfficientNetB7 on 2 cores);
   # the values are assigned below instead.
@@ -180,7 +188,7 @@ def blob_image(rng, height: int, width: int) -> np.ndarray:
 
 
 def random_images(arch: str, batch: int, seed: int = 0) -> np.ndarray:
-  size = registry.get_spec(arch).default_image_size
+  size = forward_image_size(arch)
   rng = np.random.default_rng(seed)
   return np.stack([blob_image(rng, size, size) for _ in range(batch)])
 
@@ -197,20 +205,23 @@ def our_logits(model, arch: str, images: np.ndarray) -> np.ndarray:
 
 # Checked against Keras' forward pass. EfficientNetB1-B6 run the code B0 and B7 run, at other
 # widths, depths and input sizes: B0 at 224 px (every feature map a strided convolution meets is
-# even) and B7 at 600 px (odd from the third stride on, where Keras pads differently) cover its
+# even) and B7 at 328 px (odd from the fourth stride on, where Keras pads differently) cover its
 # paths; test_keras_layer_order_is_keras_own (tests/test_weights_published.py) checks every
 # variant's layer shapes, and test_other_efficientnets_port_to_keras_own_values its values.
 FORWARD_CHECKED = ('vgg16', 'xception', 'resnet50', 'efficientnetb0', 'efficientnetb7')
 
 
 @pytest.mark.parametrize('arch', FORWARD_CHECKED)
-def test_ported_logits_match_keras_at_native_size(arch, keras_h5_file):
+def test_ported_logits_match_keras_forward_pass(arch, keras_h5_file):
   images = random_images(arch, 2)
   expected = keras_forward(keras_model(arch, True), keras_preprocess(arch, images))
   actual = our_logits(ported(arch, keras_h5_file(arch, True), True), arch, images)
   assert expected.shape == actual.shape == (len(images), 1000)
   assert np.abs(expected[0] - expected[1]).max() > 0.1, 'logits must depend on the input'
-  np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4)
+  # B7's 55 blocks at 328 px give logits up to 25 (3 at 600 px): there the two float32
+  # computations agree to FLOAT32_AGREEMENT of the largest (measured 1.2e-5 at 328 and at 600 px).
+  largest = np.abs(expected).max() if arch == 'efficientnetb7' else 0
+  np.testing.assert_allclose(actual, expected, rtol=0, atol=max(1e-4, FLOAT32_AGREEMENT * largest))
   np.testing.assert_array_equal(np.argsort(-actual)[:, :5], np.argsort(-expected)[:, :5])
 
 

@@ -289,7 +289,7 @@ def keras_own_values(arch: str) -> dict:
   """source_model's values where skinjax's `arch` holds them, ported from the live Keras model.
 
   tests/test_weights.py proves that port exact: Keras' forward pass equals the ported model's
-  (test_ported_logits_match_keras_at_native_size), and a live model converts as its h5 file
+  (test_ported_logits_match_keras_forward_pass), and a live model converts as its h5 file
   does (test_live_keras_model_converts_like_its_h5_file). So a replica that ports to these
   values, bit for bit, ports to Keras' own model.
   """
