@@ -22,6 +22,7 @@ from skinjax.data import pipeline
 from skinjax.data import prepared
 from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import inference
+from skinjax.export import model_card
 from skinjax.training import train
 from skinjax.training import workdir as workdir_lib
 from tests import dataset_fixtures as fx
@@ -209,6 +210,12 @@ def test_a_run_records_every_source_resumes_with_them_and_refuses_others(data_di
   run = inference.load_run(workdir)
   val = checkpoint_eval.run_split(run, 'val')
   assert np.any(val.indices >= open_dataset(config_for(data_dir)).num_examples)
+  # An exported model's card names every training source and its licence.
+  card = model_card.card(run, onnx_file='model.onnx', opset=17, portable_note='')
+  assert [(e['name'], e['licence']) for e in card['extra_train']] == [
+      (EXTRA, model_card.DATA_LICENCES['isic2019'])]
+  assert card['extra_train'][0]['class_map']['scc'] == 'akiec'
+  assert f"Also trained on {EXTRA}; data licence: CC BY-NC 4.0" in model_card.markdown(card)
   # Another set of sources: one line, even with allow_config_change, and nothing written.
   before = {p: p.read_bytes() for p in workdir.rglob('*') if p.is_file()}
   for other in (config_for(data_dir), config_for(data_dir, SHARED, **SCC_TO_AKIEC)):
