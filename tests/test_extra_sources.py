@@ -165,7 +165,8 @@ def test_balanced_sampling_counts_classes_over_the_union_and_source_weights_scal
                  / np.sum((labels == label) & (sources == s)) for s in (0, 1)]
     assert per_image[1] / per_image[0] == pytest.approx(3.0, rel=0.15)
   # Balanced without source weights: every class of the union equally often.
-  draws = pipeline.WeightedDraws(indices, pipeline.draw_weights(labels, True), seed=0, num_epochs=200)
+  draws = pipeline.WeightedDraws(indices, pipeline.draw_weights(labels, True), seed=0,
+                                 num_epochs=200)
   counts = np.bincount(dataset.metadata['label'][[draws[i] for i in range(len(draws))]])
   assert len(counts) == len(HAM_CLASSES) and counts.min() / counts.max() > 0.9
   # No source weights and no balance: the plain shuffle, as without extras.
@@ -205,7 +206,8 @@ def test_a_run_records_every_source_resumes_with_them_and_refuses_others(data_di
   assert sorted(tested) == sorted(main.metadata['image_id'][main.splits['test']])
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   steps_per_epoch = len(open_dataset(config).splits['train']) // config.train.batch_size
-  assert [r['step'] for r in records if 'step_losses' in r] == list(range(1, 2 * steps_per_epoch + 1))
+  steps = [r['step'] for r in records if 'step_losses' in r]
+  assert steps == list(range(1, 2 * steps_per_epoch + 1))
   # Evaluation reopens the same sources: the validation split holds extra images.
   run = inference.load_run(workdir)
   val = checkpoint_eval.run_split(run, 'val')

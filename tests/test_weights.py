@@ -412,15 +412,16 @@ def test_small_cnn_has_no_imagenet_weights():
 # ---------------------------------------------------------------------------------------------
 
 
-def run_script(name, *args, env=None):
-  return subprocess.run([sys.executable, f'scripts/{name}', *map(str, args)], cwd=REPO,
-                        capture_output=True, text=True, env=env, timeout=600)
+def run_script(python, name, *args, env=None):
+  """scripts/`name` as a user runs it, in a fork of the warm Python (the `python` fixture)."""
+  return python.run([REPO / 'scripts' / name, *args], env=env)
 
 
-def test_port_weights_script_writes_checkpoint_and_manifest(keras_h5_file, tmp_path):
+def test_port_weights_script_writes_checkpoint_and_manifest(keras_h5_file, tmp_path, python):
   source = keras_h5_file('resnet50', True)
   out = tmp_path / 'ported'
-  result = run_script('port_weights.py', '--arch=resnet50', f'--keras_h5={source}', f'--out={out}')
+  result = run_script(python, 'port_weights.py', '--arch=resnet50', f'--keras_h5={source}',
+                      f'--out={out}')
   assert result.returncode == 0, result.stderr
   manifest = json.loads((out / 'manifest.json').read_text())
   assert manifest['arch'] == 'resnet50' and manifest['include_top'] is True
@@ -432,9 +433,10 @@ def test_port_weights_script_writes_checkpoint_and_manifest(keras_h5_file, tmp_p
   for path in from_file:
     np.testing.assert_array_equal(from_dir[path], from_file[path])
 
-  again = run_script('port_weights.py', '--arch=resnet50', f'--keras_h5={source}', f'--out={out}')
+  again = run_script(python, 'port_weights.py', '--arch=resnet50', f'--keras_h5={source}',
+                     f'--out={out}')
   assert again.returncode != 0 and 'not empty' in again.stderr
-  wrong = run_script('port_weights.py', '--arch=xception', f'--keras_h5={source}',
+  wrong = run_script(python, 'port_weights.py', '--arch=xception', f'--keras_h5={source}',
                      f'--out={tmp_path / "x"}')
   assert wrong.returncode != 0 and 'does not fit xception' in wrong.stderr
   assert not (tmp_path / 'x').exists(), 'a failed port must leave nothing behind'
@@ -449,14 +451,14 @@ def write_images(directory, arch, sizes) -> list:
   return paths
 
 
-def test_imagenet_predict_matches_keras_probabilities(keras_h5_file, tmp_path):
+def test_imagenet_predict_matches_keras_probabilities(keras_h5_file, tmp_path, python):
   arch = 'efficientnetb0'
   size = registry.get_spec(arch).default_image_size
   paths = write_images(tmp_path, arch, [(size, size), (size, size)])
   class_index = {str(i): [f'n{i:08d}', f'class_{i}'] for i in range(1000)}
   (tmp_path / 'imagenet_class_index.json').write_text(json.dumps(class_index))
   env = {**os.environ, keras_h5_source.WEIGHTS_DIR_ENV: str(tmp_path)}
-  result = run_script('imagenet_predict.py', f'--arch={arch}',
+  result = run_script(python, 'imagenet_predict.py', f'--arch={arch}',
                       f'--keras_h5={keras_h5_file(arch, True)}', f'--save_probs={tmp_path / "p.npy"}',
                       '--json', *paths, env=env)
   assert result.returncode == 0, result.stderr
@@ -476,12 +478,12 @@ def test_imagenet_predict_matches_keras_probabilities(keras_h5_file, tmp_path):
     assert [e['class'] for e in line['top5']] == [f'class_{i}' for i in top5]
 
 
-def test_imagenet_predict_resizes_and_reads_ported_dirs(keras_h5_file, tmp_path):
+def test_imagenet_predict_resizes_and_reads_ported_dirs(keras_h5_file, tmp_path, python):
   arch = 'resnet50'
   out = tmp_path / 'ported'
   pretrained.save_ported(out, arch, keras_h5_file(arch, True))
   paths = write_images(tmp_path, arch, [(150, 200), (224, 224)])
-  result = run_script('imagenet_predict.py', f'--arch={arch}', f'--weights={out}',
+  result = run_script(python, 'imagenet_predict.py', f'--arch={arch}', f'--weights={out}',
                       f'--save_probs={tmp_path / "p.npy"}', *paths)
   assert result.returncode == 0, result.stderr
   resized = np.asarray(Image.open(paths[0]).convert('RGB').resize((224, 224), Image.BILINEAR))
@@ -491,9 +493,9 @@ def test_imagenet_predict_resizes_and_reads_ported_dirs(keras_h5_file, tmp_path)
   assert 'class ' in result.stdout  # no class index in the cache: indices
 
 
-def test_imagenet_predict_refuses_a_notop_file(keras_h5_file, tmp_path):
+def test_imagenet_predict_refuses_a_notop_file(keras_h5_file, tmp_path, python):
   paths = write_images(tmp_path, 'resnet50', [(224, 224)])
-  result = run_script('imagenet_predict.py', '--arch=resnet50',
+  result = run_script(python, 'imagenet_predict.py', '--arch=resnet50',
                       f'--keras_h5={keras_h5_file("resnet50", False)}', *paths)
   assert result.returncode != 0 and 'no ImageNet top' in result.stderr
 

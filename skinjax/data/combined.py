@@ -58,8 +58,8 @@ def class_map(extra: datasets.DatasetDescription, main: datasets.DatasetDescript
     raise SourcesError(
         f"{extra.name}'s class{'es' if len(unmapped) > 1 else ''} {', '.join(unmapped)} "
         f"{'have' if len(unmapped) > 1 else 'has'} no class in {main.name} "
-        f"({', '.join(main.class_names)}): set config.data.label_map = {{{example}}} in your config, "
-        "each to one of those classes or to '' to leave its images out.")
+        f"({', '.join(main.class_names)}): set config.data.label_map = {{{example}}}, each to "
+        "one of those classes or to '' to leave its images out.")
   return mapping
 
 
@@ -205,9 +205,8 @@ class CombinedDataset:
 
   def sources_summary(self) -> list[str]:
     """What each extra dataset adds, one line each, for the start of a run."""
-    in_train = np.bincount(self.metadata['source'][self.splits['train']],
-                           minlength=len(self.extras) + 1)
-    in_val = np.bincount(self.metadata['source'][self.splits['val']], minlength=len(self.extras) + 1)
+    in_train, in_val = (np.bincount(self.metadata['source'][self.splits[split]],
+                                    minlength=len(self.extras) + 1) for split in ('train', 'val'))
     lines = []
     for number, extra in enumerate(self.extras, start=1):
       counts = np.bincount(extra.dataset.metadata['label'],
