@@ -11,6 +11,7 @@ nothing.
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -212,6 +213,12 @@ def test_a_run_records_every_source_resumes_with_them_and_refuses_others(data_di
   run = inference.load_run(workdir)
   val = checkpoint_eval.run_split(run, 'val')
   assert np.any(val.indices >= open_dataset(config_for(data_dir)).num_examples)
+  # ...and refuses extra datasets other than the recorded ones (here: other labels, as recorded).
+  altered = shutil.copytree(workdir, tmp_path / 'altered')
+  saved['dataset']['extra_train'][0]['metadata_sha256'] = '0' * 64
+  (altered / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(inference.RunInputError, match='not those the run recorded'):
+    checkpoint_eval.run_split(inference.load_run(altered), 'test')
   # An exported model's card names every training source and its licence.
   card = model_card.card(run, onnx_file='model.onnx', opset=17, portable_note='')
   assert [(e['name'], e['licence']) for e in card['extra_train']] == [

@@ -63,7 +63,8 @@ def _check_extra_sources(config, dataset):
   """The extra training datasets (config.data.extra_train) are those the run recorded: they hold
   part of its train and val splits."""
   recorded = config.get('dataset')
-  if recorded is None:
+  # Only runs with extras: a folder prepared by older code has no fingerprint to compare.
+  if recorded is None or not (recorded.get('extra_train') or tuple(config.data.extra_train)):
     return
 
   def identities(fingerprint):
