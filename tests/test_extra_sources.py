@@ -24,6 +24,7 @@ from skinjax.data import prepared
 from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import inference
 from skinjax.export import model_card
+from skinjax.training import config_checks
 from skinjax.training import train
 from skinjax.training import workdir as workdir_lib
 from tests import dataset_fixtures as fx
@@ -272,3 +273,12 @@ def test_the_cli_says_one_line_for_an_unprepared_extra(data_dir, tmp_path, pytho
   assert lines[-1].startswith("error: config.data.extra_train names 'isic2019_bcn_msk', which is "
                               'not prepared'), result.stderr
   assert 'Traceback' not in result.stderr and not workdir.exists()
+
+
+def test_source_keys_without_extras_are_a_warning_not_a_stop(data_dir):
+  """A recipe's no-extras ablation (extra_train=()) keeps its label_map and weights: one line."""
+  config = config_for(data_dir, source_weights=(1.0, 0.5), **SCC_TO_AKIEC)
+  config_checks.validate(config)
+  (line,) = config_checks.config_warnings(config)
+  assert line.startswith('warning: config.data.label_map, source_weights set, but ')
+  assert config_checks.config_warnings(config_for(data_dir, EXTRA, **SCC_TO_AKIEC)) == []
