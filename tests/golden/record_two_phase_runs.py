@@ -1,7 +1,8 @@
 """Records tests/golden/two_phase_runs.json: tiny two-phase runs' losses and final parameters.
 
 Run from the repository root (a few minutes on 2 cores):
-  SKINJAX_CPU_KERNELS=onednn python tests/golden/record_two_phase_runs.py
+  SKINJAX_CPU_KERNELS=onednn python tests/golden/record_two_phase_runs.py [--check]
+(--check compares today's trainer with the file, bit for bit, on the machine that recorded it.)
 
 The file was recorded with the trainer that still switched between two optimiser layouts at the
 unfreezing step; tests/test_phase_plan.py checks that today's single layout trains the same.
@@ -13,8 +14,10 @@ checkpoints in the old layouts still resume.
 import hashlib
 import shutil
 import json
+import os
 import pathlib
 import platform
+import re
 import sys
 import tarfile
 import tempfile
@@ -44,10 +47,13 @@ RUNS = {
 
 
 def machine() -> str:
-  """What decides the exact float32 bits: the CPU and the convolution kernels."""
+  """What decides the exact float32 bits: the CPU, the convolution kernels and XLA's code
+  generation (the test suite compiles at -O0; this file was recorded at XLA's default level)."""
   cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
               if line.startswith('model name')), platform.processor())
-  return f"{cpu}; {'onednn' if kernels.onednn_enabled() else 'xla'}"
+  level = re.search(r'--xla_backend_optimization_level=(\d+)', os.environ.get('XLA_FLAGS', ''))
+  compiled = f'; XLA -O{level.group(1)}' if level else ''
+  return f"{cpu}; {'onednn' if kernels.onednn_enabled() else 'xla'}{compiled}"
 
 
 def run_summary(workdir: pathlib.Path) -> dict:
@@ -126,5 +132,12 @@ if __name__ == '__main__':
   if '--legacy_runs' in sys.argv:
     record_legacy_runs()
     sys.exit()
+  if '--check' in sys.argv:  # today's trainer against the file, bit for bit where it was recorded
+    recorded = json.loads(GOLDEN.read_text())
+    if recorded['machine'] != machine():
+      sys.exit(f'error: recorded on {recorded["machine"]!r}, this is {machine()!r}: bits differ')
+    same = record_runs() == recorded['runs']
+    print('bit-identical' if same else 'DIFFERENT')
+    sys.exit(0 if same else 1)
   GOLDEN.write_text(json.dumps({'machine': machine(), 'runs': record_runs()}, indent=1) + '\n')
   print(f'Wrote {GOLDEN}')
