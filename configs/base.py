@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   data.split = 'lesion_grouped'  # 'lesion_grouped' | 'random_image' (the study's leaky split)
   data.split_fractions = (0.6, 0.2, 0.2)
   data.split_seed = 0
+  # Lesion-grouped k-fold cross-validation: with folds = K >= 2, the test split stays as above and
+  # train + val are dealt into K grouped, class-stratified folds; fold i (0..K-1) is validation.
+  # 0 keeps the one train/val split. scripts/cross_validate.py trains every fold.
+  data.folds = 0
+  data.fold = 0
   data.resize = 'center_crop'  # evaluation resize: 'center_crop' (keeps aspect) | 'squash'
   data.preprocessing = 'keras'  # 'keras' (the backbone's own) | 'minus_one_one' (the study's)
   # 'none' | 'shades_of_grey': each image's colour cast removed (the same at training, evaluation

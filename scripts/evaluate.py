@@ -4,6 +4,7 @@ r"""Evaluates a trained run's checkpoint: its own test split, another split or a
       [--images_dir=DIR --labels_csv=CSV [--skip_bad_images]] [--tta=none|flip|flip_rot]
       [--out=DIR]
   python scripts/evaluate.py --onnx=DIR (the same set flags)
+  python scripts/evaluate.py --workdir=W1,W2,... (the same flags: an ensemble)
 
 The model and its preprocessing come from W (config.json and the checkpoint). With --images_dir
 and --labels_csv it evaluates an external labelled set instead of a split, scored in the classes
@@ -35,6 +36,14 @@ and in metrics.json (skipped_images: image and reason). A --tta other than the o
 recipe was validated with (config.eval.validated_tta) is evaluated, with a warning on stderr and
 in metrics.json (warnings).
 
+Several comma-separated --workdir runs are scored as one model, the mean of their softmax (each
+member predicts through its own preprocessing and image size, with the same --tta views): folds
+of scripts/cross_validate.py, architectures or image sizes trained on the same dataset. Runs that
+predict other classes, or were trained on another dataset, are refused by name; on a split of the
+dataset every member must have the same images in it (the folds share the test split only). The
+report, default folder ensemble-<member>+<member>.../eval/<split>-<checkpoint>[-tta_<mode>]/ beside
+the members, lists every member in metrics.json (members).
+
 --onnx scores a model written by scripts/export.py (DIR or DIR/model.onnx) through onnxruntime,
 on an external set or on the split of the dataset it was trained on (read from its model card),
 into DIR/eval/<split>-onnx[-tta_<mode>]/ by default: the same report, from the deployed graph.
@@ -49,6 +58,7 @@ from absl import flags
 from absl import logging
 
 from skinjax.evaluation import checkpoint_eval
+from skinjax.evaluation import ensemble
 from skinjax.evaluation import report
 from skinjax.evaluation import tta
 from skinjax.export import onnx_run
@@ -56,7 +66,8 @@ from skinjax.runtime import cli_flags
 from skinjax.runtime import compilation_cache
 from skinjax.training import config_checks
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The training run to evaluate; several, '
+                                'separated by commas, are scored as an ensemble.')
 _ONNX = flags.DEFINE_string('onnx', None, 'Evaluate this export of scripts/export.py (DIR or '
                             'DIR/model.onnx) through onnxruntime instead of a --workdir.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', 'best, latest or a step number.')
@@ -98,7 +109,10 @@ def main(argv):
     if _SKIP_BAD_IMAGES.value and not _IMAGES_DIR.value:
       raise ValueError("--skip_bad_images applies to --images_dir; the run's own dataset was "
                        'checked image by image when it was prepared.')
-    run = onnx_run.load_model(_WORKDIR.value, _ONNX.value, _CHECKPOINT.value)
+    if _WORKDIR.value and ',' in _WORKDIR.value:
+      run = ensemble.load(_WORKDIR.value.split(','), _CHECKPOINT.value)
+    else:
+      run = onnx_run.load_model(_WORKDIR.value, _ONNX.value, _CHECKPOINT.value)
     warnings = [w for w in [config_checks.tta_warning(run.config, _TTA.value)] if w]
     for warning in warnings:
       print(warning, file=sys.stderr, flush=True)

@@ -5,7 +5,6 @@ the json files a finished run leaves (config.json, report/metrics.json, eval/*/m
 """
 
 import dataclasses
-import importlib.util
 import json
 
 import pytest
@@ -17,7 +16,7 @@ from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import compare
 from skinjax.evaluation import eval_folders
 from skinjax.evaluation import inference
-from tests.helpers import REPO
+from skinjax.evaluation import run_queue
 from tests.test_evaluation_scripts import markdown_tables
 from tests.test_external import write_ham_csv, write_jpegs
 
@@ -255,22 +254,18 @@ def test_the_figure_wraps_panels_into_rows_at_most_1600_px_wide(three_datasets, 
 
 
 def test_the_study_counts_a_set_scored_before_by_its_files(tmp_path):
-  spec = importlib.util.spec_from_file_location('run_study_for_naming',
-                                                REPO / 'scripts' / 'run_study.py')
-  run_study = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(run_study)
   images, labels = tmp_path / 'derm7pt_dev' / 'images', tmp_path / 'derm7pt_dev' / 'labels.csv'
   recorded = {'images_dir': str(images), 'labels_csv': str(labels)}
   workdir = tmp_path / 'run'
-  assert not run_study.scored_before(workdir, 'none', images, labels)
+  assert not run_queue.scored_before(workdir, 'none', images, labels)
   write_json(workdir / 'eval' / 'external-labels-best-tta_flip' / 'metrics.json', recorded)
   write_json(workdir / 'eval' / 'external-derm7pt_dev-0badf00d-best' / 'metrics.json',
              {**recorded, 'labels_csv': str(tmp_path / 'other.csv')})
-  assert not run_study.scored_before(workdir, 'none', images, labels)
-  assert run_study.scored_before(workdir, 'flip', images, labels)  # an older folder
+  assert not run_queue.scored_before(workdir, 'none', images, labels)
+  assert run_queue.scored_before(workdir, 'flip', images, labels)  # an older folder
   write_json(workdir / 'eval' / 'external-derm7pt_dev-5ca1ab1e-best' / 'metrics.json', recorded)
-  assert run_study.scored_before(workdir, 'none', images, labels)
-  assert not run_study.scored_before(workdir, 'none')  # the test split, not scored
+  assert run_queue.scored_before(workdir, 'none', images, labels)
+  assert not run_queue.scored_before(workdir, 'none')  # the test split, not scored
 
 
 def test_a_run_split_another_way_sat_another_exam(tmp_path):

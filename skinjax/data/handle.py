@@ -57,18 +57,21 @@ class PreparedDataset:
 
   def __init__(self, data_dir, name: str = HAM10000_NAME,
                short_side: int = storage.DEFAULT_SHORT_SIDE, *, split: str = 'lesion_grouped',
-               split_fractions: Sequence[float] = (0.6, 0.2, 0.2), split_seed: int = 0):
+               split_fractions: Sequence[float] = (0.6, 0.2, 0.2), split_seed: int = 0,
+               folds: int = 0, fold: int = 0):
     self.data_dir = os.path.expanduser(os.fspath(data_dir))
     self.name = name
     self.short_side = short_side
     self.split, self.split_fractions, self.split_seed = split, tuple(split_fractions), split_seed
+    self.folds, self.fold = folds, fold
 
   @classmethod
   def open(cls, config: ml_collections.ConfigDict) -> PreparedDataset:
     data = config.data
     if data.source not in SOURCES:
       raise ValueError(f"config.data.source={data.source!r}: use 'prepared' or 'synthetic'.")
-    split = dict(split=data.split, split_fractions=data.split_fractions, split_seed=data.split_seed)
+    split = dict(split=data.split, split_fractions=data.split_fractions, split_seed=data.split_seed,
+                 folds=data.get('folds', 0), fold=data.get('fold', 0))
     extra_train = tuple(data.get('extra_train', ()))
     if data.source == 'synthetic':
       if extra_train:
@@ -177,9 +180,11 @@ class PreparedDataset:
 
   @functools.cached_property
   def splits(self) -> dict[str, np.ndarray]:
-    """Grouped (or, for the study's method, per-image) splits; every class must be in each."""
+    """Grouped (or, for the study's method, per-image) splits; every class must be in each.
+    With folds, fold `fold` of train + val (splits.fold_splits)."""
     return split_indices(self.metadata, self.description, method=self.split,
-                         fractions=self.split_fractions, seed=self.split_seed)
+                         fractions=self.split_fractions, seed=self.split_seed, folds=self.folds,
+                         fold=self.fold)
 
   def source_weights_of(self, indices: np.ndarray) -> None:
     """One source: its images weigh alike (config.data.source_weights weighs extra datasets)."""
@@ -194,9 +199,11 @@ class SyntheticDataset(PreparedDataset):
   """The HAM10000-shaped synthetic source, built in memory: nothing to prepare or read."""
 
   def __init__(self, num_examples: int, seed: int = 0, *, split: str = 'lesion_grouped',
-               split_fractions: Sequence[float] = (0.6, 0.2, 0.2), split_seed: int = 0):
+               split_fractions: Sequence[float] = (0.6, 0.2, 0.2), split_seed: int = 0,
+               folds: int = 0, fold: int = 0):
     self.num_synthetic, self.seed = num_examples, seed
     self.split, self.split_fractions, self.split_seed = split, tuple(split_fractions), split_seed
+    self.folds, self.fold = folds, fold
 
   description = datasets.SYNTHETIC
 
@@ -218,9 +225,13 @@ class SyntheticDataset(PreparedDataset):
 
 
 def split_indices(metadata: dict, description: datasets.DatasetDescription, *, method: str,
-                  fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+                  fractions: Sequence[float], seed: int, folds: int = 0,
+                  fold: int = 0) -> dict[str, np.ndarray]:
   splits = splits_lib.make_splits(metadata['label'], metadata['group'], fractions=tuple(fractions),
                                   seed=seed, method=method)
+  if folds:
+    splits = splits_lib.fold_splits(splits, metadata['label'], metadata['group'], folds, fold,
+                                    seed, description.class_names)
   splits_lib.check_every_class_present(splits, metadata['label'], description.num_classes,
                                        description.class_names)
   return splits

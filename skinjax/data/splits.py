@@ -57,6 +57,38 @@ def train_val_split(labels, groups, val_fraction: float, seed: int = 0) -> dict[
   return {'train': np.flatnonzero(assignment == 0), 'val': np.flatnonzero(assignment == 1)}
 
 
+def fold_splits(splits: Mapping[str, np.ndarray], labels, groups, folds: int, fold: int,
+                seed: int = 0, class_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Fold `fold` of `folds`: `splits`' test split kept, its train and val images dealt into
+  `folds` equal parts grouped as `make_splits` groups (no group in two parts, each part's class
+  mix close to the whole's); part `fold` is val, the others train. Raises FoldError when a class
+  has fewer groups in train and val than there are folds: some fold's val would lack it."""
+  labels, groups = np.asarray(labels), np.asarray(groups)
+  if folds < 2:
+    raise FoldError(f'config.data.folds={folds}: use 2 or more folds, or 0 for one '
+                    'train/val split.')
+  if not 0 <= fold < folds:
+    raise FoldError(f'config.data.fold={fold} is not a fold of {folds}: use 0 to {folds - 1}.')
+  pool = np.sort(np.concatenate([splits['train'], splits['val']]))
+  group_names, group_of_image = np.unique(groups[pool], return_inverse=True)
+  counts = np.zeros((len(group_names), labels.max() + 1), dtype=np.int64)
+  np.add.at(counts, (group_of_image, labels[pool]), 1)
+  groups_per_class = np.bincount(counts.argmax(axis=1), minlength=counts.shape[1])
+  short = [c for c in np.unique(labels[pool]) if groups_per_class[c] < folds]
+  if short:
+    named = ', '.join(f'{class_names[c] if class_names else c} ({groups_per_class[c]})'
+                      for c in short)
+    raise FoldError(
+        f'config.data.folds={folds}: these classes have fewer lesions in train and val than '
+        f'folds: {named}, so some fold would validate without them; use fewer folds.')
+  part = _grouped_split(labels[pool], groups[pool], np.full(folds, 1.0 / folds), seed)
+  return {'train': pool[part != fold], 'val': pool[part == fold], 'test': np.asarray(splits['test'])}
+
+
+class FoldError(ValueError):
+  """config.data.folds and config.data.fold that cannot make a fold; the message says which."""
+
+
 def _check_fractions(fractions) -> np.ndarray:
   values = np.asarray(fractions, dtype=np.float64)
   if values.shape != (len(SPLIT_NAMES),) or not np.all(np.isfinite(values)) or np.any(values <= 0) \
@@ -67,7 +99,7 @@ def _check_fractions(fractions) -> np.ndarray:
 
 
 def _grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
-  """Split index (0, 1, 2) per image.
+  """Split index per image: 0, 1, ... for fractions[0], fractions[1], ...
 
   Each group gets the majority label of its images (ties: the lower label). Class by
   class, its groups are dealt out largest first -- like packing bins, the small groups

@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 
 from skinjax.data import handle
+from skinjax.evaluation import ensemble
 from skinjax.evaluation import eval_folders
 from skinjax.evaluation import external
 from skinjax.evaluation import inference
@@ -37,9 +38,15 @@ class EvalData:
 
 
 def run_split(run: inference.LoadedRun, split: str, data_dir: str | None = None) -> EvalData:
-  """`split` of the run's own dataset, split exactly as the trainer split it."""
+  """`split` of the run's own dataset, split exactly as the trainer split it; of an ensemble's
+  members, the split they all share."""
   if split not in SPLITS:
     raise inference.RunInputError(f'--split={split!r} is not one of {", ".join(SPLITS)}.')
+  if isinstance(run, ensemble.EnsembleRun):
+    member_data = [run_split(member, split, data_dir) for member in run.members]
+    ensemble.check_same_split(split, [(member.workdir, data.image_ids)
+                                      for member, data in zip(run.members, member_data)])
+    return member_data[0]
   config = run.config
   if data_dir:
     config = config.copy_and_resolve_references()
@@ -115,14 +122,17 @@ def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathl
   """Predicts `data` with the run's model and writes the full report into `out_dir`, unless
   `out_dir` holds the results of another set (a ValueError naming --out, before any prediction).
 
-  `run` may also be an export run back by onnxruntime (skinjax.export.onnx_run.OnnxRun), which
-  offers the same `predict`, config, classes and names.
+  `run` may also be an export run back by onnxruntime (skinjax.export.onnx_run.OnnxRun) or an
+  ensemble of runs (ensemble.EnsembleRun), which offer the same `predict`, config, classes and
+  names.
   """
   eval_folders.check_out_dir(out_dir, data.description)
   probs = run.predict(data.source, data.indices, tta_mode=tta_mode)
   config = run.config
-  extra = {'workdir': str(run.workdir), 'arch': config.model.arch, 'init': config.model.init,
-           'num_params': run.num_params, 'image_size': config.data.image_size,
+  model = (run.report_fields() if isinstance(run, ensemble.EnsembleRun) else
+           {'arch': config.model.arch, 'init': config.model.init,
+            'image_size': config.data.image_size})
+  extra = {'workdir': str(run.workdir), **model, 'num_params': run.num_params,
            'checkpoint': run.checkpoint, 'step': run.step, 'tta': tta_mode, **data.description}
   return report.write_report(pathlib.Path(out_dir), data.labels, probs, data.image_ids,
                              run.description, extra=extra, groups=data.groups,

@@ -10,7 +10,7 @@ def upgrade(saved: dict) -> dict:
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
   'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
-  camera augmentations (off, as they trained) or extra training datasets.
+  camera augmentations (off, as they trained), extra training datasets or folds.
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -19,7 +19,7 @@ def upgrade(saved: dict) -> dict:
   data.setdefault('shades_of_grey_power', 6.0)
   data.setdefault('eval_image_size', 0)
   for key, value in (('extra_train', []), ('label_map', {}), ('extra_val_fraction', 0.0),
-                     ('source_weights', [])):
+                     ('source_weights', []), ('folds', 0), ('fold', 0)):
     data.setdefault(key, value)
   augment = data.setdefault('augment', {})
   for key in augment_lib.CAMERA_KEYS:

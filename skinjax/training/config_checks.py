@@ -60,6 +60,20 @@ def validate(config: ml_collections.ConfigDict):
                      'main process) or more.')
   _check_camera_augmentation(config.data.augment)
   _check_sources(config.data)
+  _check_folds(config.data)
+
+
+def _check_folds(data: ml_collections.ConfigDict):
+  """Whether each class has enough lesions for the folds is checked when the dataset is split."""
+  folds, fold = data.get('folds', 0), data.get('fold', 0)
+  if folds == 1 or folds < 0:
+    raise ValueError(f'config.data.folds={folds}: use 2 or more folds, or 0 for one train/val '
+                     'split.')
+  if folds and not 0 <= fold < folds:
+    raise ValueError(f'config.data.fold={fold} is not a fold of {folds}: use 0 to {folds - 1}.')
+  if not folds and fold:
+    raise ValueError(f'config.data.fold={fold} without config.data.folds: set '
+                     'config.data.folds=K as well, or leave fold at 0.')
 
 
 def _check_sources(data: ml_collections.ConfigDict):

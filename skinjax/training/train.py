@@ -49,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_checks.check_init(config)
   dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
   workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
+  dataset.splits  # noqa: B018 (made now: splits that cannot be made stop before any write)
   if is_lead:
     for line in dataset.sources_summary():
       print(line, flush=True)
