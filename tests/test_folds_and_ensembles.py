@@ -252,3 +252,21 @@ def test_cross_validate_trains_scores_and_resumes(tmp_path, python):
   assert again.returncode == 0, again.stderr
   assert again.stdout.count('finished before; skipping.') == 2
   assert 'scoring' not in again.stdout and 'training in' not in again.stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--folds=1'], 'error: --folds=1: use 2 or more folds.'),
+    (['--override=data.fold=1'], 'error: --override of data.folds or data.fold: this script sets '
+                                 'them; give --folds instead.'),
+    (['--images_dir=/nowhere', '--labels_csv=/nowhere.csv'],
+     'error: --images_dir=/nowhere: no such folder; give the folder of the external images.'),
+    (['--override=train.num_epoch=2'], 'error: unknown config key train.num_epoch (did you mean'),
+])
+def test_cross_validate_refuses_bad_flags_before_training(args, message, tmp_path, python):
+  out = tmp_path / 'cv'
+  result = python.run([REPO / 'scripts' / 'cross_validate.py', '--config=configs/demo.py',
+                       f'--out={out}', *args])
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not out.exists()
