@@ -82,7 +82,13 @@ def fold_splits(splits: Mapping[str, np.ndarray], labels, groups, folds: int, fo
         f'config.data.folds={folds}: these classes have fewer lesions in train and val than '
         f'folds: {named}, so some fold would validate without them; use fewer folds.')
   part = _grouped_split(labels[pool], groups[pool], np.full(folds, 1.0 / folds), seed)
-  return {'train': pool[part != fold], 'val': pool[part == fold], 'test': np.asarray(splits['test'])}
+  result = {'train': pool[part != fold], 'val': pool[part == fold],
+            'test': np.asarray(splits['test'])}
+  # Checked, not only dealt so: a lesion on both sides of a fold would flatter its validation.
+  if leak_report({'train': result['train'], 'val': result['val']}, groups)['shared_lesions_total']:
+    raise FoldError(f'Fold {fold} of {folds} shares lesions between train and val; this is a bug '
+                    'in the fold dealer: please report it with the dataset.')
+  return result
 
 
 class FoldError(ValueError):
