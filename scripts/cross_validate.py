@@ -19,8 +19,8 @@ mean ± sd (the sample standard deviation over folds), and the ensemble's row.
 """
 
 import json
-import math
 import pathlib
+import statistics
 import subprocess
 import sys
 
@@ -79,10 +79,8 @@ def summary(rows: list[dict]) -> dict:
     values = [row[key] for row in rows if row.get(key) is not None]
     if not values:
       continue
-    mean = sum(values) / len(values)
-    sd = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-          if len(values) > 1 else None)
-    result[key] = (mean, sd)
+    result[key] = (statistics.mean(values),
+                   statistics.stdev(values) if len(values) > 1 else None)
   return result
 
 
@@ -105,7 +103,7 @@ def table(title: str, fold_rows: list[dict], ensemble_row: dict) -> str:
       'n/a' if k not in stats else
       f'{stats[k][0]:.3f} ± {stats[k][1]:.3f}' if stats[k][1] is not None else f'{stats[k][0]:.3f}'
       for k, _ in compare.METRICS) + ' |')
-  if ensemble_row is not None and len(ensemble_row) > 1:
+  if len(ensemble_row) > 1:  # scored: more than its name
     lines.append(f'| ensemble of the {len(fold_rows)} folds | '
                  + ' | '.join(_cell(ensemble_row, k) for k, _ in compare.METRICS) + ' |')
   return '\n'.join(lines) + '\n'
