@@ -12,7 +12,7 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 # Every test process, and every command it starts, compiles at LLVM -O0 (tests.helpers.
 # FAST_COMPILE): the suite's programs are tiny and compiled afresh, so compiling them costs more
-# than running them, and -O0 takes about a fifth off the suite's CPU time. It changes float
+# than running them (test_models.py and test_phase_plan.py: a fifth less time). It changes float
 # rounding, not behaviour; every number a test compares is computed at the same level, or with a
 # float32 tolerance. Set before jax starts its backend, which reads XLA_FLAGS once (importing
 # jax does not start it).
