@@ -21,7 +21,6 @@ mean ± sd (the sample standard deviation over folds), and the ensemble's row.
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 
 from absl import app
@@ -38,7 +37,8 @@ from skinjax.runtime import cli_flags  # pylint: disable=g-import-not-at-top,wro
 
 _CONFIG = flags.DEFINE_string('config', None, 'The config file every fold trains with.')
 _FOLDS = flags.DEFINE_integer('folds', 3, 'How many folds (config.data.folds), 2 or more.')
-_OUT = flags.DEFINE_string('out', None, 'OUT/fold_<i> per fold, OUT/ensemble and the tables.')
+_OUT = flags.DEFINE_string('out', None, 'OUT/fold_<i> per fold, the ensemble beside them, the '
+                           'tables.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the datasets are prepared '
                                 '(config.data.data_dir).')
 _OVERRIDES = flags.DEFINE_multi_string('override', [],
@@ -54,22 +54,6 @@ FOLD_KEYS = ('data.folds', 'data.fold')
 
 def fold_overrides(folds: int, fold: int, overrides) -> list[str]:
   return [*overrides, f'data.folds={folds}', f'data.fold={fold}']
-
-
-def score_ensemble(workdirs, tta_mode: str, images_dir=None, labels_csv=None) -> bool:
-  """evaluate.py on the folds together (into ensemble.default_workdir's eval/); once per set."""
-  folder = ensemble.default_workdir(workdirs)
-  if run_queue.scored_before(folder, tta_mode, images_dir, labels_csv):
-    return True
-  print(f'[{folder.name}] scoring the {len(workdirs)} folds as one model on '
-        f'{labels_csv or "the test split"} (tta {tta_mode}) ...', flush=True)
-  members = ','.join(str(w) for w in workdirs)
-  result = subprocess.run(run_queue.evaluate_command(members, tta_mode, images_dir, labels_csv),
-                          cwd=REPO)
-  if result.returncode != 0:
-    print(f'[{folder.name}] evaluation failed (exit {result.returncode}); see its output above.',
-          flush=True)
-  return result.returncode == 0
 
 
 def summary(rows: list[dict]) -> dict:
@@ -114,8 +98,7 @@ def _scores_of(metrics_path: pathlib.Path | None, name: str) -> dict:
   if metrics_path is None or not metrics_path.is_file():
     return {'name': name}
   metrics = json.loads(metrics_path.read_text())
-  return {'name': name, **{key: metrics.get(key) for key, _ in compare.METRICS},
-          'ci': {key: metrics.get('ci', {}).get(key) for key in compare.CI_KEYS}}
+  return {'name': name, **compare.table_scores(metrics, metrics.get('ci', {}))}
 
 
 def write_tables(out: pathlib.Path, workdirs, tta_mode: str, external=()):
@@ -166,7 +149,8 @@ def main(argv):
   problems = run_queue.problems(failed, unscored, folds, 'folds')
   if not problems:
     for files in ((), external) if external else ((),):
-      if not score_ensemble(workdirs, _TTA.value, *files):
+      if not run_queue.score(ensemble.default_workdir(workdirs), _TTA.value, *files,
+                             members=workdirs):
         problems.append(f'the ensemble could not be evaluated on '
                         f'{files[1] if files else "the test split"}')
   if not failed and not unscored:

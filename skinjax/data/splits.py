@@ -64,20 +64,13 @@ def fold_splits(splits: Mapping[str, np.ndarray], labels, groups, folds: int, fo
   mix close to the whole's); part `fold` is val, the others train. Raises FoldError when a class
   has fewer groups in train and val than there are folds: some fold's val would lack it."""
   labels, groups = np.asarray(labels), np.asarray(groups)
-  if folds < 2:
-    raise FoldError(f'config.data.folds={folds}: use 2 or more folds, or 0 for one '
-                    'train/val split.')
-  if not 0 <= fold < folds:
-    raise FoldError(f'config.data.fold={fold} is not a fold of {folds}: use 0 to {folds - 1}.')
+  check_fold(folds, fold)
   pool = np.sort(np.concatenate([splits['train'], splits['val']]))
-  group_names, group_of_image = np.unique(groups[pool], return_inverse=True)
-  counts = np.zeros((len(group_names), labels.max() + 1), dtype=np.int64)
-  np.add.at(counts, (group_of_image, labels[pool]), 1)
-  groups_per_class = np.bincount(counts.argmax(axis=1), minlength=counts.shape[1])
-  short = [c for c in np.unique(labels[pool]) if groups_per_class[c] < folds]
+  _, _, group_label, label_codes = _groups(labels[pool], groups[pool])
+  groups_per_class = np.bincount(group_label, minlength=len(label_codes))
+  short = [(c, n) for c, n in zip(label_codes, groups_per_class) if n < folds]
   if short:
-    named = ', '.join(f'{class_names[c] if class_names else c} ({groups_per_class[c]})'
-                      for c in short)
+    named = ', '.join(f'{class_names[c] if class_names else c} ({n})' for c, n in short)
     raise FoldError(
         f'config.data.folds={folds}: these classes have fewer lesions in train and val than '
         f'folds: {named}, so some fold would validate without them; use fewer folds.')
@@ -95,6 +88,15 @@ class FoldError(ValueError):
   """config.data.folds and config.data.fold that cannot make a fold; the message says which."""
 
 
+def check_fold(folds: int, fold: int) -> None:
+  """Raises FoldError unless fold `fold` of `folds` can exist (K-fold needs 2 folds or more)."""
+  if folds < 2:
+    raise FoldError(f'config.data.folds={folds}: use 2 or more folds, or 0 for one '
+                    'train/val split.')
+  if not 0 <= fold < folds:
+    raise FoldError(f'config.data.fold={fold} is not a fold of {folds}: use 0 to {folds - 1}.')
+
+
 def _check_fractions(fractions) -> np.ndarray:
   values = np.asarray(fractions, dtype=np.float64)
   if values.shape != (len(SPLIT_NAMES),) or not np.all(np.isfinite(values)) or np.any(values <= 0) \
@@ -102,6 +104,17 @@ def _check_fractions(fractions) -> np.ndarray:
     raise ValueError(f'fractions must be {len(SPLIT_NAMES)} positive numbers summing to 1 '
                      f'(for {", ".join(SPLIT_NAMES)}), got {tuple(fractions)}')
   return values
+
+
+def _groups(labels: np.ndarray, groups: np.ndarray):
+  """How the dealer sees the images: (each image's group index, each group's size, each group's
+  majority label as an index into label_codes (ties: the lower label), label_codes, the sorted
+  labels present)."""
+  group_names, group_of_image = np.unique(groups, return_inverse=True)
+  label_codes, label_of_image = np.unique(labels, return_inverse=True)
+  counts = np.zeros((len(group_names), len(label_codes)), dtype=np.int64)
+  np.add.at(counts, (group_of_image, label_of_image), 1)
+  return group_of_image, counts.sum(axis=1), counts.argmax(axis=1), label_codes
 
 
 def _grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
@@ -115,13 +128,8 @@ def _grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray
   one split. Each split then misses at most one group's worth of images per class.
   Equal-sized groups are dealt in an order shuffled with `seed`.
   """
-  group_names, group_of_image = np.unique(groups, return_inverse=True)
-  num_groups = len(group_names)
-  label_codes, label_of_image = np.unique(labels, return_inverse=True)
-  counts = np.zeros((num_groups, len(label_codes)), dtype=np.int64)
-  np.add.at(counts, (group_of_image, label_of_image), 1)
-  group_size = counts.sum(axis=1)
-  group_label = counts.argmax(axis=1)
+  group_of_image, group_size, group_label, label_codes = _groups(labels, groups)
+  num_groups = len(group_size)
 
   rng = np.random.default_rng(seed)
   shuffled = rng.permutation(num_groups)

@@ -97,7 +97,7 @@ def read_run(workdir, tta: str = 'none') -> dict:
       'train_time_s': (timing.get('train_time_s') or trained.get('train_time_s')
                        or _epoch_time_sum(workdir / 'metrics.jsonl')),
       'num_examples': scores.get('num_examples'),
-      **_scores(scores, ci),
+      **table_scores(scores, ci),
       'ci_unit': ci.get('unit'),
       'ci_source': ci_source,
       'external': read_external_sets(workdir, tta),
@@ -126,7 +126,8 @@ def test_exam(config: dict) -> str:
   return f"{name} ({split['split']} split {fractions}, seed {split['split_seed']})"
 
 
-def _scores(metrics: dict, ci: dict) -> dict:
+def table_scores(metrics: dict, ci: dict) -> dict:
+  """A table row's figures: METRICS from a metrics.json, and the intervals of CI_KEYS."""
   return {**{key: metrics.get(key) for key, _ in METRICS},
           'ci': {key: ci.get(key) for key in CI_KEYS}}
 
@@ -143,7 +144,7 @@ def read_external_sets(workdir: pathlib.Path, tta: str = 'none') -> dict[str, di
       continue
     metrics = _read_json(metrics_path)
     key, name, detail = eval_folders.external_set_of(folder, metrics, suffix)
-    sets[key] = {**_scores(metrics, metrics.get('ci', {})),
+    sets[key] = {**table_scores(metrics, metrics.get('ci', {})),
                  'num_examples': metrics.get('num_examples'),
                  'ci_unit': metrics.get('ci', {}).get('unit'),
                  'set_name': name, 'set_detail': detail,

@@ -87,14 +87,18 @@ def scored_metrics(workdir: pathlib.Path, tta_mode: str, images_dir=None,
   return None
 
 
-def score(workdir: pathlib.Path, tta_mode: str, images_dir=None, labels_csv=None) -> bool:
+def score(workdir: pathlib.Path, tta_mode: str, images_dir=None, labels_csv=None,
+          members=None) -> bool:
   """Scores the run's best checkpoint on its test split or an external set, unless evaluate.py
-  did before; False on failure."""
+  did before; False on failure. With `members`, the ensemble of those runs, whose evaluations go
+  to `workdir` (skinjax.evaluation.ensemble.default_workdir)."""
   if scored_before(workdir, tta_mode, images_dir, labels_csv):
     return True
-  print(f'[{workdir.name}] scoring the best checkpoint on {labels_csv or "the test split"} '
+  what = f'the {len(members)} runs as one model' if members else 'the best checkpoint'
+  print(f'[{workdir.name}] scoring {what} on {labels_csv or "the test split"} '
         f'(tta {tta_mode}) ...', flush=True)
-  result = subprocess.run(evaluate_command(workdir, tta_mode, images_dir, labels_csv), cwd=REPO)
+  evaluated = ','.join(str(w) for w in members) if members else workdir
+  result = subprocess.run(evaluate_command(evaluated, tta_mode, images_dir, labels_csv), cwd=REPO)
   if result.returncode != 0:
     print(f'[{workdir.name}] evaluation failed (exit {result.returncode}); see its output above.',
           flush=True)

@@ -10,6 +10,7 @@ was probably meant; they do not stop the run.
 import ml_collections
 
 from skinjax.data import augment as augment_lib
+from skinjax.data import splits
 from skinjax.weights import pretrained
 
 CHOICES = {
@@ -66,12 +67,9 @@ def validate(config: ml_collections.ConfigDict):
 def _check_folds(data: ml_collections.ConfigDict):
   """Whether each class has enough lesions for the folds is checked when the dataset is split."""
   folds, fold = data.get('folds', 0), data.get('fold', 0)
-  if folds == 1 or folds < 0:
-    raise ValueError(f'config.data.folds={folds}: use 2 or more folds, or 0 for one train/val '
-                     'split.')
-  if folds and not 0 <= fold < folds:
-    raise ValueError(f'config.data.fold={fold} is not a fold of {folds}: use 0 to {folds - 1}.')
-  if not folds and fold:
+  if folds:
+    splits.check_fold(folds, fold)
+  elif fold:
     raise ValueError(f'config.data.fold={fold} without config.data.folds: set '
                      'config.data.folds=K as well, or leave fold at 0.')
 
