@@ -81,6 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
   model.init = 'scratch'
   model.dtype = 'float32'  # compute dtype: 'float32' | 'bfloat16'; parameters stay float32
   model.dropout_rate = 0.3
+  # Patient metadata beside the image: some of ('age', 'sex', 'site'), read from the dataset's own
+  # columns (skinjax/data/patient_metadata.py); () trains on images alone.
+  model.metadata = ()
+  # Training only: the chance that an image's metadata is all unknown, and else that each field is.
+  model.metadata_dropout = 0.3
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 32  # global, across all devices and processes

@@ -121,7 +121,10 @@ def main(argv):
                                           _SKIP_BAD_IMAGES.value)
     else:
       data = checkpoint_eval.run_split(run, _SPLIT.value, _DATA_DIR.value)
-    data = dataclasses.replace(data, description={**data.description, 'warnings': warnings})
+    for warning in data.description.get('warnings', []):  # e.g. metadata the CSV lacks
+      print(warning, file=sys.stderr, flush=True)
+    data = dataclasses.replace(data, description={
+        **data.description, 'warnings': warnings + data.description.get('warnings', [])})
     out_dir = (pathlib.Path(_OUT.value).expanduser() if _OUT.value
                else checkpoint_eval.default_out_dir(run, data, _TTA.value))
     metrics = checkpoint_eval.evaluate_checkpoint(run, data, out_dir, tta_mode=_TTA.value,

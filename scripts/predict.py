@@ -1,7 +1,7 @@
 r"""Classifies dermoscopy images with a trained run, optionally showing where the model looked.
 
   python scripts/predict.py --workdir=W [--checkpoint=best] [--tta=none|flip|flip_rot]
-      [--gradcam=OUT_DIR] [--json] [--skip_bad_images] IMAGE_OR_DIR...
+      [--gradcam=OUT_DIR] [--json] [--skip_bad_images] [--metadata=CSV] IMAGE_OR_DIR...
   python scripts/predict.py --onnx=DIR [--tta=...] [--json] [--skip_bad_images] IMAGE_OR_DIR...
 
 Prints each image's top class and all class probabilities (one JSON object per line with
@@ -15,6 +15,12 @@ Every image is decoded before any is predicted: the first that cannot be (trunca
 an image) stops the command with one line naming it. --skip_bad_images predicts the others
 instead and names each unreadable one on stderr (with --json also as a record with an "error").
 A --tta other than the one the run's recipe was validated with is predicted, with a warning.
+
+A run trained with patient metadata (config.model.metadata) reads each image's from --metadata:
+a CSV with a row per image, named by image_id (or ISIC's image, image_name, isic_id) without its
+suffix, and the columns the training dataset had or ISIC's (age_approx, sex, anatom_site_general).
+An image without a row stops the command; an empty value, or a column the CSV lacks, is unknown.
+Without --metadata every image's metadata is unknown, which one line on stderr says.
 
 --onnx predicts with a model written by scripts/export.py instead (DIR or DIR/model.onnx), run by
 onnxruntime: the images are resized and cropped here as the model card says, and the graph does
@@ -33,6 +39,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from skinjax.data import patient_metadata
 from skinjax.evaluation import external
 from skinjax.evaluation import gradcam
 from skinjax.evaluation import inference
@@ -53,6 +60,9 @@ _GRADCAM = flags.DEFINE_string('gradcam', None, 'Write a Grad-CAM overlay PNG pe
 _JSON = flags.DEFINE_bool('json', False, 'One JSON object per line instead of text.')
 _SKIP_BAD_IMAGES = flags.DEFINE_bool('skip_bad_images', False,
                                      'Predict the readable images and name the unreadable ones.')
+_METADATA = flags.DEFINE_string(
+    'metadata', None, 'For a run trained with patient metadata (config.model.metadata): a CSV with '
+    'a row per image (image_id, then e.g. age_approx, sex, anatom_site_general).')
 
 # Images with a shorter side than this (or than the model's input, if smaller) are upscaled from
 # almost nothing: the model still answers, confidently, so say that the answer means little.
@@ -81,7 +91,10 @@ def main(argv):
     if _JSON.value:
       print(json.dumps({'image': bad['image'], 'error': bad['reason']}))
   warn_tiny_images(paths, min(TINY_IMAGE, run.config.data.image_size), run.config.data.image_size)
-  source = external.ImageFiles(paths)
+  try:
+    source = external.ImageFiles(paths, metadata=image_metadata(run, paths, _METADATA.value))
+  except ValueError as error:
+    fail(error)
   try:
     probs = run.predict(source, np.arange(len(paths)), tta_mode=_TTA.value)
     overlays = write_gradcams(run, source, probs, _GRADCAM.value) if _GRADCAM.value else {}
@@ -115,6 +128,23 @@ def warn(message: str | None):
     print(message, file=sys.stderr, flush=True)
 
 
+def image_metadata(run, paths, csv_path: str | None) -> list[dict] | None:
+  """Each image's --metadata row, for a run that takes patient metadata; unknown without one."""
+  fields = tuple(run.config.model.get('metadata', ()))
+  if csv_path and not fields:
+    raise ValueError(f'--metadata {csv_path}: the run in {_WORKDIR.value or _ONNX.value} was '
+                     'trained on images alone and takes no metadata; leave --metadata out.')
+  if not fields:
+    return None
+  if not csv_path:
+    warn(f'note: the model takes {", ".join(fields)} beside the image; without --metadata=CSV '
+         'it takes them as unknown for every image.')
+    return None
+  rows, columns = external.read_metadata(csv_path, paths)
+  warn(patient_metadata.unknown_note(fields, columns, f'--metadata {csv_path}'))
+  return rows
+
+
 def warn_tiny_images(paths, threshold: int, image_size: int):
   for path in paths:
     with Image.open(path) as image:  # the header only; check_readable has decoded it already
@@ -138,8 +168,12 @@ def write_gradcams(run, source, probs, out_dir, batch_size: int = 8) -> dict[int
     classes = np.asarray(class_indices[start:batch.stop])
     # A short last batch is padded so that one compiled shape serves every batch.
     padding = batch_size - len(batch)
+    metadata = None
+    if run.metadata_encoder:
+      metadata = np.stack([inference.encoded_metadata(run, source, i) for i in batch])
+      metadata = np.pad(metadata, ((0, padding), (0, 0)))
     cams, _ = cam_fn(run.params, run.rest, np.pad(views, ((0, padding), (0, 0), (0, 0), (0, 0))),
-                     np.pad(classes, (0, padding)))
+                     np.pad(classes, (0, padding)), metadata)
     for i, view, cam in zip(batch, views, np.asarray(cams)):
       name = _unique_name(source.paths[i].stem, names)
       written[i] = out_dir / f'{name}_gradcam.png'

@@ -91,7 +91,9 @@ class CombinedSource:
     index = int(index)
     which = int(np.searchsorted(self.offsets, index, side='right')) - 1
     record = self.sources[which][index - int(self.offsets[which])]
-    return {'image': record['image'], 'label': int(self.label_tables[which][int(record['label'])])}
+    # Each source's own metadata columns: the model's encoder reads any dataset's names.
+    return {'image': record['image'], 'label': int(self.label_tables[which][int(record['label'])]),
+            'metadata': record.get('metadata', {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,11 @@ class CombinedDataset:
   @property
   def description(self) -> datasets.DatasetDescription:
     return self.main.description
+
+  @property
+  def descriptions(self) -> list[datasets.DatasetDescription]:
+    """The main dataset's description, then each extra's (their own classes and columns)."""
+    return [self.description] + [extra.dataset.description for extra in self.extras]
 
   @functools.cached_property
   def extras(self) -> list[Extra]:

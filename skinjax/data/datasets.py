@@ -110,7 +110,8 @@ HAM10000 = DatasetDescription(
     challenge=challenge_for('isic2018', _HAM10000_CLASSES, ISIC2018_COLUMNS))
 
 # The built-in synthetic source imitates HAM10000's classes and lesion groups.
-SYNTHETIC = dataclasses.replace(HAM10000, name='synthetic', format='synthetic', metadata_columns=())
+SYNTHETIC = dataclasses.replace(HAM10000, name='synthetic', format='synthetic',
+                                metadata_columns=('age', 'sex', 'localization'))
 
 
 # One diagnosis under two names: ISIC 2018's AKIEC (actinic keratosis and intraepithelial

@@ -186,6 +186,11 @@ class PreparedDataset:
                          fractions=self.split_fractions, seed=self.split_seed, folds=self.folds,
                          fold=self.fold)
 
+  @property
+  def descriptions(self) -> list[datasets.DatasetDescription]:
+    """Each source's description: this dataset's alone (combined.CombinedDataset has several)."""
+    return [self.description]
+
   def source_weights_of(self, indices: np.ndarray) -> None:
     """One source: its images weigh alike (config.data.source_weights weighs extra datasets)."""
     return None

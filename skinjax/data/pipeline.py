@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from skinjax.data import augment
+from skinjax.data import patient_metadata
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +72,26 @@ class WeightedDraws:
 
 
 class TrainTransform(grain.transforms.RandomMap):
+  """An augmented view of one record; with a metadata encoder, its encoded metadata too."""
+
   def __init__(self, source, image_size: int, spec: AugmentSpec, resize_mode: str,
-               colour_constancy_power: float | None = None):
+               colour_constancy_power: float | None = None,
+               metadata_encoder: patient_metadata.MetadataEncoder | None = None,
+               metadata_dropout: float = 0.0):
     self.source, self.image_size, self.spec, self.resize_mode = source, image_size, spec, resize_mode
     self.colour_constancy_power = colour_constancy_power
+    self.metadata_encoder, self.metadata_dropout = metadata_encoder, metadata_dropout
 
   def random_map(self, index, rng: np.random.Generator):
     record = self.source[int(index)]
     image = augment.train_view(record['image'], self.image_size, self.spec, self.resize_mode, rng,
                                self.colour_constancy_power)
-    return {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
+    example = {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
+    if self.metadata_encoder:
+      # Drawn after the image's augmentation, which then matches an image-only run's.
+      example['metadata'] = self.metadata_encoder.encode(record.get('metadata'), rng,
+                                                         self.metadata_dropout)
+    return example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,17 +118,25 @@ class EvalView:
 class EvalTransform(grain.transforms.Map):
   """Position -1 is padding: a blank image with mask 0, so every real example counts once."""
 
-  def __init__(self, source, indices: np.ndarray, view: EvalView):
+  def __init__(self, source, indices: np.ndarray, view: EvalView,
+               metadata_encoder: patient_metadata.MetadataEncoder | None = None):
     self.source, self.indices, self.view = source, indices, view
+    self.metadata_encoder = metadata_encoder
 
   def map(self, position):
     position = int(position)
     if position < 0:
       blank = np.zeros((self.view.image_size, self.view.image_size, 3), np.uint8)
-      return {'image': blank, 'label': np.int32(0), 'mask': np.float32(0.0), 'position': np.int32(-1)}
-    record = self.source[int(self.indices[position])]
-    return {'image': self.view(record['image']), 'label': np.int32(record['label']),
-            'mask': np.float32(1.0), 'position': np.int32(position)}
+      example = {'image': blank, 'label': np.int32(0), 'mask': np.float32(0.0),
+                 'position': np.int32(-1)}
+      record = {}
+    else:
+      record = self.source[int(self.indices[position])]
+      example = {'image': self.view(record['image']), 'label': np.int32(record['label']),
+                 'mask': np.float32(1.0), 'position': np.int32(position)}
+    if self.metadata_encoder:
+      example['metadata'] = self.metadata_encoder.encode(record.get('metadata'))
+    return example
 
 
 class ProcessShard(grain.MapDataset):
@@ -172,7 +191,9 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
     ds = grain.MapDataset.source(np.asarray(indices)).shuffle(seed=seed).repeat(num_epochs)
   transform = TrainTransform(source, config.data.image_size,
                              AugmentSpec.from_config(config.data.augment), config.data.resize,
-                             augment.colour_constancy_power(config.data))
+                             augment.colour_constancy_power(config.data),
+                             patient_metadata.MetadataEncoder.from_config(config),
+                             config.model.get('metadata_dropout', 0.0))
   # Augment before sharding: each example's random draw then depends on its global position only.
   ds = ds.random_map(transform, seed=seed + 1)
   ds = ProcessShard(ds, process_index, process_count, process_batch_size)
@@ -187,14 +208,16 @@ def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml
 
 
 def eval_dataset(source, indices: np.ndarray, view: EvalView, *, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1, num_threads: int = 4
+                 process_index: int = 0, process_count: int = 1, num_threads: int = 4,
+                 metadata_encoder: patient_metadata.MetadataEncoder | None = None
                  ) -> grain.IterDataset:
-  """One deterministic pass over `indices`, padded to whole global batches and masked."""
+  """One deterministic pass over `indices`, padded to whole global batches and masked; with
+  `metadata_encoder`, each example's encoded metadata too (unknown where a record has none)."""
   positions = np.arange(len(indices))
   padding = -len(positions) % global_batch_size
   positions = np.concatenate([positions, np.full(padding, -1)])
   ds = grain.MapDataset.source(positions)[process_index::process_count]
-  ds = ds.map(EvalTransform(source, np.asarray(indices), view))
+  ds = ds.map(EvalTransform(source, np.asarray(indices), view, metadata_encoder))
   ds = ds.batch(global_batch_size // process_count)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=num_threads))
 

@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 
 from skinjax.data import datasets
 from skinjax.data import formats
+from skinjax.data import patient_metadata
 from skinjax.data import storage
 
 # Kept for HAM10000 prepared from its own download: runs on it have recorded its fingerprint under
@@ -140,9 +141,8 @@ def builder_class(name: str) -> type[DermoscopyBuilder]:
                              name=name, __module__=__name__, __doc__=f'The {name} dermoscopy dataset.'))
 
 
-def feature_name(column: str) -> str:
-  """A TFDS feature key for a CSV column (`anatom_site_general`, `Age (years)` -> `age__years_`)."""
-  return re.sub(r'[^0-9a-zA-Z_]', '_', column).lower() or '_'
+# A TFDS feature key for a CSV metadata column: the key the model's metadata encoder looks for.
+feature_name = patient_metadata.column_key
 
 
 def check_name(name: str, format_name: str) -> str:

@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 
 from skinjax.data import handle
+from skinjax.data import patient_metadata
 from skinjax.evaluation import ensemble
 from skinjax.evaluation import eval_folders
 from skinjax.evaluation import external
@@ -91,14 +92,23 @@ def external_set(images_dir, labels_csv, run: inference.LoadedRun,
   paths = external.find_images(images_dir, labelled.image_ids)
   readable, skipped = external.check_readable(paths, skip_bad_images)
   labelled, paths = labelled.subset(readable), [p for p, ok in zip(paths, readable) if ok]
+  note = patient_metadata.unknown_note(metadata_fields(run), labelled.columns,
+                                       f'--labels_csv {labels_csv}')
   data = EvalData('external',
-                  external.ImageFiles(paths, labelled.labels), np.arange(len(paths)),
-                  labelled.labels, labelled.image_ids, labelled.groups,
+                  external.ImageFiles(paths, labelled.labels, labelled.rows),
+                  np.arange(len(paths)), labelled.labels, labelled.image_ids, labelled.groups,
                   {'split': 'external', 'images_dir': str(images_dir),
                    'labels_csv': str(labels_csv), 'labels_format': labelled.csv_format,
-                   'skipped_images': skipped},
+                   'skipped_images': skipped, 'warnings': [note] if note else []},
                   labelled.score_weights)
   return _identified(images_dir, labels_csv, run, data)
+
+
+def metadata_fields(run) -> tuple[str, ...]:
+  """The patient metadata fields the run's model takes (any member's, for an ensemble)."""
+  members = run.members if isinstance(run, ensemble.EnsembleRun) else [run]
+  return tuple(dict.fromkeys(field for member in members
+                             for field in member.config.model.get('metadata', ())))
 
 
 def _identified(images_dir, labels_csv, run: inference.LoadedRun, data: EvalData) -> EvalData:

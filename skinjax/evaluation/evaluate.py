@@ -17,7 +17,10 @@ def predict(predict_step: Callable, params, rest, batches: Iterable[dict], mesh,
   for batch in batches:
     images = jax.make_array_from_process_local_data(data, batch['image'])
     positions = jax.make_array_from_process_local_data(data, batch['position'])
-    batch_probs = predict_step(params, rest, images)
+    metadata = None  # patient metadata, for a model that takes it
+    if 'metadata' in batch:
+      metadata = jax.make_array_from_process_local_data(data, batch['metadata'])
+    batch_probs = predict_step(params, rest, images, metadata)
     # Gather to every host: each one writes the full prediction table it reports from.
     batch_probs, positions = multihost_utils.process_allgather((batch_probs, positions), tiled=True)
     real = positions >= 0

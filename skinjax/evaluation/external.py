@@ -44,18 +44,24 @@ class ExternalDataError(ValueError):
 
 
 class ImageFiles:
-  """Random-access source over image files, as the evaluation pipeline reads any source."""
+  """Random-access source over image files, as the evaluation pipeline reads any source.
 
-  def __init__(self, paths, labels=None):
+  `metadata`: each image's CSV row ({column: value}), for a model that takes patient metadata.
+  """
+
+  def __init__(self, paths, labels=None, metadata=None):
     self.paths = [pathlib.Path(p) for p in paths]
     self.labels = np.zeros(len(self.paths), np.int64) if labels is None else np.asarray(labels)
+    self.metadata = [{}] * len(self.paths) if metadata is None else list(metadata)
 
   def __len__(self) -> int:
     return len(self.paths)
 
   def __getitem__(self, index: int) -> dict:
     # Encoded bytes, not pixels: the pipeline decodes with JPEG draft scaling, like prepared data.
-    return {'image': self.paths[int(index)].read_bytes(), 'label': int(self.labels[int(index)])}
+    index = int(index)
+    return {'image': self.paths[index].read_bytes(), 'label': int(self.labels[index]),
+            'metadata': self.metadata[index]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +72,17 @@ class LabelledImages:
   csv_format: str  # 'metadata', 'isic2018', 'isic2019', 'one_hot' or 'isic2020'
   # ISIC one-hot ground truths only: 1.0 for a scored row, 0.0 for one the scorer leaves out.
   score_weights: np.ndarray | None = None
+  # Each row as read ({column: value}), where a model's patient metadata is looked for.
+  rows: np.ndarray | None = None
+  columns: tuple[str, ...] = ()
 
   def subset(self, keep: np.ndarray) -> 'LabelledImages':
     """The rows where the boolean `keep` is true."""
     return dataclasses.replace(
         self, image_ids=self.image_ids[keep], labels=self.labels[keep],
         groups=None if self.groups is None else self.groups[keep],
-        score_weights=None if self.score_weights is None else self.score_weights[keep])
+        score_weights=None if self.score_weights is None else self.score_weights[keep],
+        rows=None if self.rows is None else self.rows[keep])
 
 
 def read_labels(csv_path, description: datasets.DatasetDescription = datasets.HAM10000
@@ -106,7 +116,46 @@ def read_labels(csv_path, description: datasets.DatasetDescription = datasets.HA
   if (counts > 1).any():
     raise ExternalDataError(f'--labels_csv {csv_path} lists images more than once: '
                             f'{", ".join(ids[counts > 1][:5])}. Keep one row per image.')
-  return labelled
+  return dataclasses.replace(labelled, rows=_object_array(rows), columns=tuple(header))
+
+
+def _object_array(items) -> np.ndarray:
+  array = np.empty(len(items), dtype=object)
+  array[:] = items
+  return array
+
+
+# The columns that name the image in a metadata CSV, in the order they are looked for.
+IMAGE_ID_COLUMNS = ('image_id', 'image', 'image_name', 'isic_id')
+
+
+def read_metadata(csv_path, paths) -> tuple[list[dict], tuple[str, ...]]:
+  """Each image's row of a patient-metadata CSV (`image_id` or ISIC's `image`, `image_name`,
+  `isic_id`, then e.g. age_approx, sex, anatom_site_general), matched by the file's name without
+  suffix; and the CSV's columns. An image without a row is an error: a typo would otherwise
+  predict it silently without its metadata."""
+  csv_path = pathlib.Path(csv_path).expanduser()
+  try:
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      reader = csv.DictReader(f)
+      rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in reader]
+      header = tuple((c or '').strip() for c in reader.fieldnames or ())
+  except (OSError, UnicodeDecodeError, csv.Error) as error:
+    raise ExternalDataError(f'Cannot read --metadata {csv_path} ({error}); pass a CSV with an '
+                            'image_id column and the metadata columns.') from None
+  id_column = next((c for c in IMAGE_ID_COLUMNS if c in header), None)
+  if id_column is None:
+    raise ExternalDataError(f'--metadata {csv_path} has columns {list(header)}, none of which '
+                            f'names the image: add one of {", ".join(IMAGE_ID_COLUMNS)}.')
+  by_id = {_strip_suffix(row[id_column]): row for row in rows}
+  ids = [pathlib.Path(p).stem for p in paths]
+  missing = [image_id for image_id in ids if image_id not in by_id]
+  if missing:
+    raise ExternalDataError(
+        f'--metadata {csv_path} has no row for {len(missing)} of the {len(ids)} images: '
+        f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}. Add their rows (empty '
+        'values for what is unknown), or predict them without --metadata.')
+  return [by_id[image_id] for image_id in ids], header
 
 
 def _csv_format(class_columns) -> str:

@@ -18,17 +18,18 @@ from skinjax.evaluation.deferred import pyplot as plt
 
 
 def make_gradcam_fn(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:
-  """(params, rest, uint8 images, class indices) -> (heat-maps (N, H, W) in [0, 1], probabilities).
+  """(params, rest, uint8 images, class indices[, metadata]) -> (heat-maps (N, H, W) in [0, 1],
+  probabilities); `metadata` for a model that takes patient metadata (it has no heat-map).
 
   `graphdef` must come from a model in inference mode (BatchNorm on its running statistics).
   """
 
-  def gradcam(params, rest, images, class_indices):
+  def gradcam(params, rest, images, class_indices, metadata=None):
     model = nnx.merge(graphdef, params, rest, copy=True)
     features = model.backbone(normalise(images))
 
     def class_score(feature_map):
-      logits = model.logits_from_features(feature_map)
+      logits = model.logits_from_features(feature_map, metadata)
       # Summing over the batch keeps each image's gradient its own: images do not interact.
       return jnp.sum(jnp.take_along_axis(logits, class_indices[:, None], axis=-1)), logits
 

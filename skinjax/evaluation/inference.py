@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from skinjax.data import datasets
+from skinjax.data import patient_metadata
 from skinjax.data import pipeline
 from skinjax.evaluation import evaluate
 from skinjax.evaluation import external
@@ -53,6 +54,11 @@ class LoadedRun:
   @property
   def eval_view(self) -> pipeline.EvalView:
     return pipeline.EvalView.from_config(self.config.data)
+
+  @property
+  def metadata_encoder(self) -> patient_metadata.MetadataEncoder | None:
+    """The patient metadata the model takes beside the image; None for an image-only model."""
+    return patient_metadata.MetadataEncoder.from_config(self.config)
 
   def model(self):
     """The nnx Classifier in inference mode."""
@@ -157,7 +163,8 @@ def predict_source(run: LoadedRun, source, indices, *, tta_mode: str = 'none',
       tta.with_tta(steps.make_predict_step(run.graphdef, normalise=run.normalise), tta_mode),
       out_shardings=sharding.batch_sharding(mesh))
   batches = pipeline.eval_dataset(source, np.asarray(indices), run.eval_view,
-                                  global_batch_size=batch_size)
+                                  global_batch_size=batch_size,
+                                  metadata_encoder=run.metadata_encoder)
   with _naming_an_unreadable_file(source, indices):
     return evaluate.predict(predict_step, run.params, run.rest, batches, mesh, len(indices),
                             run.description.num_classes)
@@ -167,6 +174,12 @@ def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
   """The uint8 image the model sees for `source[index]` (what Grad-CAM is drawn on)."""
   with _naming_an_unreadable_file(source, [index]):
     return run.eval_view(source[index]['image'])
+
+
+def encoded_metadata(run: LoadedRun, source, index: int) -> np.ndarray | None:
+  """What the model takes beside `source[index]`'s image: its encoded metadata, or None."""
+  encoder = run.metadata_encoder
+  return encoder.encode(source[index].get('metadata')) if encoder else None
 
 
 @contextlib.contextmanager

@@ -42,12 +42,14 @@ def views(mode: str) -> tuple[Callable, ...]:
 
 
 def with_tta(predict_step: Callable, mode: str) -> Callable:
-  """Wraps a (params, rest, images) -> probabilities step to average over the `mode` views."""
+  """Wraps a (params, rest, images[, metadata]) -> probabilities step to average over the `mode`
+  views; an image's metadata is the same in every view."""
   if mode == 'none':
     return predict_step
   mode_views = views(mode)
 
-  def tta_step(params, rest, images):
-    return jnp.mean(jnp.stack([predict_step(params, rest, view(images)) for view in mode_views]), 0)
+  def tta_step(params, rest, images, metadata=None):
+    return jnp.mean(jnp.stack([predict_step(params, rest, view(images), metadata)
+                               for view in mode_views]), 0)
 
   return tta_step

@@ -56,6 +56,12 @@ def import_jax2onnx():
 
 def export(run, out_dir, *, overwrite: bool = False) -> Exported:
   """model.onnx, model_card.json and MODEL_CARD.md of `run` (an inference.LoadedRun) in out_dir."""
+  if run.metadata_encoder:
+    # The graph's one input is the image; a second, encoded metadata, would need its encoding
+    # (vocabularies, unknowns) in the model card, redone by every deployer.
+    raise ValueError(f'{run.workdir} was trained with patient metadata '
+                     f'({", ".join(run.metadata_encoder.fields)}), which an export cannot take '
+                     'yet: export a run trained without config.model.metadata.')
   out_dir = pathlib.Path(out_dir).expanduser()
   check_out_dir(out_dir, overwrite)
   jax2onnx = import_jax2onnx()

@@ -187,11 +187,14 @@ def build_classifier(
     dropout_rate: float,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
+    metadata_size: int = 0,
     **backbone_kwargs,
 ) -> Classifier:
-  """A `Classifier` on the `arch` backbone; `dtype` is the compute dtype, params stay float32."""
+  """A `Classifier` on the `arch` backbone; `dtype` is the compute dtype, params stay float32.
+  `metadata_size`: the encoded patient metadata's width, 0 for an image-only model."""
   backbone = build_backbone(arch, dtype=dtype, rngs=rngs, **backbone_kwargs)
-  return Classifier(backbone, num_classes=num_classes, dropout_rate=dropout_rate, rngs=rngs)
+  return Classifier(backbone, num_classes=num_classes, dropout_rate=dropout_rate, rngs=rngs,
+                    metadata_size=metadata_size)
 
 
 def convolution_kinds(arch: str) -> set[tuple]:

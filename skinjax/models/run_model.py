@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from skinjax.data import patient_metadata
 from skinjax.models import preprocessing
 from skinjax.models import registry
 
@@ -26,7 +27,13 @@ class RunModel:
     model = self.config.model
     return registry.build_classifier(
         model.arch, num_classes=self.num_classes, dropout_rate=model.dropout_rate,
-        dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(self.config.seed))
+        dtype=jnp.dtype(model.dtype), rngs=nnx.Rngs(self.config.seed),
+        metadata_size=self.metadata_encoder.size if self.metadata_encoder else 0)
+
+  @property
+  def metadata_encoder(self) -> patient_metadata.MetadataEncoder | None:
+    """What turns an image's metadata into the model's input; None for an image-only model."""
+    return patient_metadata.MetadataEncoder.from_config(self.config)
 
   @functools.cached_property
   def abstract(self) -> nnx.Module:

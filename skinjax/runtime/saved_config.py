@@ -10,7 +10,7 @@ def upgrade(saved: dict) -> dict:
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
   'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
-  camera augmentations (off, as they trained), extra training datasets or folds.
+  camera augmentations (off, as they trained), extra training datasets, folds or patient metadata.
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -25,6 +25,9 @@ def upgrade(saved: dict) -> dict:
   for key in augment_lib.CAMERA_KEYS:
     augment.setdefault(key, 0.0)
   augment.setdefault('shades_of_grey_powers', [])
+  model = upgraded.setdefault('model', {})
+  model.setdefault('metadata', [])
+  model.setdefault('metadata_dropout', 0.0)
   upgraded.setdefault('eval', {}).setdefault('validated_tta', '')
   if data.get('source') == 'ham10000':
     data['source'] = 'prepared'

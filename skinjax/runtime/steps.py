@@ -53,7 +53,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
       params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
                             trainable_mask)
       model = nnx.merge(graphdef, params, rest, copy=True)
-      logits = model(normalise(batch['image']), rngs=rngs)
+      logits = model(normalise(batch['image']), batch.get('metadata'), rngs=rngs)
       loss = weighted_cross_entropy(logits, batch['label'], batch['mask'], class_weights,
                                     label_smoothing)
       return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
@@ -79,10 +79,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
 
 def make_predict_step(graphdef: nnx.GraphDef, *, normalise: Callable) -> Callable:
-  """Softmax probabilities in inference mode (graphdef from a model in `.eval()`)."""
+  """Softmax probabilities in inference mode (graphdef from a model in `.eval()`); `metadata`
+  only for a model that takes patient metadata."""
 
-  def predict_step(params, rest, images):
+  def predict_step(params, rest, images, metadata=None):
     model = nnx.merge(graphdef, params, rest, copy=True)
-    return jax.nn.softmax(model(normalise(images)).astype(jnp.float32), axis=-1)
+    return jax.nn.softmax(model(normalise(images), metadata).astype(jnp.float32), axis=-1)
 
   return predict_step

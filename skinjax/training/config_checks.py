@@ -10,6 +10,7 @@ was probably meant; they do not stop the run.
 import ml_collections
 
 from skinjax.data import augment as augment_lib
+from skinjax.data import patient_metadata
 from skinjax.data import splits
 from skinjax.weights import pretrained
 
@@ -62,6 +63,16 @@ def validate(config: ml_collections.ConfigDict):
   _check_camera_augmentation(config.data.augment)
   _check_sources(config.data)
   _check_folds(config.data)
+  _check_metadata(config.model)
+
+
+def _check_metadata(model: ml_collections.ConfigDict):
+  """The fields themselves; whether the dataset has their columns is checked when it is opened."""
+  patient_metadata.check_fields(tuple(model.get('metadata', ())))
+  dropout = model.get('metadata_dropout', 0.0)
+  if not 0 <= dropout < 1:
+    raise ValueError(f'config.model.metadata_dropout={dropout} must be in [0, 1): the chance that '
+                     "an image's metadata is hidden in training.")
 
 
 def _check_folds(data: ml_collections.ConfigDict):

@@ -1,7 +1,8 @@
 """Optimiser, learning-rate schedules and the plan of what trains when.
 
 Every parameter gets one of three labels, and `optax.multi_transform` routes it:
-  head      the classifier head, trained in both phases at the base learning rate;
+  head      the classifier head (and its metadata branch), trained in both phases at the base
+            learning rate;
   backbone  the part of the backbone that phase 2 unfreezes, at lr * backbone_lr_multiplier;
   frozen    never trained (`config.train.unfreeze` = N keeps all but the last N blocks here).
 The optimiser state has one layout from step 0 to the end, so a checkpoint of any step restores
@@ -20,6 +21,8 @@ import optax
 from flax import nnx
 
 HEAD, BACKBONE, FROZEN = 'head', 'backbone', 'frozen'
+# The classifier's layers that start from scratch: both train with the HEAD label.
+NEW_LAYERS = ('head', 'metadata_branch')
 
 @dataclasses.dataclass(frozen=True)
 class PhasePlan:
@@ -87,10 +90,11 @@ def param_labels(params, trainable_groups: set[str]):
   """A pytree like `params` holding HEAD, BACKBONE or FROZEN for each leaf."""
   def label(path, _):
     top = path[0].key
-    if top == 'head':
+    if top in NEW_LAYERS:
       return HEAD
     if top != 'backbone':
-      raise ValueError(f'Unexpected top-level parameter {top!r}: expected backbone or head.')
+      raise ValueError(f'Unexpected top-level parameter {top!r}: expected backbone, '
+                       f'{" or ".join(NEW_LAYERS)}.')
     return BACKBONE if path[1].key in trainable_groups else FROZEN
   return jax.tree_util.tree_map_with_path(label, params)
 

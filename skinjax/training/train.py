@@ -18,6 +18,7 @@ from flax import nnx
 from tensorboardX import SummaryWriter
 
 from skinjax.data import handle
+from skinjax.data import patient_metadata
 from skinjax.data import pipeline
 from skinjax.data import sources
 from skinjax.evaluation import evaluate
@@ -50,9 +51,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
   workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
   dataset.splits  # noqa: B018 (made now: splits that cannot be made stop before any write)
+  fields = tuple(config.model.metadata)
+  patient_metadata.check_dataset(fields, dataset.description.name,
+                                 dataset.description.metadata_columns)
   if is_lead:
     for line in dataset.sources_summary():
       print(line, flush=True)
+    if fields:
+      print(patient_metadata.summary(fields, dataset.descriptions), flush=True)
   lock = None
   if is_lead:
     workdir_lib.check_writable(workdir)
@@ -99,11 +105,13 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
   train_iter = iter(train_data)
 
   eval_view = pipeline.EvalView.from_config(config.data)
+  metadata_encoder = patient_metadata.MetadataEncoder.from_config(config)
 
   def eval_batches(split):
     return pipeline.eval_dataset(
         source, splits[split], eval_view, global_batch_size=config.train.eval_batch_size,
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count,
+        metadata_encoder=metadata_encoder)
 
   class_weights = jnp.asarray(sources.class_weights(
       labels[splits['train']], num_classes, config.train.class_weighting))
