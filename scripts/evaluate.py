@@ -29,6 +29,9 @@ it from that predictions_isic.csv: rows weighted by the truth's score_weight col
 ISIC_0035068 (a duplicate in the ISIC 2018 test set) given weight 0. Rows of weight 0 are named
 and left out of every metric; their predictions are still written.
 
+A run trained with patient metadata (config.model.metadata) reads each external image's from the
+labels CSV's columns (age or age_approx, sex, localization or anatom_site_general...); a column
+the CSV lacks is unknown for every image, which one line on stderr and metrics.json say.
 Every external image is decoded before any is predicted: the first that cannot be (truncated,
 empty, not an image) stops the evaluation with one line naming it. --skip_bad_images leaves such
 images out of the scored set instead, like scripts/prepare_dataset.py, and names them in one line

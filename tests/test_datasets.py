@@ -205,6 +205,18 @@ def test_prepare_dataset_records_the_description(downloads, tmp_path, format_nam
   assert sum(info['class_counts'].values()) == len(dataset.source)
   example = dataset.source[0]
   assert set(example['metadata']) == {prepared.feature_name(c) for c in description.metadata_columns}
+  if format_name == 'isic2019':
+    # A model's metadata encoder reads each stored record as it reads the download's own row.
+    from skinjax.data import patient_metadata
+    encoder = patient_metadata.MetadataEncoder(patient_metadata.FIELDS)
+    assert patient_metadata.missing_fields(encoder.fields, description.metadata_columns) == []
+    downloaded = {row['image']: row for row in
+                  rows_of(downloads[format_name] / 'ISIC_2019_Training_Metadata.csv')}
+    stored = [dataset.source[i] for i in range(len(dataset.source))]
+    encoded = np.stack([encoder.encode(record['metadata']) for record in stored])
+    np.testing.assert_array_equal(encoded, np.stack(
+        [encoder.encode(downloaded[record['image_id'].decode()]) for record in stored]))
+    assert 0 < encoded[:, 1].sum() < len(stored)  # some ages unknown, others known
   # A second run reuses it.
   again = prepare_cli(f'--format={format_name}', f'--manual_dir={downloads[format_name]}',
                       f'--data_dir={tmp_path}', f'--image_size={SHORT_SIDE}', *flags)

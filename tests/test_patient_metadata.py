@@ -149,15 +149,14 @@ def test_an_image_only_model_keeps_exactly_its_parameters():
   assert set(jax.tree.leaves(plan.labels['metadata_branch'])) == {optim.HEAD}
 
 
-def test_the_model_needs_its_metadata_and_uses_it():
-  model = run_model_lib.RunModel(tiny_config(**{'model.metadata': FIELDS}), 7).build()
-  model.eval()
-  images = np.random.default_rng(0).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
+def test_the_model_refuses_a_call_without_its_metadata(loaded):
+  """(That it uses them: test_evaluation_feeds_each_image_its_metadata.)"""
+  model = loaded.model()
+  images = jax.ShapeDtypeStruct((2, 24, 24, 3), np.float32)
   with pytest.raises(ValueError, match='takes 15 metadata values per image; it was given none'):
-    model(images)
-  known = np.stack([ENCODER.encode({'age': '70', 'sex': 'male', 'localization': 'face'})] * 2)
-  unknown = np.stack([ENCODER.unknown()] * 2)
-  assert np.abs(np.asarray(model(images, known)) - np.asarray(model(images, unknown))).max() > 1e-4
+    jax.eval_shape(model, images)
+  with pytest.raises(ValueError, match='takes 15 metadata values per image; it was given 5'):
+    jax.eval_shape(model, images, jax.ShapeDtypeStruct((2, 5), np.float32))
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -224,7 +223,7 @@ def by_hand(run, views, metadata, tta_views=(lambda x: x,)):
 
 
 @pytest.fixture(scope='module')
-def test_images(loaded, tmp_path_factory):
+def test_split_as_files(loaded, tmp_path_factory):
   """The run's first 12 test images as PNG files (lossless, so their views are the split's),
   with a metadata-style CSV that carries HAM10000's metadata columns."""
   folder = tmp_path_factory.mktemp('metadata_external')
@@ -246,8 +245,8 @@ def test_images(loaded, tmp_path_factory):
   return folder, dataset, indices, rows
 
 
-def test_an_external_csv_gives_its_metadata_columns_or_unknowns_said_once(loaded, test_images):
-  folder, dataset, indices, rows = test_images
+def test_an_external_csv_gives_its_metadata_columns_or_unknowns_said_once(loaded, test_split_as_files):
+  folder, dataset, indices, rows = test_split_as_files
   views = [loaded.eval_view(dataset.source[int(i)]['image']) for i in indices]
   with_metadata = checkpoint_eval.external_set(folder / 'images', folder / 'with_metadata.csv',
                                                loaded)
@@ -268,9 +267,9 @@ def test_an_external_csv_gives_its_metadata_columns_or_unknowns_said_once(loaded
 
 
 def test_predict_script_reads_metadata_and_refuses_a_csv_without_the_images(
-    metadata_run, test_images, tmp_path, python):
+    metadata_run, test_split_as_files, tmp_path, python):
   workdir, _ = metadata_run
-  folder, _, _, rows = test_images
+  folder, _, _, rows = test_split_as_files
   images = sorted((folder / 'images').iterdir())
   metadata_csv = tmp_path / 'metadata.csv'
   with open(metadata_csv, 'w', newline='') as f:  # ISIC's column names, the image's file name
@@ -306,9 +305,9 @@ def test_predict_script_reads_metadata_and_refuses_a_csv_without_the_images(
   assert not (tmp_path / 'cams2').exists()
 
 
-def test_predict_script_refuses_metadata_for_an_image_only_run(tiny_run, test_images, tmp_path,
+def test_predict_script_refuses_metadata_for_an_image_only_run(tiny_run, test_split_as_files, tmp_path,
                                                                python):
-  folder, _, _, _ = test_images
+  folder, _, _, _ = test_split_as_files
   result = script(python, 'predict.py', f'--workdir={tiny_run[0]}',
                   f'--metadata={folder / "with_metadata.csv"}', folder / 'images')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
@@ -351,6 +350,17 @@ def test_bad_metadata_settings_are_refused_before_anything_is_written(overrides,
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_metadata_cannot_change_on_resume_even_when_changes_are_allowed(metadata_run):
+  workdir, _ = metadata_run
+  config = tiny_config(**{'model.metadata': ('age',), 'train.allow_config_change': True})
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  assert str(error.value) == (
+      f"{workdir} holds checkpoints of a model with metadata ['age', 'sex', 'site'], but "
+      "config.model.metadata is ['age']: the model would have other parameters. Use another "
+      f'--workdir, or delete {workdir} to start over.')
 
 
 def test_a_field_the_dataset_has_no_column_for_is_named(tmp_path, monkeypatch):

@@ -27,7 +27,9 @@ def upgrade(saved: dict) -> dict:
   augment.setdefault('shades_of_grey_powers', [])
   model = upgraded.setdefault('model', {})
   model.setdefault('metadata', [])
-  model.setdefault('metadata_dropout', 0.0)
+  # configs/base.py's default, so that resuming an older run sees no change: without metadata
+  # it does nothing.
+  model.setdefault('metadata_dropout', 0.3)
   upgraded.setdefault('eval', {}).setdefault('validated_tta', '')
   if data.get('source') == 'ham10000':
     data['source'] = 'prepared'

@@ -27,7 +27,7 @@ RESUME_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.num_workers', 'train.log_every_steps', 'train.eval_batch_size',
     'train.checkpoint_every_steps', 'train.allow_config_change'})
 # Changes no flag can allow: the checkpoint would not even load.
-NEVER_ALLOWED_KEYS = frozenset({'model.arch'})
+NEVER_ALLOWED_KEYS = frozenset({'model.arch', 'model.metadata'})
 
 
 class WorkdirError(ValueError):
@@ -155,9 +155,12 @@ def check_resume(workdir: pathlib.Path, config: ml_collections.ConfigDict, datas
     return
   forbidden = [k for k in changed if k in NEVER_ALLOWED_KEYS]
   if forbidden:
-    raise WorkdirError(
-        f'{workdir} holds checkpoints of a {old.get("model.arch")} run, but config.model.arch is '
-        f'{new.get("model.arch")!r}. Use another --workdir, or delete {workdir} to start over.')
+    what = (f'a {old.get("model.arch")} run, but config.model.arch is {new.get("model.arch")!r}'
+            if 'model.arch' in forbidden else
+            f'a model with metadata {old.get("model.metadata")}, but config.model.metadata is '
+            f'{new.get("model.metadata")}: the model would have other parameters')
+    raise WorkdirError(f'{workdir} holds checkpoints of {what}. Use another --workdir, or delete '
+                       f'{workdir} to start over.')
   if config.train.allow_config_change:
     print('Resuming with a changed config (config.train.allow_config_change):\n'
           + '\n'.join(lines))
