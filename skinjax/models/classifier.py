@@ -55,9 +55,10 @@ class Classifier(nnx.Module):
                            rngs: nnx.Rngs | None = None) -> jnp.ndarray:
     """The head on the backbone's NHWC feature map (where Grad-CAM takes its gradients)."""
     pooled = global_average_pool(features)
-    if (metadata is not None) != bool(self.metadata_size):
+    given = 0 if metadata is None else metadata.shape[-1]
+    if given != self.metadata_size:
       raise ValueError(f'This classifier takes {self.metadata_size} metadata values per image; '
-                       f'it was given {"none" if metadata is None else metadata.shape[-1]}.')
+                       f'it was given {given or "none"}.')
     if self.metadata_size:
       branch = jax.nn.relu(self.metadata_branch(metadata.astype(jnp.float32)))
       pooled = jnp.concatenate([pooled.astype(jnp.float32), branch], axis=-1)
