@@ -24,7 +24,7 @@ from skinjax.models import run_model as run_model_lib
 from skinjax.training import config_checks
 from skinjax.training import optim
 from skinjax.training import train
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, unpack_golden
 from tests.test_evaluation_scripts import read_predictions, script
 from tests.test_train import assert_same_run, interrupt_after_checkpoint
 
@@ -128,6 +128,21 @@ def test_the_real_isic2019_metadata_is_all_read():
   np.testing.assert_array_equal(encoded[:, 4] == 1, [row['sex'] == '' for row in rows])
   np.testing.assert_array_equal(encoded[:, -1] == 1,
                                 [row['anatom_site_general'] == '' for row in rows])
+
+
+def test_ham10000_prepared_by_the_earlier_builder_gives_its_metadata(tmp_path):
+  """That builder kept age (float32, NaN when unknown), sex and localization beside the image
+  instead of in a `metadata` feature; such folders still train, so their metadata must be read."""
+  root = unpack_golden('prepared_by_earlier_code.tar.gz', tmp_path)
+  dataset = handle.PreparedDataset(root / 'prepared', 'ham10000', 16)
+  records = [dataset.source[i] for i in range(len(dataset.source))]
+  assert 'metadata' not in records[0] and np.isnan([r['age'] for r in records]).any()
+  for record in records:
+    age = None if np.isnan(record['age']) else float(record['age'])
+    sex = record['sex'].decode()
+    site = pm.site_of(record['localization'].decode())
+    np.testing.assert_allclose(ENCODER.encode(pm.of_record(record)),
+                               expected(age, sex if sex in pm.SEXES else None, site), atol=1e-7)
 
 
 # --------------------------------------------------------------------------------- model

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from skinjax.data import datasets
+from skinjax.data import patient_metadata
 from skinjax.data import splits as splits_lib
 from skinjax.data import storage
 
@@ -93,7 +94,7 @@ class CombinedSource:
     record = self.sources[which][index - int(self.offsets[which])]
     # Each source's own metadata columns: the model's encoder reads any dataset's names.
     return {'image': record['image'], 'label': int(self.label_tables[which][int(record['label'])]),
-            'metadata': record.get('metadata', {})}
+            'metadata': patient_metadata.of_record(record)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,20 +127,27 @@ class MetadataEncoder:
     """The float32 vector; with `rng`, metadata dropout: every field unknown with probability
     `dropout` (an image that comes without metadata), else each field so independently (a CSV
     that lacks some columns)."""
-    values = {column_key(str(key)): _text(value) for key, value in (values or {}).items()}
+    values = values or {}
+    keys = {column_key(str(key)): key for key in values}  # only the values used are decoded
     dropped = np.zeros(len(self.fields), bool)
     if rng is not None and dropout > 0:
       dropped = np.full(len(self.fields), rng.random() < dropout) | (
           rng.random(len(self.fields)) < dropout)
     parts = []
     for field, drop in zip(self.fields, dropped):
-      value = None if drop else next(
-          (values[name] for name in COLUMNS[field] if values.get(name, '')), None)
-      parts.append(_ENCODERS[field](value))
+      found = () if drop else (_text(values[keys[name]]) for name in COLUMNS[field] if name in keys)
+      parts.append(_ENCODERS[field](next((value for value in found if value), None)))
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
   def unknown(self) -> np.ndarray:
     return self.encode(None)
+
+
+def of_record(record: Mapping) -> Mapping:
+  """The metadata columns of a source's record: its `metadata` features, or, in HAM10000 folders
+  prepared by skinjax's earlier HAM10000 builder, the record itself, which holds age (a float,
+  NaN when unknown), sex and localization beside the image."""
+  return record['metadata'] if 'metadata' in record else record
 
 
 def encoded_size(fields: Sequence[str]) -> int:
@@ -150,6 +157,8 @@ def encoded_size(fields: Sequence[str]) -> int:
 def _text(value) -> str:
   if isinstance(value, bytes):
     value = value.decode('utf-8', 'replace')
+  elif isinstance(value, (float, np.floating)):
+    value = f'{value:g}'  # the earlier HAM10000 builder's ages: 45.0, or NaN when unknown
   text = str(value).strip().lower()
   return '' if text in ('unknown', 'nan', 'na', 'n/a', 'none', 'null', '?') else text
 

@@ -89,7 +89,7 @@ class TrainTransform(grain.transforms.RandomMap):
     example = {'image': image, 'label': np.int32(record['label']), 'mask': np.float32(1.0)}
     if self.metadata_encoder:
       # Drawn after the image's augmentation, which then matches an image-only run's.
-      example['metadata'] = self.metadata_encoder.encode(record.get('metadata'), rng,
+      example['metadata'] = self.metadata_encoder.encode(patient_metadata.of_record(record), rng,
                                                          self.metadata_dropout)
     return example
 
@@ -135,7 +135,7 @@ class EvalTransform(grain.transforms.Map):
       example = {'image': self.view(record['image']), 'label': np.int32(record['label']),
                  'mask': np.float32(1.0), 'position': np.int32(position)}
     if self.metadata_encoder:
-      example['metadata'] = self.metadata_encoder.encode(record.get('metadata'))
+      example['metadata'] = self.metadata_encoder.encode(patient_metadata.of_record(record))
     return example
 
 

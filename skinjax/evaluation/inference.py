@@ -179,7 +179,7 @@ def eval_view(run: LoadedRun, source, index: int) -> np.ndarray:
 def encoded_metadata(run: LoadedRun, source, index: int) -> np.ndarray | None:
   """What the model takes beside `source[index]`'s image: its encoded metadata, or None."""
   encoder = run.metadata_encoder
-  return encoder.encode(source[index].get('metadata')) if encoder else None
+  return encoder.encode(patient_metadata.of_record(source[index])) if encoder else None
 
 
 @contextlib.contextmanager
