@@ -94,14 +94,32 @@ def unknown_note(fields: Sequence[str], columns: Sequence[str], where: str) -> s
           f"{'it' if len(missing) == 1 else 'them'} as unknown for every image.")
 
 
-def summary(fields: Sequence[str], descriptions: Sequence) -> str:
-  """One line for the start of a run: which column each dataset gives each field from."""
+def summary(fields: Sequence[str], descriptions: Sequence, shares: Mapping[str, float],
+            sampled: int) -> list[str]:
+  """Lines for the start of a run: which column each dataset gives each field from, and how often
+  each field is known in a sample of the training images; a warning for a field never known."""
   parts = []
   for description in descriptions:
     columns = [f'{field} <- {column_of(field, description.metadata_columns) or "unknown"}'
                for field in fields]
     parts.append(f"{description.name} ({', '.join(columns)})")
-  return 'Patient metadata: ' + '; '.join(parts) + '.'
+  lines = [f"Patient metadata: {'; '.join(parts)}; known in {sampled} sampled training images: "
+           + ', '.join(f'{field} {share:.0%}' for field, share in shares.items()) + '.']
+  lines += [f'warning: no sampled training image has a known {field}: the model cannot learn '
+            'from it; check the column in the prepared dataset, or leave the field out of '
+            'config.model.metadata.' for field, share in shares.items() if share == 0]
+  return lines
+
+
+def known_shares(encoder: MetadataEncoder, records: Sequence[Mapping]) -> dict[str, float]:
+  """{field: share of `records` whose value is known}: a column that is there but empty in every
+  record would otherwise train a branch on nothing, silently."""
+  encoded = np.stack([encoder.encode(of_record(record)) for record in records])
+  shares, start = {}, 0
+  for field in encoder.fields:
+    start += _WIDTHS[field]
+    shares[field] = float(1.0 - encoded[:, start - 1].mean())  # each field's last entry: unknown
+  return shares
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,7 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for line in dataset.sources_summary():
       print(line, flush=True)
     if fields:
-      print(patient_metadata.summary(fields, dataset.descriptions), flush=True)
+      _print_metadata_summary(config, dataset)
   lock = None
   if is_lead:
     workdir_lib.check_writable(workdir)
@@ -318,6 +318,16 @@ def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
 def _fresh_early_stopping() -> dict:
   return {'best_value': None, 'best_epoch': None, 'best_step': None, 'bad_epochs': 0,
           'stopped': False}
+
+
+def _print_metadata_summary(config, dataset, sampled: int = 256):
+  """Where each metadata field comes from, and how often it is known in the training images."""
+  train = dataset.splits['train']
+  sample = train[::max(1, len(train) // sampled)][:sampled]
+  encoder = patient_metadata.MetadataEncoder.from_config(config)
+  shares = patient_metadata.known_shares(encoder, [dataset.source[int(i)] for i in sample])
+  for line in patient_metadata.summary(encoder.fields, dataset.descriptions, shares, len(sample)):
+    print(line, file=sys.stderr if line.startswith('warning:') else sys.stdout, flush=True)
 
 
 def _update_early_stopping(state: dict, summary: dict, cfg) -> bool:
