@@ -89,18 +89,12 @@ def read_labels(csv_path, description: datasets.DatasetDescription = datasets.HA
                 ) -> LabelledImages:
   """Parses any label format (told apart by the header) into indices of the model's classes."""
   csv_path = pathlib.Path(csv_path).expanduser()
-  try:
-    with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      rows = list(csv.DictReader(f))
-  except (OSError, UnicodeDecodeError, csv.Error) as error:
-    raise ExternalDataError(f'Cannot read --labels_csv {csv_path} ({error}); pass a CSV with '
-                            f'{_FORMATS_HELP}.') from None
+  header, rows = _read_csv(csv_path, '--labels_csv', f'a CSV with {_FORMATS_HELP}')
   if not rows:
     raise ExternalDataError(f'--labels_csv {csv_path} has no rows; it needs a header and one row '
                             f'per image: {_FORMATS_HELP}.')
-  header = [c.strip() for c in rows[0] if c]
+  header = [c for c in header if c]
   columns = set(header)
-  rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in rows]
   if {'image_id', 'dx'} <= columns:
     labelled = _metadata_labels(rows, columns, csv_path, description)
   elif {'image_name', 'target'} <= columns:
@@ -135,14 +129,8 @@ def read_metadata(csv_path, paths) -> tuple[list[dict], tuple[str, ...]]:
   suffix; and the CSV's columns. An image without a row is an error: a typo would otherwise
   predict it silently without its metadata."""
   csv_path = pathlib.Path(csv_path).expanduser()
-  try:
-    with open(csv_path, newline='', encoding='utf-8-sig') as f:
-      reader = csv.DictReader(f)
-      rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in reader]
-      header = tuple((c or '').strip() for c in reader.fieldnames or ())
-  except (OSError, UnicodeDecodeError, csv.Error) as error:
-    raise ExternalDataError(f'Cannot read --metadata {csv_path} ({error}); pass a CSV with an '
-                            'image_id column and the metadata columns.') from None
+  header, rows = _read_csv(csv_path, '--metadata',
+                           'a CSV with an image_id column and the metadata columns')
   id_column = next((c for c in IMAGE_ID_COLUMNS if c in header), None)
   if id_column is None:
     raise ExternalDataError(f'--metadata {csv_path} has columns {list(header)}, none of which '
@@ -156,6 +144,18 @@ def read_metadata(csv_path, paths) -> tuple[list[dict], tuple[str, ...]]:
         f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}. Add their rows (empty '
         'values for what is unknown), or predict them without --metadata.')
   return [by_id[image_id] for image_id in ids], header
+
+
+def _read_csv(csv_path: pathlib.Path, flag: str, expected: str) -> tuple[tuple[str, ...], list[dict]]:
+  """(header, rows) of a CSV given by `flag`, names and values stripped of spaces."""
+  try:
+    with open(csv_path, newline='', encoding='utf-8-sig') as f:
+      reader = csv.DictReader(f)
+      rows = [{(k or '').strip(): (v or '').strip() for k, v in row.items()} for row in reader]
+      header = tuple((c or '').strip() for c in reader.fieldnames or ())
+  except (OSError, UnicodeDecodeError, csv.Error) as error:
+    raise ExternalDataError(f'Cannot read {flag} {csv_path} ({error}); pass {expected}.') from None
+  return header, rows
 
 
 def _csv_format(class_columns) -> str:
