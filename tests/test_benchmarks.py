@@ -66,14 +66,6 @@ def test_benchmark_train_counts_the_flops_of_all_devices(one_device_run):
   assert two['flops_per_step'] == pytest.approx(one['flops_per_step'], rel=0.1)
 
 
-def test_benchmark_input_reports_rate_and_input_wait():
-  result = run_json('scripts/benchmark_input.py', '--config.data.source=synthetic',
-                    '--image_size=32', '--batch_size=8', '--workers=0', '--batches=10',
-                    '--with_step=small_cnn')
-  assert result['images_per_sec'] > 0 and result['step_images_per_sec'] > 0
-  assert 0 <= result['input_wait_fraction'] <= 1
-
-
 def run_failing(*args):
   result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600)

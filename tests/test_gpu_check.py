@@ -25,7 +25,10 @@ def test_dry_mode_writes_every_step_figures(tmp_path):
   for name in trains:
     assert figures[name]['images_per_sec'] > 0 and figures[name]['compile_s'] > 0
     assert figures[name]['flops_per_step'] > 0
+  # The dry input step is benchmark_input.py with a small_cnn step on synthetic images: this is
+  # that script's test too.
   assert figures['input']['images_per_sec'] > 0 and figures['input']['step_images_per_sec'] > 0
+  assert 0 <= figures['input']['input_wait_fraction'] <= 1
   demo = figures['demo_train']
   assert demo['train_time_s'] > 0 and demo['num_examples'] > 0
   assert 0 < demo['balanced_accuracy'] <= 1
