@@ -142,3 +142,18 @@ def test_runs_saved_before_these_keys_read_as_trained_without_them():
   upgraded = saved_config.upgrade(saved)['data']['augment']
   assert all(upgraded[key] == 0 for key in augment.CAMERA_KEYS)
   assert upgraded['shades_of_grey_powers'] == []
+
+
+def test_the_domain_recipe_is_the_transfer_recipe_with_camera_augmentation():
+  """configs/cpu_domains.py's docstring compares it with cpu_transfer.py: only the augmentations
+  that imitate other cameras may differ, and they must be on and valid."""
+  from configs import cpu_domains, cpu_transfer  # pylint: disable=import-outside-toplevel
+  domains, transfer = cpu_domains.get_config(), cpu_transfer.get_config()
+  config_checks.validate(domains)
+  changed = {key for key in domains.data.augment
+             if domains.data.augment[key] != transfer.data.augment[key]}
+  assert changed and changed <= {*augment.CAMERA_KEYS, 'brightness', 'contrast', 'saturation',
+                                 'shades_of_grey_powers'}
+  for key in changed:
+    domains.data.augment[key] = transfer.data.augment[key]
+  assert domains.to_dict() == transfer.to_dict()
