@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   # With colour constancy on: (low, high) draws each training view's Shades of Grey power instead
   # of data.shades_of_grey_power; () keeps that power.
   augment.shades_of_grey_powers = ()
+  # The fraction of training views that get the two above (the camera keys and the power range);
+  # the others keep the camera's own rendering. 1.0: every view.
+  augment.camera_probability = 1.0
 
   config.model = model = ml_collections.ConfigDict()
   model.arch = 'small_cnn'

@@ -116,10 +116,36 @@ def test_train_view_applies_them_deterministically():
   assert not np.array_equal(view(1), view(2))
 
 
+def test_camera_probability_changes_that_fraction_of_the_views():
+  """A view either gets the camera changes or is the view the same seed gives without them."""
+  buffer = io.BytesIO()
+  Image.fromarray(photo(size=64)).save(buffer, format='JPEG')
+
+  def view(seed, probability, camera_on=True):
+    cfg = base.get_config().data.augment
+    cfg.camera_probability = probability
+    if camera_on:
+      cfg.update(SETTINGS, shades_of_grey_powers=(2.0, 10.0))
+    return augment.train_view(buffer.getvalue(), 32, cfg, 'center_crop',
+                              np.random.default_rng(seed), colour_constancy_power=6.0)
+
+  changed = [not np.array_equal(view(seed, 0.5), view(seed, 0.5, camera_on=False))
+             for seed in range(40)]
+  assert 10 <= sum(changed) <= 30, sum(changed)
+  np.testing.assert_array_equal(view(3, 0.5), view(3, 0.5))
+  assert all(np.array_equal(view(seed, 0.0), view(seed, 0.0, camera_on=False))
+             for seed in range(5))
+  # 1.0 draws nothing for the choice: the same stream as before the key existed.
+  assert not any(np.array_equal(view(seed, 1.0), view(seed, 1.0, camera_on=False))
+                 for seed in range(5))
+
+
 @pytest.mark.parametrize('key, value', [('gamma', -0.1), ('hue', 0.6), ('channel_gain', 1.0),
                                         ('sharpness', 1.5), ('blur', -1.0),
                                         ('shades_of_grey_powers', (8.0, 2.0)),
-                                        ('shades_of_grey_powers', (6.0,))])
+                                        ('shades_of_grey_powers', (6.0,)),
+                                        ('camera_probability', 1.5),
+                                        ('camera_probability', -0.1)])
 def test_values_out_of_range_are_one_clear_error(key, value):
   config = base.get_config()
   config.data.augment[key] = value
@@ -137,11 +163,11 @@ def test_powers_without_colour_constancy_warn():
 
 def test_runs_saved_before_these_keys_read_as_trained_without_them():
   saved = base.get_config().to_dict()
-  for key in (*augment.CAMERA_KEYS, 'shades_of_grey_powers'):
+  for key in (*augment.CAMERA_KEYS, 'shades_of_grey_powers', 'camera_probability'):
     del saved['data']['augment'][key]
   upgraded = saved_config.upgrade(saved)['data']['augment']
   assert all(upgraded[key] == 0 for key in augment.CAMERA_KEYS)
-  assert upgraded['shades_of_grey_powers'] == []
+  assert upgraded['shades_of_grey_powers'] == [] and upgraded['camera_probability'] == 1.0
 
 
 def test_the_domain_recipe_is_the_transfer_recipe_with_camera_augmentation():

@@ -163,7 +163,10 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
   """One augmented training view of a record's image, as uint8 (size, size, 3)."""
   # Decode at about twice the output size: enough for the tightest random crop we take.
   pil = to_pil(image, min_side=2 * size)
-  gains = colour_gains(pil, random_power(colour_constancy_power, cfg, rng))
+  # Drawn only below 1, so that runs where every view gets them keep their random stream.
+  camera = cfg.camera_probability >= 1 or rng.random() < cfg.camera_probability
+  power = random_power(colour_constancy_power, cfg, rng) if camera else colour_constancy_power
+  gains = colour_gains(pil, power)
   if cfg.random_resized_crop:
     out = random_resized_crop(pil, size, tuple(cfg.crop_scale), tuple(cfg.crop_ratio), rng)
   else:
@@ -176,7 +179,7 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
     out = np.rot90(out, k=int(rng.integers(0, 4)))
   # The jitter comes after the correction: it then varies a neutral image, as intended.
   out = colour_jitter(apply_gains(out, gains), cfg, rng)
-  return np.ascontiguousarray(camera_jitter(out, cfg, rng))
+  return np.ascontiguousarray(camera_jitter(out, cfg, rng) if camera else out)
 
 
 def eval_image_size(data_config: ml_collections.ConfigDict) -> int:

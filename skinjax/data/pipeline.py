@@ -38,6 +38,7 @@ class AugmentSpec:
   sharpness: float = 0.0
   blur: float = 0.0
   shades_of_grey_powers: tuple[float, ...] = ()
+  camera_probability: float = 1.0
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict) -> 'AugmentSpec':

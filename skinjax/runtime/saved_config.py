@@ -25,6 +25,7 @@ def upgrade(saved: dict) -> dict:
   for key in augment_lib.CAMERA_KEYS:
     augment.setdefault(key, 0.0)
   augment.setdefault('shades_of_grey_powers', [])
+  augment.setdefault('camera_probability', 1.0)
   model = upgraded.setdefault('model', {})
   model.setdefault('metadata', [])
   # configs/base.py's default, so that resuming an older run sees no change: without metadata

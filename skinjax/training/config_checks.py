@@ -125,6 +125,9 @@ def _check_camera_augmentation(augment: ml_collections.ConfigDict):
   if powers and (len(powers) != 2 or not 0 < powers[0] <= powers[1]):
     raise ValueError(f'config.data.augment.shades_of_grey_powers={powers}: give (low, high) with '
                      '0 < low <= high, or () to keep config.data.shades_of_grey_power.')
+  if not 0 <= augment.camera_probability <= 1:
+    raise ValueError(f'config.data.augment.camera_probability={augment.camera_probability} must be '
+                     'between 0 and 1 (1: every training view).')
 
 
 def check_init(config: ml_collections.ConfigDict):
