@@ -45,15 +45,9 @@ from configs import cpu_transfer
 
 def get_config():
   config = cpu_transfer.get_config()
-  augment = config.data.augment
-  # At about half these strengths the Derm7pt gain was gone (docstring): strong is the point.
-  augment.brightness = 0.2
-  augment.contrast = 0.3
-  augment.saturation = 0.3
-  augment.gamma = 0.3
-  augment.hue = 0.05
-  augment.channel_gain = 0.15
-  # The colour cast is removed at evaluation with power 6; training sees it removed more or less
-  # thoroughly, as another camera's light would leave it.
-  augment.shades_of_grey_powers = (2.0, 10.0)
+  # At about half these strengths the Derm7pt gain was gone (docstring): strong is the point. The
+  # Shades-of-Grey power drawn from 2-10 removes each training view's colour cast more or less
+  # thoroughly, as another camera's light would leave it; evaluation keeps the fixed 6.
+  config.data.augment.update(dict(brightness=0.2, contrast=0.3, saturation=0.3, gamma=0.3,
+                                  hue=0.05, channel_gain=0.15, shades_of_grey_powers=(2.0, 10.0)))
   return config
