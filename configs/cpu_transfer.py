@@ -72,9 +72,13 @@ epoch 7), and it is deterministic: the colour-corrected run at 128 px views had 
 Validation balanced accuracy by epoch (176 px views, no TTA): 0.50 (frozen), 0.60, 0.66, 0.65,
 0.66, 0.66, 0.706, 0.68, 0.69, 0.70.
 
-Not tried, for want of CPU time (each try costs a 40-minute run on this machine): lite1/lite2
-or another training resolution, partial unfreezing (config.train.unfreeze=N), another backbone
-multiplier, more epochs.
+Tried since, on the oneDNN kernels, and not kept (validation no better; docs/performance.md,
+"What the recipes gain"): training at 176 px (validation 0.697), and EfficientNet-Lite1 at 128 px
+(--config.model.arch=efficientnet_lite1; validation 0.709 at epoch 9; grouped test 0.747
+[0.711, 0.781], isic2018_test_dev 0.646 [0.567, 0.717], derm7pt_dev 0.507 [0.397, 0.616] with
+flip_rot; 38.6 min of training on a 2-core AMD EPYC, where this recipe takes 31).
+Not tried: lite2, partial unfreezing (config.train.unfreeze=N), another backbone multiplier,
+more epochs.
 """
 
 from configs import imagenet_finetune
