@@ -76,7 +76,7 @@ Tried since, on the oneDNN kernels, and not kept (validation no better; docs/per
 "What the recipes gain"): training at 176 px (validation 0.697), and EfficientNet-Lite1 at 128 px
 (--config.model.arch=efficientnet_lite1; validation 0.709 at epoch 9; grouped test 0.747
 [0.711, 0.781], isic2018_test_dev 0.646 [0.567, 0.717], derm7pt_dev 0.507 [0.397, 0.616] with
-flip_rot; 38.6 min of training on a 2-core AMD EPYC, where this recipe takes 31).
+flip_rot; 38.6 min of training on a 2-core AMD EPYC, where this recipe takes about 31).
 Not tried: lite2, partial unfreezing (config.train.unfreeze=N), another backbone multiplier,
 more epochs.
 """
