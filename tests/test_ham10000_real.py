@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from configs import cpu_small
-from configs import scratch_cnn
 from skinjax.data import handle
 from skinjax.data import splits as splits_lib
 from skinjax.data.constants import NUM_CLASSES
@@ -94,21 +93,6 @@ def real_metadata(prepared_dir):
   return metadata
 
 
-def test_scratch_cnn_trains_on_the_real_images(prepared_dir, fewer_training_images, tmp_path):
-  """One short epoch of configs/scratch_cnn.py at 16 px (an eighth of the training images, see
-  TRAIN_STRIDE), through grain workers, to the report."""
-  config = scratch_cnn.get_config()
-  config.data.data_dir = str(prepared_dir)
-  config.data.image_size = 16  # the CNN's four 2x2 poolings leave 1x1: the least that runs
-  config.train.num_epochs = 1
-  config.train.batch_size = 64
-  config.train.eval_batch_size = 256
-  metrics = train.train_and_evaluate(config, str(tmp_path))
-  assert metrics['num_examples'] == 2003  # the grouped test split, every image counted once
-  assert np.isfinite(metrics['loss'])
-  assert (tmp_path / 'report' / 'confusion_matrix.png').exists()
-
-
 def test_cpu_small_recipe_trains_on_the_real_images(prepared_dir, fewer_training_images,
                                                     tmp_path):
   """configs/cpu_small.py as it is (weighting, augmentation, schedule), cut to one epoch at 16 px
@@ -116,7 +100,8 @@ def test_cpu_small_recipe_trains_on_the_real_images(prepared_dir, fewer_training
 
   A smoke test of the recipe's wiring on the real images, not of its figures: it must train
   through grain workers, pick the best checkpoint by validation balanced accuracy and write the
-  test report with its lesion-resampled 95% intervals.
+  test report with its lesion-resampled 95% intervals. It also stands for configs/scratch_cnn.py,
+  the same network, whose class-weighted loss every tiny_config() run trains with (configs/demo.py).
   """
   config = cpu_small.get_config()
   assert config.data.split == 'lesion_grouped'
@@ -134,6 +119,7 @@ def test_cpu_small_recipe_trains_on_the_real_images(prepared_dir, fewer_training
   assert {'balanced_accuracy', 'macro_f1', 'melanoma_recall'} <= set(metrics['ci'])
   assert (tmp_path / 'checkpoints' / 'best').is_dir()
   assert (tmp_path / 'report' / 'classification_report.txt').exists()
+  assert (tmp_path / 'report' / 'confusion_matrix.png').exists()
 
 
 def test_all_images_are_prepared(real_metadata):
