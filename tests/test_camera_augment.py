@@ -135,7 +135,8 @@ def test_camera_probability_changes_that_fraction_of_the_views():
   np.testing.assert_array_equal(view(3, 0.5), view(3, 0.5))
   assert all(np.array_equal(view(seed, 0.0), view(seed, 0.0, camera_on=False))
              for seed in range(5))
-  # 1.0 draws nothing for the choice: the same stream as before the key existed.
+  # 1.0: every view gets them. (That it draws nothing for the choice, so that earlier runs keep
+  # their stream, is what the two-phase goldens of tests/test_phase_plan.py show.)
   assert not any(np.array_equal(view(seed, 1.0), view(seed, 1.0, camera_on=False))
                  for seed in range(5))
 
