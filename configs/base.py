@@ -128,4 +128,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The test-time augmentation (scripts/evaluate.py --tta) the recipe chose on validation, if it
   # chose one: another mode is then warned about, since its figures were never checked.
   evaluation.validated_tta = ''
+  # The report's figures (confusion_matrix.png, roc.png, reliability.png), from the trainer and
+  # scripts/evaluate.py alike; false leaves them out, about a second less per report (sweeps,
+  # tests). Every number is written either way.
+  evaluation.figures = True
   return config

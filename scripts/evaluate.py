@@ -12,10 +12,10 @@ of the run's training dataset; the CSV is either metadata-style (image_id,dx[,le
 ISIC 2018 Task 3 ground truth (image,MEL,NV,BCC,AKIEC,BKL,DF,VASC), the ISIC 2019 one
 (image,MEL,NV,BCC,AK,...,SCC,UNK: a HAM10000 model refuses SCC and UNK rows, an ISIC 2019 model
 scores SCC) or the ISIC 2020 one (image_name,...,target, for a melanoma-against-benign model).
-It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or --out): the training report's files plus
-roc.png, reliability.png, ECE and 95% bootstrap intervals in metrics.json, the AUC and
-sensitivity at 80/90/95% specificity of a binary melanoma model, and predictions_isic.csv in the
-submission format of the training dataset's ISIC challenge.
+It writes W/eval/<split>-<checkpoint>[-tta_<mode>]/ (or --out): the training report's files
+(the figures unless the run set config.eval.figures=false), ECE and 95% bootstrap intervals in
+metrics.json, the AUC and sensitivity at 80/90/95% specificity of a binary melanoma model, and
+predictions_isic.csv in the submission format of the training dataset's ISIC challenge.
 
 An external set's split is external-<set name>-<set hash>: the set name is the folder it came
 from (the labels file's folder when the images lie in it: derm7pt_dev/images with

@@ -33,6 +33,9 @@ def tiny_config(**overrides):
   config.train.eval_batch_size = 32
   config.train.num_epochs = 2
   config.train.log_every_steps = 1
+  # About a second of plotting per report, in most of the suite's ~90 reports; the tests of the
+  # figures turn them on.
+  config.eval.figures = False
   for dotted, value in overrides.items():
     node = config
     *parents, leaf = dotted.split('.')

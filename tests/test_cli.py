@@ -12,8 +12,10 @@ from skinjax.runtime import distributed
 from tests.helpers import FAST_COMPILE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# tiny_config() as flags, its figures off included.
 TINY = ['--config.data.synthetic_examples=240', '--config.data.image_size=24',
-        '--config.train.batch_size=16', '--config.train.eval_batch_size=32']
+        '--config.train.batch_size=16', '--config.train.eval_batch_size=32',
+        '--config.eval.figures=false']
 
 
 def main_command(workdir, *flags, config='configs/demo.py'):

@@ -21,7 +21,8 @@ SHORT_SIDE = 32
 TRAIN_FLAGS = ('--config=configs/demo.py', '--config.data.source=prepared',
                f'--config.data.prepared_size={SHORT_SIDE}', '--config.data.image_size=24',
                '--config.train.batch_size=16', '--config.train.eval_batch_size=32',
-               '--config.train.num_epochs=1', '--config.train.log_every_steps=1')
+               '--config.train.num_epochs=1', '--config.train.log_every_steps=1',
+               '--config.eval.figures=false')
 CASES = {
     # name: (fixture writer, the external ground truth inside a second download, classes)
     'isic2019': (fx.write_isic2019, 'ISIC_2019_Training_GroundTruth.csv',

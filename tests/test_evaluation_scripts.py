@@ -94,7 +94,10 @@ def test_test_split_evaluation_reproduces_the_report_and_sklearn(run, trained):
   data = checkpoint_eval.run_split(run, 'test')
   out = checkpoint_eval.default_out_dir(run, data, 'none')
   assert out == trained / 'eval' / 'test-best'
-  metrics = checkpoint_eval.evaluate_checkpoint(run, data, out)
+  # As evaluate.py on a run whose config.json has the report's figures on (the tiny run's are off).
+  config = run.config.copy_and_resolve_references()
+  config.eval.figures = True
+  metrics = checkpoint_eval.evaluate_checkpoint(dataclasses.replace(run, config=config), data, out)
   reported = json.loads((trained / 'report' / 'metrics.json').read_text())
   assert metrics['step'] == reported['best_step'] and metrics['split'] == 'test'
   for key in ('accuracy', 'balanced_accuracy', 'macro_f1', 'macro_auc', 'melanoma_recall'):
@@ -274,6 +277,7 @@ def test_evaluate_script_on_an_external_set(trained, external_set, tmp_path, pyt
   assert metrics['labels_format'] == 'isic2018' and metrics['num_examples'] == len(ids) - 1
   assert metrics['isic_challenge']['excluded_images'] == [ids[3], 'ISIC_0035068']
   assert len(read_predictions(out / 'predictions.csv')[0]) == len(ids) + 1  # every row predicted
+  assert not list(out.glob('*.png')), "the run's config.eval.figures is off"
   official = official_score(truth, out / 'predictions_isic.csv')
   assert abs(metrics['isic_challenge']['balanced_accuracy'] - official.overall) <= 1e-9
 

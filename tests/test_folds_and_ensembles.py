@@ -225,7 +225,8 @@ def test_cross_validate_trains_scores_and_resumes(tmp_path, python):
   out = tmp_path / 'cv'
   args = [REPO / 'scripts' / 'cross_validate.py', '--config=configs/demo.py', '--folds=2',
           f'--out={out}', '--override=data.synthetic_examples=240', '--override=data.image_size=24',
-          '--override=train.num_epochs=1', '--override=train.batch_size=16']
+          '--override=train.num_epochs=1', '--override=train.batch_size=16',
+          '--override=eval.figures=false']
   result = python.run(args)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   for fold in range(2):

@@ -40,8 +40,9 @@ def finished_run(tiny_run):
 def test_report_files_and_metrics_match_sklearn(finished_run):
   workdir, metrics = finished_run
   report = workdir / 'report'
-  for name in ('classification_report.txt', 'metrics.json', 'confusion_matrix.png', 'predictions.csv'):
+  for name in ('classification_report.txt', 'metrics.json', 'predictions.csv'):
     assert (report / name).exists(), name
+  assert not list(report.glob('*.png')), 'tiny_config() turns the figures off'
   with open(report / 'predictions.csv') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == metrics['num_examples'] and len({r['image_id'] for r in rows}) == len(rows)
@@ -107,8 +108,9 @@ STOPPED_AT = 12  # after the mid-epoch checkpoint of step 12, in the second epoc
 @pytest.fixture(scope='module')
 def resumed_run(tmp_path_factory):
   """(workdir, metrics) of tiny_config()'s run, with a checkpoint every 4 steps, stopped after the
-  one of STOPPED_AT and rerun to the end. The first process's validation (after step 9) takes
-  SLOW_VALIDATION_S longer."""
+  one of STOPPED_AT and rerun to the end with the report's figures on (a change that needs no
+  allow_config_change). The first process's validation (after step 9) takes SLOW_VALIDATION_S
+  longer."""
   workdir = tmp_path_factory.mktemp('resumed')
   config = tiny_config(**{'train.checkpoint_every_steps': 4})
   original_predict = evaluate.predict
@@ -120,6 +122,7 @@ def resumed_run(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(evaluate, 'predict', slow_predict)
     interrupt_after_checkpoint(config, workdir, patch, step=STOPPED_AT)
+  config.eval.figures = True
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 
@@ -129,6 +132,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(resumed_run, finish
   logged_steps = [r['step'] for r in read_jsonl(workdir / 'metrics.jsonl') if 'step_losses' in r]
   assert logged_steps.count(1) == logged_steps.count(STOPPED_AT) == 1  # resumed there, not earlier
   assert_same_run(workdir, finished_run[0], resumed, finished_run[1])
+  for name in ('confusion_matrix.png', 'roc.png', 'reliability.png'):
+    assert (workdir / 'report' / name).stat().st_size > 0, name
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path):

@@ -147,4 +147,4 @@ def evaluate_checkpoint(run: inference.LoadedRun, data: EvalData, out_dir: pathl
   return report.write_report(pathlib.Path(out_dir), data.labels, probs, data.image_ids,
                              run.description, extra=extra, groups=data.groups,
                              bootstrap_seed=bootstrap_seed,
-                             score_weights=data.score_weights)
+                             score_weights=data.score_weights, figures=config.eval.figures)

@@ -137,13 +137,14 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
                  description: datasets.DatasetDescription = datasets.HAM10000,
                  extra: dict | None = None, groups=None, bootstrap_seed: int = 0,
                  bootstrap_resamples: int = eval_metrics.BOOTSTRAP_RESAMPLES,
-                 score_weights=None) -> dict:
+                 score_weights=None, figures: bool = True) -> dict:
   """Writes the report files and returns the metrics.json content.
 
   classification_report.txt, metrics.json (with ECE and 95% bootstrap CIs, resampled by group --
-  lesion or patient -- when `groups` are given), confusion_matrix.png, roc.png, reliability.png,
-  predictions.csv and, for a dataset with a challenge, predictions_isic.csv in its submission
-  format (ISIC 2018: image,MEL,...; ISIC 2019: image,MEL,...,UNK; ISIC 2020: image_name,target).
+  lesion or patient -- when `groups` are given), with `figures` confusion_matrix.png, roc.png and
+  reliability.png (config.eval.figures), predictions.csv and, for a dataset with a challenge,
+  predictions_isic.csv in its submission format (ISIC 2018: image,MEL,...; ISIC 2019:
+  image,MEL,...,UNK; ISIC 2020: image_name,target).
 
   `score_weights` (an ISIC ground truth's, 0 or 1 per row) add `isic_challenge` to metrics.json:
   the official scorer's balanced accuracy and the images of weight 0. Those rows are left out of
@@ -183,11 +184,12 @@ def write_report(out_dir: pathlib.Path, labels: np.ndarray, probs: np.ndarray, i
       + f"\nbalanced accuracy {metrics['balanced_accuracy']:.4f}\n"
       + ('' if isic_challenge is None else format_isic_challenge(isic_challenge) + '\n'))
   (out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
-  plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=range(len(class_names))),
-                        class_names, out_dir / 'confusion_matrix.png')
-  plot_roc(labels, probs, description, out_dir / 'roc.png')
-  plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
-                   out_dir / 'reliability.png')
+  if figures:
+    plot_confusion_matrix(skm.confusion_matrix(labels, preds, labels=range(len(class_names))),
+                          class_names, out_dir / 'confusion_matrix.png')
+    plot_roc(labels, probs, description, out_dir / 'roc.png')
+    plot_reliability(eval_metrics.reliability_bins(labels, probs), metrics['ece'],
+                     out_dir / 'reliability.png')
   # Every row, scored or not: the official scorer wants a prediction for each ground-truth row.
   with open(out_dir / 'predictions.csv', 'w', newline='') as f:
     writer = csv.writer(f)

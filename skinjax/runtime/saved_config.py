@@ -10,7 +10,8 @@ def upgrade(saved: dict) -> dict:
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
   'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
-  camera augmentations (off, as they trained), extra training datasets, folds or patient metadata.
+  camera augmentations (off, as they trained), extra training datasets, folds, patient metadata
+  or the switch for the report's figures (on, as they were written).
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -31,7 +32,9 @@ def upgrade(saved: dict) -> dict:
   # configs/base.py's default, so that resuming an older run sees no change: without metadata
   # it does nothing.
   model.setdefault('metadata_dropout', 0.3)
-  upgraded.setdefault('eval', {}).setdefault('validated_tta', '')
+  evaluation = upgraded.setdefault('eval', {})
+  evaluation.setdefault('validated_tta', '')
+  evaluation.setdefault('figures', True)
   if data.get('source') == 'ham10000':
     data['source'] = 'prepared'
   return upgraded

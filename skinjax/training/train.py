@@ -263,7 +263,8 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     if is_lead:
       metrics = report.write_report(workdir / 'report', labels[splits['test']], test_probs,
                                     metadata['image_id'][splits['test']], description, extra=extra,
-                                    groups=metadata['group'][splits['test']])
+                                    groups=metadata['group'][splits['test']],
+                                    figures=config.eval.figures)
       # Wall time apart: metrics.json of a resumed run equals that of an uninterrupted one.
       (workdir / 'report' / 'timing.json').write_text(json.dumps(
           {'train_time_s': progress.get('train_time_s')}) + '\n')

@@ -25,7 +25,7 @@ WARNINGS_KEY = 'warnings'
 # Keys that may change between a run and its resume without changing what is trained.
 RESUME_NEUTRAL_KEYS = frozenset({
     'data.data_dir', 'data.num_workers', 'train.log_every_steps', 'train.eval_batch_size',
-    'train.checkpoint_every_steps', 'train.allow_config_change'})
+    'train.checkpoint_every_steps', 'train.allow_config_change', 'eval.figures'})
 # Changes no flag can allow: the checkpoint would not even load.
 NEVER_ALLOWED_KEYS = frozenset({'model.arch', 'model.metadata'})
 
