@@ -101,6 +101,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.schedule = 'cosine'  # 'cosine' | 'constant', both after a linear warmup
   train.warmup_epochs = 1.0
   train.label_smoothing = 0.0
+  # A moving average of the weights (and BatchNorm statistics), with this decay per step; 0: off.
+  # With it on, validation, the best checkpoint and every evaluation use the average, and the
+  # train step trains the weights themselves. Its first steps decay less, as TensorFlow's
+  # ExponentialMovingAverage does: min(decay, (1 + n) / (10 + n)) after n steps.
+  train.ema_decay = 0.0
   train.grad_clip_norm = 1.0  # 0 disables clipping
   train.class_weighting = 'none'  # 'none' | 'inverse_freq' | 'sqrt_inverse_freq'
   train.balanced_sampling = False  # draw each class equally often instead of weighting the loss

@@ -33,7 +33,8 @@ def build(mode):
   return model
 
 
-def run_steps(phase, unfreeze='all', num_steps=3):
+def run_steps(phase, unfreeze='all', num_steps=3, ema_decay=0.0, on_step=None):
+  """((initial params, rest), final state) of `num_steps` steps; `on_step(state)` sees each."""
   config = tiny_config(**{'train.unfreeze': unfreeze, 'train.freeze_backbone_epochs': 1,
                           'train.num_epochs': 3, 'train.warmup_epochs': 0.0})
   model = build('phase2')
@@ -44,13 +45,17 @@ def run_steps(phase, unfreeze='all', num_steps=3):
   step = jax.jit(steps.make_train_step(
       graphdef, tx, normalise=lambda x: preprocessing.normalize(x, 'unit'),
       trainable_mask=plan.trainable(phase),
-      class_weights=jnp.ones(7), label_smoothing=0.1, dropout_key=jax.random.key(0)))
-  state = steps.TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
+      class_weights=jnp.ones(7), label_smoothing=0.1, dropout_key=jax.random.key(0),
+      ema_decay=ema_decay))
+  ema = steps.start_ema(params, rest) if ema_decay else None
+  state = steps.TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), ema)
   rng = np.random.default_rng(0)
   for _ in range(num_steps):
     batch = {'image': rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
              'label': rng.integers(0, 7, 8).astype(np.int32), 'mask': np.ones(8, np.float32)}
     state, metrics = step(state, batch)
+    if on_step:
+      on_step(jax.device_get(state))
   assert np.isfinite(metrics['loss'])
   return (params, rest), state
 
@@ -78,6 +83,27 @@ def test_phase_two_unfreezes_only_the_last_blocks():
   # while the unfrozen block's move in training mode.
   assert not any(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage1']"))
   assert all(v for k, v in stat_changes.items() if k.startswith("['backbone']['stage2']"))
+
+
+def test_moving_average_follows_its_definition_and_leaves_training_alone():
+  """The average after each step, recomputed in NumPy from the weights and statistics the steps
+  produced, with TensorFlow's num_updates warmup; the weights are those of a run without it."""
+  seen = []
+  (params, rest), state = run_steps(phase=2, num_steps=4, ema_decay=0.2, on_step=seen.append)
+  _, plain = run_steps(phase=2, num_steps=4)
+  for a, b in zip(jax.tree.leaves((state.params, state.rest)), jax.tree.leaves((plain.params, plain.rest))):
+    np.testing.assert_array_equal(a, b)
+  expected = [np.asarray(x, np.float64) for x in jax.tree.leaves((params, rest))]
+  for n, after in enumerate(seen):
+    decay = min(0.2, (1 + n) / (10 + n))  # 0.1, 0.18, then the set 0.2
+    expected = [decay * e + (1 - decay) * np.asarray(x, np.float64)
+                for e, x in zip(expected, jax.tree.leaves((after.params, after.rest)))]
+  averaged = jax.tree.leaves((state.ema['params'], state.ema['rest']))
+  assert len(averaged) == len(expected)
+  for got, want in zip(averaged, expected):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert all(a is b for a, b in zip(state.evaluated(), (state.ema['params'], state.ema['rest'])))
+  assert all(a is b for a, b in zip(plain.evaluated(), (plain.params, plain.rest)))
 
 
 def test_phase_two_runs_frozen_blocks_in_inference_mode():

@@ -136,6 +136,76 @@ def test_resume_after_interruption_matches_uninterrupted_run(resumed_run, finish
     assert (workdir / 'report' / name).stat().st_size > 0, name
 
 
+@pytest.fixture(scope='module')
+def averaged_runs(tmp_path_factory):
+  """{'whole': (workdir, metrics), 'resumed': ...} of tiny_config() with a moving average of the
+  weights: one uninterrupted, one stopped after the checkpoint of STOPPED_AT and rerun."""
+  config = tiny_config(**{'train.ema_decay': 0.8, 'train.checkpoint_every_steps': 4})
+  runs = {}
+  for name in ('whole', 'resumed'):
+    workdir = tmp_path_factory.mktemp(name)
+    if name == 'resumed':
+      with pytest.MonkeyPatch.context() as patch:
+        interrupt_after_checkpoint(config, workdir, patch, step=STOPPED_AT)
+    runs[name] = workdir, train.train_and_evaluate(config, str(workdir))
+  return runs
+
+
+def restored_models(workdir, config):
+  from skinjax.models.run_model import RunModel
+  from skinjax.runtime import sharding
+  params, rest = RunModel(config, num_classes=7).abstract_state
+  replicated = sharding.replicated(sharding.data_mesh())
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  return {which: checkpoints.restore_model(which, ckpt.abstract(params, replicated),
+                                           ckpt.abstract(rest, replicated))
+          for which in ('best', 'latest')}
+
+
+def test_moving_average_is_validated_kept_and_resumed_exactly(averaged_runs, finished_run):
+  """The average changes nothing in training (the same losses as the run without it), but it is
+  what validation scores and `best` keeps; a resumed run ends with the same average."""
+  (workdir, metrics), (resumed_dir, resumed) = averaged_runs['whole'], averaged_runs['resumed']
+  losses, plain = step_losses(workdir), step_losses(finished_run[0])
+  np.testing.assert_allclose([losses[s] for s in sorted(plain)], [plain[s] for s in sorted(plain)],
+                             rtol=1e-5)
+  val = [r['val_loss'] for r in read_jsonl(workdir / 'metrics.jsonl') if 'val_loss' in r]
+  plain_val = [r['val_loss'] for r in read_jsonl(finished_run[0] / 'metrics.jsonl') if 'val_loss' in r]
+  assert len(val) == len(plain_val) and not np.allclose(val, plain_val, rtol=1e-3)
+  assert_same_run(resumed_dir, workdir, resumed, metrics)
+  config = tiny_config()
+  models = {name: restored_models(d, config) for name, d in (('whole', workdir),
+                                                             ('resumed', resumed_dir))}
+  for a, b in zip(jax.tree.leaves(models['whole']), jax.tree.leaves(models['resumed'])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # `latest` restores the average too, not the weights the step trained.
+  step = ckpt.RunCheckpoints(workdir).latest_step()
+  saved = ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / 'latest' / str(step) / 'state')
+  latest_params = jax.tree.leaves(models['whole']['latest'][1])
+  assert len(latest_params) == len(jax.tree.leaves(saved['ema']['params']))
+  for a, b in zip(jax.tree.leaves(saved['ema']['params']), latest_params):
+    assert np.array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved['ema']['params']),
+                                                       jax.tree.leaves(saved['params'])))
+
+
+def test_a_moving_average_turned_on_or_off_midway_resumes(tmp_path, monkeypatch):
+  """With allow_config_change: switched on, the average starts from the restored weights;
+  switched off, the saved one is dropped."""
+  configs = [tiny_config(**{'train.checkpoint_every_steps': 4, 'train.ema_decay': decay,
+                            'train.allow_config_change': True}) for decay in (0.0, 0.8, 0.0)]
+  interrupt_after_checkpoint(configs[0], tmp_path, monkeypatch, step=4)
+  interrupt_after_checkpoint(configs[1], tmp_path, monkeypatch, step=8)
+  checkpoints = ckpt.RunCheckpoints(tmp_path)
+  assert checkpoints.latest_has_ema()
+  checkpoints.wait_and_close()
+  metrics = train.train_and_evaluate(configs[2], str(tmp_path))
+  assert np.isfinite(metrics['loss'])
+  assert not ckpt.RunCheckpoints(tmp_path).latest_has_ema()
+  logged_steps = [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'step_losses' in r]
+  assert logged_steps.count(5) == logged_steps.count(9) == 1  # each part resumed where it stopped
+
+
 def test_unknown_architecture_lists_valid_ones(tmp_path):
   with pytest.raises(ValueError, match=r'valid architectures: .*small_cnn.*efficientnetb0'):
     train.train_and_evaluate(tiny_config(**{'model.arch': 'resnet51'}), str(tmp_path))
@@ -149,7 +219,8 @@ def test_workdir_of_another_architecture_is_refused(finished_run):
 
 @pytest.mark.parametrize('key, value', [('data.split', 'by_patient'),
                                         ('train.class_weighting', 'inverse'),
-                                        ('model.dtype', 'float16')])
+                                        ('model.dtype', 'float16'),
+                                        ('train.ema_decay', 1.0)])
 def test_invalid_choices_name_the_key(tmp_path, key, value):
   with pytest.raises(ValueError, match=f'config.{key}'):
     train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))

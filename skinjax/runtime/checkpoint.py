@@ -2,6 +2,8 @@
 
 W/checkpoints/latest  max_to_keep=1: train state, grain iterator state, progress (JSON)
 W/checkpoints/best    max_to_keep=1: model variables and the epoch summary that made them best
+With config.train.ema_decay > 0 the train state also holds the variables' moving average, and
+that average is what `best` keeps and what restoring a model from `latest` gives.
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed
 mid-write never leaves a torn checkpoint that looks valid.
 """
@@ -43,17 +45,17 @@ class RunCheckpoints:
   def save_latest(self, step: int, state, data_iterator, progress: dict):
     with self._explained_write_errors(self.latest, step):
       self.latest.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
+          state=ocp.args.StandardSave(_stored(state)),
           data_iter=grain.checkpoint.CheckpointSave(data_iterator),
           progress=ocp.args.JsonSave(progress)))
 
   def restore_latest(self, abstract_state, data_iterator):
     step = self.latest.latest_step()
     restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
+        state=ocp.args.StandardRestore(_stored(abstract_state)),
         data_iter=grain.checkpoint.CheckpointRestore(data_iterator),
         progress=ocp.args.JsonRestore()))
-    return restored.state, restored.progress
+    return type(abstract_state)(**restored.state), restored.progress
 
   def latest_progress(self) -> dict | None:
     step = self.latest.latest_step()
@@ -109,6 +111,13 @@ class RunCheckpoints:
     """How many arrays the latest train state holds (its optimiser layout), from metadata only."""
     return len(jax.tree.leaves(self._metadata('latest', self.latest.latest_step(), 'state')))
 
+  def latest_has_ema(self) -> bool:
+    """Whether the latest train state holds a moving average of the weights (from metadata)."""
+    return self._has_ema('latest', self.latest.latest_step())
+
+  def _has_ema(self, kind: str, step: int) -> bool:
+    return 'ema' in self._metadata(kind, step, 'state')
+
   def _metadata(self, kind: str, step: int, item: str):
     # The item's handler reads its own metadata file; no arrays are loaded.
     return ocp.StandardCheckpointHandler().metadata(
@@ -119,9 +128,13 @@ class RunCheckpoints:
     kind, step = self.locate(which)
     target = {'params': abstract_params, 'rest': abstract_rest}
     if kind == 'latest':
+      # The averaged model where the run kept one: the model its validation scored.
+      if self._has_ema(kind, step):
+        target = {'ema': target}
       state = self.latest.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, partial_restore=True,
           restore_args=ocp.checkpoint_utils.construct_restore_args(target)))).state
+      state = state.get('ema', state)
       return step, state['params'], state['rest']
     model = self.best.restore(step, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(target))).model
@@ -131,6 +144,16 @@ class RunCheckpoints:
     for manager in (self.latest, self.best):
       manager.wait_until_finished()
       manager.close()
+
+
+def _stored(state) -> dict:
+  """A train state as `latest` stores it: with an `ema` entry only where the run keeps a moving
+  average, so that runs without one store (and restore) the layout they always did."""
+  stored = {'step': state.step, 'params': state.params, 'rest': state.rest,
+            'opt_state': state.opt_state}
+  if state.ema is not None:
+    stored['ema'] = state.ema
+  return stored
 
 
 def _array_shapes(metadata) -> dict[str, tuple[int, ...]]:

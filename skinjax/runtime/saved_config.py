@@ -11,7 +11,7 @@ def upgrade(saved: dict) -> dict:
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
   'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
   camera augmentations (off, as they trained), extra training datasets, folds, patient metadata
-  or the switch for the report's figures (on, as they were written).
+  the switch for the report's figures (on, as they were written) or a moving average of the weights.
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -32,6 +32,7 @@ def upgrade(saved: dict) -> dict:
   # configs/base.py's default, so that resuming an older run sees no change: without metadata
   # it does nothing.
   model.setdefault('metadata_dropout', 0.3)
+  upgraded.setdefault('train', {}).setdefault('ema_decay', 0.0)
   evaluation = upgraded.setdefault('eval', {})
   evaluation.setdefault('validated_tta', '')
   evaluation.setdefault('figures', True)

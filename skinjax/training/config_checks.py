@@ -46,6 +46,10 @@ def validate(config: ml_collections.ConfigDict):
   for key in ('batch_size', 'num_epochs', 'eval_batch_size', 'log_every_steps'):
     if config.train[key] <= 0:
       raise ValueError(f'config.train.{key}={config.train[key]} must be positive.')
+  if not 0 <= config.train.get('ema_decay', 0.0) < 1:
+    raise ValueError(f'config.train.ema_decay={config.train.ema_decay} must be in [0, 1): the '
+                     "moving average's decay per step (0.995 averages about the last 200 steps), "
+                     'or 0 for none.')
   if config.train.checkpoint_every_steps < 0:
     raise ValueError(f'config.train.checkpoint_every_steps={config.train.checkpoint_every_steps}: '
                      'use 0 (once per epoch) or a positive number of steps.')

@@ -137,15 +137,19 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     _, params, rest = nnx.split(run_model.build(), nnx.Param, ...)
     return params, rest
 
+  ema_decay = config.train.ema_decay
+
   def init_state(params, rest):
-    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[2].init(params))
+    ema = steps.start_ema(params, rest) if ema_decay else None
+    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[2].init(params), ema)
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_steps = {
       phase: jax.jit(steps.make_train_step(
           graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=plan.trainable(phase),
           class_weights=class_weights, label_smoothing=config.train.label_smoothing,
-          dropout_key=dropout_key, skip_nonfinite=config.train.skip_nonfinite),
+          dropout_key=dropout_key, skip_nonfinite=config.train.skip_nonfinite,
+          ema_decay=ema_decay),
           donate_argnums=0, out_shardings=(replicated, replicated))
       for phase in (1, 2)}
   predict_step = jax.jit(steps.make_predict_step(graphdefs['eval'], normalise=normalise),
@@ -161,6 +165,9 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     state = jax.jit(init_state, out_shardings=replicated, donate_argnums=(0, 1))(params, rest)
     if config.model.init != 'scratch':
       state = _with_pretrained_backbone(state, config, replicated)
+      if ema_decay:  # the average starts from the pretrained weights too
+        state = state.replace(ema=jax.jit(steps.start_ema, out_shardings=replicated)(
+            state.params, state.rest))
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping(), 'nonfinite_skips': 0}
   else:
     abstract_state = ckpt.abstract(jax.eval_shape(init_state, abstract_params, abstract_rest),
@@ -227,7 +234,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
         # images_per_sec.
         bar.pause()
 
-        val_probs = evaluate.predict(predict_step, state.params, state.rest, eval_batches('val'),
+        val_probs = evaluate.predict(predict_step, *state.evaluated(), eval_batches('val'),
                                      mesh, len(splits['val']), num_classes)
         val = report.compute_metrics(labels[splits['val']], val_probs, description)
         summary = {'step': step, 'epoch': epoch, 'train_loss': float(np.mean(epoch_losses)),
@@ -240,7 +247,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
               f"val_macro_f1 {summary['val_macro_f1']:.4f} ({summary['epoch_time_s']:.1f}s)"
               + (' *best*' if improved else ''))
         if improved:
-          checkpoints.save_best(step, state.params, state.rest, summary)
+          checkpoints.save_best(step, *state.evaluated(), summary)
         epoch_losses = []
         save_latest(completed_epochs=epoch)
         if (stopping or stop.between_steps()) and step < total_steps and not early['stopped']:
@@ -299,8 +306,19 @@ def _restore_latest(checkpoints: ckpt.RunCheckpoints, abstract_state, train_iter
   """(train state, progress) of the latest checkpoint, in today's optimiser layout.
 
   Checkpoints that the trainer wrote before the layout was one, in phase 1, hold no backbone
-  optimiser state; it is the fresh one, which phase 1 holds untouched anyway.
+  optimiser state; it is the fresh one, which phase 1 holds untouched anyway. A moving average
+  that allow_config_change turned on starts from the restored weights; one turned off is dropped.
   """
+  saved_ema, wanted_ema = checkpoints.latest_has_ema(), abstract_state.ema is not None
+  if saved_ema != wanted_ema:
+    saved = abstract_state.replace(ema=None)
+    if saved_ema:
+      saved = saved.replace(ema={'params': abstract_state.params, 'rest': abstract_state.rest})
+    state, progress = _restore_latest(checkpoints, saved, train_iter, tx, replicated)
+    ema = None
+    if wanted_ema:
+      ema = jax.jit(steps.start_ema, out_shardings=replicated)(state.params, state.rest)
+    return state.replace(ema=ema), progress
   if checkpoints.latest_state_size() == len(jax.tree.leaves(abstract_state)):
     return checkpoints.restore_latest(abstract_state, train_iter)
   older = abstract_state.replace(opt_state=optim.without_backbone_state(abstract_state.opt_state))
