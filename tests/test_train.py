@@ -3,6 +3,7 @@
 import csv
 import json
 import pathlib
+import shutil
 import time
 
 import jax
@@ -139,7 +140,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(resumed_run, finish
 @pytest.fixture(scope='module')
 def averaged_runs(tmp_path_factory):
   """{'whole': (workdir, metrics), 'resumed': ...} of tiny_config() with a moving average of the
-  weights: one uninterrupted, one stopped after the checkpoint of STOPPED_AT and rerun."""
+  weights: one uninterrupted, one stopped after the checkpoint of STOPPED_AT and rerun; 'stopped':
+  a copy of the second as it was when stopped."""
   config = tiny_config(**{'train.ema_decay': 0.8, 'train.checkpoint_every_steps': 4})
   runs = {}
   for name in ('whole', 'resumed'):
@@ -147,8 +149,17 @@ def averaged_runs(tmp_path_factory):
     if name == 'resumed':
       with pytest.MonkeyPatch.context() as patch:
         interrupt_after_checkpoint(config, workdir, patch, step=STOPPED_AT)
+      runs['stopped'] = shutil.copytree(workdir, tmp_path_factory.mktemp('stopped') / 'run')
     runs[name] = workdir, train.train_and_evaluate(config, str(workdir))
   return runs
+
+
+def latest_has_ema(workdir):
+  checkpoints = ckpt.RunCheckpoints(workdir)
+  try:
+    return checkpoints.latest_has_ema()
+  finally:
+    checkpoints.wait_and_close()
 
 
 def restored_models(workdir, config):
@@ -189,21 +200,19 @@ def test_moving_average_is_validated_kept_and_resumed_exactly(averaged_runs, fin
                                                        jax.tree.leaves(saved['params'])))
 
 
-def test_a_moving_average_turned_on_or_off_midway_resumes(tmp_path, monkeypatch):
-  """With allow_config_change: switched on, the average starts from the restored weights;
-  switched off, the saved one is dropped."""
-  configs = [tiny_config(**{'train.checkpoint_every_steps': 4, 'train.ema_decay': decay,
-                            'train.allow_config_change': True}) for decay in (0.0, 0.8, 0.0)]
-  interrupt_after_checkpoint(configs[0], tmp_path, monkeypatch, step=4)
-  interrupt_after_checkpoint(configs[1], tmp_path, monkeypatch, step=8)
-  checkpoints = ckpt.RunCheckpoints(tmp_path)
-  assert checkpoints.latest_has_ema()
-  checkpoints.wait_and_close()
-  metrics = train.train_and_evaluate(configs[2], str(tmp_path))
-  assert np.isfinite(metrics['loss'])
-  assert not ckpt.RunCheckpoints(tmp_path).latest_has_ema()
-  logged_steps = [r['step'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if 'step_losses' in r]
-  assert logged_steps.count(5) == logged_steps.count(9) == 1  # each part resumed where it stopped
+def test_a_moving_average_turned_off_or_on_midway_resumes(averaged_runs, copy_of_tiny_run):
+  """With allow_config_change: switched off, the saved average is dropped; switched on (here
+  with a third epoch for a finished run), it starts from the restored weights."""
+  off = tiny_config(**{'train.allow_config_change': True})
+  on = tiny_config(**{'train.allow_config_change': True, 'train.ema_decay': 0.8,
+                      'train.num_epochs': 3})
+  for workdir, config, first_step, has_ema in ((averaged_runs['stopped'], off, STOPPED_AT + 1, False),
+                                              (copy_of_tiny_run, on, 19, True)):
+    assert latest_has_ema(workdir) != has_ema
+    assert np.isfinite(train.train_and_evaluate(config, str(workdir))['loss'])
+    assert latest_has_ema(workdir) == has_ema
+    logged_steps = [r['step'] for r in read_jsonl(workdir / 'metrics.jsonl') if 'step_losses' in r]
+    assert logged_steps.count(first_step) == 1  # resumed where it stopped
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path):
