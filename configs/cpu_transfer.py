@@ -77,6 +77,12 @@ Tried since, on the oneDNN kernels, and not kept (validation no better; docs/per
 (--config.model.arch=efficientnet_lite1; validation 0.709 at epoch 9; grouped test 0.747
 [0.711, 0.781], isic2018_test_dev 0.646 [0.567, 0.717], derm7pt_dev 0.507 [0.397, 0.616] with
 flip_rot; 38.6 min of training on a 2-core AMD EPYC, where this recipe takes about 31).
+Two regularisers, on the same machine (docs/results.md, "Two regularisers"), not kept either:
+label smoothing 0.1 (--config.train.label_smoothing=0.1; validation 0.707 at epoch 3, a peak
+between 0.59 and 0.65; grouped test 0.700, isic2018_test_dev 0.659, derm7pt_dev 0.379, where its
+last epoch gave 0.739 / 0.709 / 0.465) and a moving average of the weights
+(--config.train.ema_decay=0.995; validation 0.7065 at epoch 8, rising smoothly; 0.737 / 0.701 /
+0.504).
 Not tried: lite2, partial unfreezing (config.train.unfreeze=N), another backbone multiplier,
 more epochs.
 """
