@@ -1,6 +1,8 @@
 """$SKINJAX_CPU_KERNELS: oneDNN, XLA's path, and the fallback when oneDNN cannot be built."""
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -67,3 +69,32 @@ def test_an_unwritable_build_cache_falls_back_with_one_line(tmp_path):
                                 SKINJAX_CPU_KERNELS='auto'))
   assert result.returncode == 0 and result.stdout.strip() == 'False', result.stderr
   assert 'SKINJAX_KERNEL_CACHE' in result.stderr and 'Traceback' not in result.stderr
+
+
+_BUILD_WITH_ONEDNN_FROM = """
+import pathlib, sys
+from skinjax.kernels import build
+installed = build._package_file
+if len(sys.argv) > 1:  # another environment's oneDNN: the same file, in another folder
+  build._package_file = lambda package, name: (
+      pathlib.Path(sys.argv[1]) if package == build.RUNTIME_PACKAGE else installed(package, name))
+build.library()
+"""
+
+
+def test_a_build_outlives_the_environment_that_made_it(tmp_path):
+  """The build cache is per user and environments come and go (a clean clone's .venv, deleted
+  after its test run): a build made against another environment's oneDNN, since deleted, loads
+  with this environment's, and is not built again."""
+  from skinjax.kernels import build
+  other_lib = tmp_path / 'other_env' / 'lib'
+  other_lib.mkdir(parents=True)
+  shutil.copy(build._package_file(build.RUNTIME_PACKAGE, '/libdnnl.so'), other_lib / 'libdnnl.so')
+  env = _env(SKINJAX_KERNEL_CACHE=str(tmp_path / 'cache'))
+  for argv in ([str(other_lib / 'libdnnl.so')], []):
+    result = subprocess.run([sys.executable, '-c', _BUILD_WITH_ONEDNN_FROM, *argv], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shutil.rmtree(tmp_path / 'other_env', ignore_errors=True)
+  builds = list((tmp_path / 'cache').glob(f'*/{build.LIBRARY_NAME}'))
+  assert len(builds) == 1

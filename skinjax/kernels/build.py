@@ -3,8 +3,11 @@
 Built at first use rather than at install: an editable install (`pip install -e .`, what the
 Makefile does) runs no build step of ours, and the library must match the jaxlib and oneDNN found
 at run time, which a later `pip install -U jax` would change under an install-time build. The
-compiled file is cached like JAX's compilation cache, keyed by the source, jaxlib's version, the
-oneDNN version and the compiler, so only the first start after a change pays the ~5 s of g++.
+compiled file is cached like JAX's compilation cache, keyed by the source, the build flags,
+jaxlib's version, the oneDNN version and the compiler, so only the first start after a change
+pays the ~5 s of g++. The cache is per user and serves every environment: the build names no
+folder to find oneDNN in (no rpath), and each process loads its own environment's oneDNN first,
+so deleting the environment that made a build breaks no other.
 
 oneDNN comes from the package index (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`: oneDNN 3.2 built
 against the system's libgomp only; Linux x86_64). Anything missing (the packages, a C++ compiler,
@@ -67,19 +70,21 @@ def _cache_root() -> pathlib.Path:
   return pathlib.Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE).expanduser()
 
 
+# -fopenmp: the depthwise kernel gradient's own loop runs on oneDNN's OpenMP runtime (libgomp).
+FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w')
+
+
 def _key(compiler: str, onednn_version: str) -> str:
   digest = hashlib.sha256(SOURCE.read_bytes())
-  for part in (jaxlib.__version__, onednn_version, _compiler_version(compiler)):
+  for part in (' '.join(FLAGS), jaxlib.__version__, onednn_version, _compiler_version(compiler)):
     digest.update(part.encode())
   return digest.hexdigest()[:16]
 
 
 def _compile(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,
              output: pathlib.Path):
-  # -fopenmp: the depthwise kernel gradient's own loop runs on oneDNN's OpenMP runtime (libgomp).
-  command = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w', f'-I{include_dir}',
-             f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(output), f'-L{library_dir}',
-             '-ldnnl', f'-Wl,-rpath,{library_dir}']
+  command = [compiler, *FLAGS, f'-I{include_dir}', f'-I{jax.ffi.include_dir()}', str(SOURCE),
+             '-o', str(output), f'-L{library_dir}', '-ldnnl']
   result = subprocess.run(command, capture_output=True, text=True)
   if result.returncode:
     first_error = next((line for line in result.stderr.splitlines() if 'error' in line),
@@ -120,6 +125,9 @@ def library() -> ctypes.CDLL:
       raise Unavailable(f'cannot write the build to {folder} ({error.strerror}); point '
                         f'${CACHE_ENV_VAR} at a writable folder') from None
   try:
+    # This environment's oneDNN first, globally: the build's dependency on libdnnl.so.3 then
+    # resolves to it, whichever environment compiled the build.
+    ctypes.CDLL(str(runtime), mode=ctypes.RTLD_GLOBAL)
     return ctypes.CDLL(str(target))
   except OSError as error:
     raise Unavailable(f'loading {target} failed: {error}') from None
