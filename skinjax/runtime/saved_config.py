@@ -10,8 +10,9 @@ def upgrade(saved: dict) -> dict:
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
   'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
-  camera augmentations (off, as they trained), extra training datasets, folds, patient metadata
-  the switch for the report's figures (on, as they were written) or a moving average of the weights.
+  camera augmentations (off, as they trained), extra training datasets, folds, patient metadata,
+  the switch for the report's figures (on, as they were written) or a moving average of the
+  weights (none).
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})

@@ -32,8 +32,8 @@ class TrainState:
 
 
 def start_ema(params, rest) -> dict:
-  """The moving average's first value: copies of the variables (jit a copy, not a forward: the
-  train step donates the state, so no two of its leaves may share a buffer)."""
+  """The moving average's first value: copies of the variables, not the arrays themselves (the
+  train step donates the state, and no two of its leaves may share a buffer)."""
   return jax.tree.map(jnp.copy, {'params': params, 'rest': rest})
 
 
