@@ -165,14 +165,15 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
   on = tiny_config(**{'data.colour_constancy': 'shades_of_grey', 'data.shades_of_grey_power': 4.0})
   assert augment.colour_constancy_power(on.data) == 4.0
   assert augment.colour_constancy_power(tiny_config().data) is None
-  # A run saved before the keys existed trained without colour constancy and larger views, and
-  # its reports had their figures.
+  # A run saved before the keys existed trained without colour constancy, larger views or a
+  # moving average of its weights, and its reports had their figures.
   from skinjax.runtime import saved_config
   saved = {'data': {'image_size': 24, 'resize': 'center_crop'}}
   old = ml_collections.ConfigDict(saved_config.upgrade(saved))
   assert augment.colour_constancy_power(old.data) is None
   assert augment.eval_image_size(old.data) == 24
   assert old.eval.figures is True
+  assert old.train.ema_decay == 0.0
 
 
 @pytest.mark.parametrize('key, value, message', [
