@@ -201,8 +201,8 @@ def test_moving_average_is_validated_kept_and_resumed_exactly(averaged_runs, fin
 
 
 def test_a_moving_average_turned_off_or_on_midway_resumes(averaged_runs, copy_of_tiny_run):
-  """With allow_config_change: switched off, the saved average is dropped; switched on (here
-  with a third epoch for a finished run), it starts from the restored weights."""
+  """With allow_config_change, a run resumes where it stopped: switched off, the saved average is
+  dropped; switched on (here with a third epoch for a finished run), the run keeps one."""
   off = tiny_config(**{'train.allow_config_change': True})
   on = tiny_config(**{'train.allow_config_change': True, 'train.ema_decay': 0.8,
                       'train.num_epochs': 3})
