@@ -248,14 +248,10 @@ def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):
 
 def test_best_and_latest_model_restore_at_their_steps(finished_run):
   from skinjax.models.run_model import RunModel
-  from skinjax.runtime import sharding
   workdir, metrics = finished_run
-  params, rest = RunModel(tiny_config(), num_classes=7).abstract_state
-  replicated = sharding.replicated(sharding.data_mesh())
+  params, _ = RunModel(tiny_config(), num_classes=7).abstract_state
   checkpoints = ckpt.RunCheckpoints(workdir)
-  restored = {which: checkpoints.restore_model(which, ckpt.abstract(params, replicated),
-                                               ckpt.abstract(rest, replicated))
-              for which in ('best', 'latest')}
+  restored = restored_models(workdir, tiny_config())
   assert restored['best'][0] == metrics['best_step']
   last_epoch = [r for r in read_jsonl(workdir / 'metrics.jsonl') if 'val_loss' in r][-1]
   assert restored['latest'][0] == checkpoints.latest_step() == last_epoch['step']

@@ -140,8 +140,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
   ema_decay = config.train.ema_decay
 
   def init_state(params, rest):
-    ema = steps.start_ema(params, rest) if ema_decay else None
-    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[2].init(params), ema)
+    return steps.TrainState(jnp.zeros((), jnp.int32), params, rest, txs[2].init(params))
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_steps = {
@@ -165,13 +164,15 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     state = jax.jit(init_state, out_shardings=replicated, donate_argnums=(0, 1))(params, rest)
     if config.model.init != 'scratch':
       state = _with_pretrained_backbone(state, config, replicated)
-      if ema_decay:  # the average starts from the pretrained weights too
-        state = state.replace(ema=jax.jit(steps.start_ema, out_shardings=replicated)(
-            state.params, state.rest))
+    if ema_decay:  # from the initial weights, pretrained ones included
+      state = _start_average(state, replicated)
     progress = {'epoch': 0, 'early_stopping': _fresh_early_stopping(), 'nonfinite_skips': 0}
   else:
-    abstract_state = ckpt.abstract(jax.eval_shape(init_state, abstract_params, abstract_rest),
-                                   replicated)
+    abstract_state = jax.eval_shape(init_state, abstract_params, abstract_rest)
+    if ema_decay:
+      abstract_state = abstract_state.replace(
+          ema=jax.eval_shape(steps.start_ema, abstract_params, abstract_rest))
+    abstract_state = ckpt.abstract(abstract_state, replicated)
     state, progress = _restore_latest(checkpoints, abstract_state, train_iter, txs[2], replicated)
     logging.info('Resumed from step %d (epoch %d) in %s', start_step, progress['epoch'], workdir)
     print(f'Resuming from step {start_step} (epoch {progress["epoch"]}).')
@@ -315,16 +316,20 @@ def _restore_latest(checkpoints: ckpt.RunCheckpoints, abstract_state, train_iter
     if saved_ema:
       saved = saved.replace(ema={'params': abstract_state.params, 'rest': abstract_state.rest})
     state, progress = _restore_latest(checkpoints, saved, train_iter, tx, replicated)
-    ema = None
-    if wanted_ema:
-      ema = jax.jit(steps.start_ema, out_shardings=replicated)(state.params, state.rest)
-    return state.replace(ema=ema), progress
+    state = state.replace(ema=None)
+    return (_start_average(state, replicated) if wanted_ema else state), progress
   if checkpoints.latest_state_size() == len(jax.tree.leaves(abstract_state)):
     return checkpoints.restore_latest(abstract_state, train_iter)
   older = abstract_state.replace(opt_state=optim.without_backbone_state(abstract_state.opt_state))
   state, progress = checkpoints.restore_latest(older, train_iter)
   fresh = jax.jit(tx.init, out_shardings=replicated)(state.params)
   return state.replace(opt_state=optim.with_backbone_state(state.opt_state, fresh)), progress
+
+
+def _start_average(state: steps.TrainState, replicated) -> steps.TrainState:
+  """The state with its moving average (config.train.ema_decay) started at its own weights."""
+  return state.replace(ema=jax.jit(steps.start_ema, out_shardings=replicated)(state.params,
+                                                                                state.rest))
 
 
 def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
