@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.grad_clip_norm = 1.0  # 0 disables clipping
   train.class_weighting = 'none'  # 'none' | 'inverse_freq' | 'sqrt_inverse_freq'
   train.balanced_sampling = False  # draw each class equally often instead of weighting the loss
+  # tau of the logit-adjusted loss: tau * log(class prior of the training stream) is added to the
+  # logits inside the loss only, so the model's own logits aim at balanced accuracy while every
+  # training image is drawn as often as the others. 0: off. Needs balanced_sampling off.
+  train.logit_adjustment = 0.0
   train.freeze_backbone_epochs = 0  # phase 1: head only, backbone BatchNorm in inference mode
   train.unfreeze = 'all'  # phase 2: 'all' or the number of last backbone blocks to train, e.g. '2'
   train.backbone_lr_multiplier = 1.0

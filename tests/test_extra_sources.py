@@ -175,6 +175,27 @@ def test_balanced_sampling_counts_classes_over_the_union_and_source_weights_scal
   assert pipeline.draw_weights(labels, False, None) is None
 
 
+def test_the_class_prior_of_the_stream_is_what_the_stream_draws(data_dir):
+  # The prior a logit-adjusted loss offsets, against the class frequencies actually drawn.
+  dataset = open_dataset(config_for(data_dir, EXTRA, source_weights=(1.0, 3.0), **SCC_TO_AKIEC))
+  indices = dataset.splits['train']
+  labels = dataset.metadata['label'][indices]
+  num_classes = len(HAM_CLASSES)
+  for balanced, source_weights in ((True, dataset.source_weights_of(indices)),
+                                   (False, dataset.source_weights_of(indices)),
+                                   (True, None)):
+    prior = pipeline.stream_class_prior(labels, num_classes, balanced, source_weights)
+    draws = pipeline.WeightedDraws(indices, pipeline.draw_weights(labels, balanced, source_weights),
+                                   seed=0, num_epochs=200)
+    drawn = np.bincount(dataset.metadata['label'][[draws[i] for i in range(len(draws))]],
+                        minlength=num_classes)
+    np.testing.assert_allclose(prior, drawn / drawn.sum(), atol=0.01)
+  np.testing.assert_allclose(prior, np.full(num_classes, 1 / num_classes))
+  # The plain shuffle draws every image once an epoch: the split's own frequencies.
+  np.testing.assert_allclose(pipeline.stream_class_prior(labels, num_classes, False),
+                             np.bincount(labels, minlength=num_classes) / len(labels))
+
+
 @pytest.mark.parametrize('overrides, words', [
     ({}, ["isic2019_extra's class scc has no class in ham10000", "label_map = {'scc':"]),
     ({'label_map': {'scc': 'melanoma'}}, ["'melanoma'", 'not a class of ham10000']),

@@ -174,6 +174,7 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
   assert augment.eval_image_size(old.data) == 24
   assert old.eval.figures is True
   assert old.train.ema_decay == 0.0
+  assert old.train.logit_adjustment == 0.0
 
 
 @pytest.mark.parametrize('key, value, message', [

@@ -159,6 +159,41 @@ def test_class_weights_average_one_over_examples(mode):
   assert np.all(sources.class_weights(labels, 3, 'none') == 1)
 
 
+def test_logit_adjusted_loss_is_cross_entropy_of_the_shifted_logits():
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((6, 4)).astype(np.float32)
+  labels = np.array([0, 1, 2, 3, 1, 0])
+  mask = np.array([1, 1, 1, 1, 1, 0], np.float32)
+  class_weights = np.array([1.0, 2.0, 0.5, 1.5], np.float32)
+  offsets = np.log([0.7, 0.2, 0.08, 0.02]).astype(np.float32)
+  shifted = logits.astype(np.float64) + offsets
+  log_softmax = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  expected = -(log_softmax[np.arange(6), labels] * class_weights[labels] * mask).sum() / mask.sum()
+  loss = steps.weighted_cross_entropy(logits, labels, mask, class_weights, 0.0, offsets)
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_adjusted_loss_learns_the_balanced_posterior():
+  # The property that makes it fit balanced accuracy: trained on labels drawn with prior pi and
+  # no evidence, plain cross-entropy learns logits whose softmax is pi, the adjusted loss (tau 1)
+  # learns equal logits: its model's own prediction is balanced.
+  prior = np.array([0.7, 0.2, 0.08, 0.02])
+  labels = np.repeat(np.arange(4), (prior * 1000).astype(int))
+  mask, weights = np.ones(len(labels), np.float32), jnp.ones(4)
+
+  def fitted(offsets):
+    loss = lambda bias: steps.weighted_cross_entropy(  # noqa: E731
+        jnp.broadcast_to(bias, (len(labels), 4)), labels, mask, weights, 0.0, offsets)
+    grad = jax.jit(jax.grad(loss))
+    bias = jnp.zeros(4)
+    for _ in range(2000):
+      bias = bias - 2.0 * grad(bias)
+    return np.asarray(jax.nn.softmax(bias))
+
+  np.testing.assert_allclose(fitted(None), prior, atol=2e-3)
+  np.testing.assert_allclose(fitted(jnp.log(prior)), np.full(4, 0.25), atol=2e-3)
+
+
 END_TO_END_OVERRIDES = {'train.optimizer': 'sgd', 'train.learning_rate': 0.02}
 
 _END_TO_END_SCRIPT = """

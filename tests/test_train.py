@@ -229,10 +229,27 @@ def test_workdir_of_another_architecture_is_refused(finished_run):
 @pytest.mark.parametrize('key, value', [('data.split', 'by_patient'),
                                         ('train.class_weighting', 'inverse'),
                                         ('model.dtype', 'float16'),
-                                        ('train.ema_decay', 1.0)])
+                                        ('train.ema_decay', 1.0),
+                                        ('train.logit_adjustment', -1.0)])
 def test_invalid_choices_name_the_key(tmp_path, key, value):
   with pytest.raises(ValueError, match=f'config.{key}'):
     train.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path))
+  assert not any(tmp_path.iterdir())
+
+
+def test_logit_adjustment_needs_the_natural_class_prior(tmp_path):
+  config = tiny_config(**{'train.logit_adjustment': 1.0, 'train.balanced_sampling': True})
+  with pytest.raises(ValueError, match='set train.balanced_sampling=False'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_logit_adjusted_run_trains_on_the_shifted_logits(finished_run, tmp_path):
+  # Same data, model and seed as finished_run: the first step's loss is the adjusted one.
+  config = tiny_config(**{'train.logit_adjustment': 1.0, 'train.num_epochs': 1})
+  assert np.isfinite(train.train_and_evaluate(config, str(tmp_path))['loss'])
+  first = lambda workdir: next(r for r in read_jsonl(workdir / 'metrics.jsonl')  # noqa: E731
+                               if 'step_losses' in r)['step_losses'][0]
+  assert first(tmp_path) != pytest.approx(first(finished_run[0]), rel=1e-3)
 
 
 def test_bfloat16_compute_trains_with_float32_parameters(tmp_path):

@@ -173,6 +173,17 @@ def draw_weights(labels: np.ndarray, balanced: bool, source_weights: np.ndarray 
   return weights
 
 
+def stream_class_prior(labels: np.ndarray, num_classes: int, balanced: bool,
+                       source_weights: np.ndarray | None = None) -> np.ndarray:
+  """How often each class comes in the training stream that `draw_weights` draws: the prior that
+  a logit-adjusted loss (config.train.logit_adjustment) offsets. Uniform when `balanced`."""
+  weights = draw_weights(labels, balanced, source_weights)
+  if weights is None:
+    weights = np.ones(len(labels))
+  per_class = np.bincount(labels, weights=weights, minlength=num_classes)
+  return per_class / per_class.sum()
+
+
 def train_dataset(source, indices: np.ndarray, labels: np.ndarray, *, config: ml_collections.ConfigDict,
                   process_batch_size: int, num_epochs: int, process_index: int = 0,
                   process_count: int = 1, source_weights: np.ndarray | None = None

@@ -33,7 +33,9 @@ def upgrade(saved: dict) -> dict:
   # configs/base.py's default, so that resuming an older run sees no change: without metadata
   # it does nothing.
   model.setdefault('metadata_dropout', 0.3)
-  upgraded.setdefault('train', {}).setdefault('ema_decay', 0.0)
+  train = upgraded.setdefault('train', {})
+  train.setdefault('ema_decay', 0.0)
+  train.setdefault('logit_adjustment', 0.0)
   evaluation = upgraded.setdefault('eval', {})
   evaluation.setdefault('validated_tta', '')
   evaluation.setdefault('figures', True)

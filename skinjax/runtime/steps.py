@@ -53,11 +53,19 @@ def ema_update(ema, params, rest, steps_done: jax.Array, decay: float):
   return jax.tree.map(average, ema, {'params': params, 'rest': rest})
 
 
-def weighted_cross_entropy(logits, labels, mask, class_weights, label_smoothing: float):
-  """Mean over real (mask=1) examples of class-weighted, optionally smoothed cross-entropy."""
+def weighted_cross_entropy(logits, labels, mask, class_weights, label_smoothing: float,
+                           logit_offsets: jax.Array | None = None):
+  """Mean over real (mask=1) examples of class-weighted, optionally smoothed cross-entropy.
+
+  `logit_offsets` (per class) are added to the logits inside the loss only: with tau * log(prior)
+  this is the logit-adjusted loss (Menon et al., 2021), whose plain logits then estimate the
+  balanced posterior, the one that balanced accuracy rewards."""
   num_classes = logits.shape[-1]
   targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  logits = logits.astype(jnp.float32)
+  if logit_offsets is not None:
+    logits = logits + logit_offsets
+  losses = optax.softmax_cross_entropy(logits, targets)
   weights = class_weights[labels] * mask
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -65,7 +73,8 @@ def weighted_cross_entropy(logits, labels, mask, class_weights, label_smoothing:
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     normalise: Callable, trainable_mask, class_weights: jax.Array,
                     label_smoothing: float, dropout_key: jax.Array,
-                    skip_nonfinite: bool = False, ema_decay: float = 0.0) -> Callable:
+                    skip_nonfinite: bool = False, ema_decay: float = 0.0,
+                    logit_offsets: jax.Array | None = None) -> Callable:
   """A train step for one phase. `trainable_mask` marks the params this phase may change.
 
   With `skip_nonfinite`, a step whose loss or gradients are not finite changes nothing (params,
@@ -73,7 +82,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   so the data and dropout stay in step) and reports `skipped=1`. optax.apply_if_finite would
   guard only the update, not the BatchNorm statistics the bad forward pass produced.
   With `ema_decay` > 0 the state carries the variables' moving average (`start_ema`), updated
-  after every step.
+  after every step. `logit_offsets`: see weighted_cross_entropy.
   """
 
   def train_step(state: TrainState, batch: dict):
@@ -88,7 +97,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
       model = nnx.merge(graphdef, params, rest, copy=True)
       logits = model(normalise(batch['image']), batch.get('metadata'), rngs=rngs)
       loss = weighted_cross_entropy(logits, batch['label'], batch['mask'], class_weights,
-                                    label_smoothing)
+                                    label_smoothing, logit_offsets)
       return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -50,6 +50,14 @@ def validate(config: ml_collections.ConfigDict):
     raise ValueError(f'config.train.ema_decay={config.train.ema_decay} must be in [0, 1): the '
                      "moving average's decay per step (0.995 averages about the last 200 steps), "
                      'or 0 for none.')
+  tau = config.train.get('logit_adjustment', 0.0)
+  if tau < 0:
+    raise ValueError(f'config.train.logit_adjustment={tau} must be >= 0 (1 is the usual '
+                     'logit-adjusted loss; 0 turns it off).')
+  if tau and config.train.balanced_sampling:
+    raise ValueError(f'config.train.logit_adjustment={tau} with train.balanced_sampling=True '
+                     'adjusts nothing (a balanced stream has a uniform class prior): set '
+                     'train.balanced_sampling=False.')
   if config.train.checkpoint_every_steps < 0:
     raise ValueError(f'config.train.checkpoint_every_steps={config.train.checkpoint_every_steps}: '
                      'use 0 (once per epoch) or a positive number of steps.')

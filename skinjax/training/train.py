@@ -117,6 +117,15 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
       labels[splits['train']], num_classes, config.train.class_weighting))
   logging.info('Split sizes %s; %d steps per epoch; class weights %s',
                {k: len(v) for k, v in splits.items()}, steps_per_epoch, np.round(class_weights, 3))
+  logit_offsets = None
+  if config.train.logit_adjustment:
+    prior = pipeline.stream_class_prior(
+        labels[splits['train']], num_classes, config.train.balanced_sampling,
+        dataset.source_weights_of(splits['train']))
+    # A class that is never drawn gets a large negative offset rather than log(0).
+    logit_offsets = jnp.asarray(config.train.logit_adjustment * np.log(np.maximum(prior, 1e-12)),
+                                jnp.float32)
+    logging.info('Logit-adjusted loss: training class prior %s', np.round(prior, 4))
 
   # ------------------------------------------------------- model + optimiser
   run_model = run_model_lib.RunModel(config, num_classes)
@@ -148,7 +157,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
           graphdefs[phase], txs[phase], normalise=normalise, trainable_mask=plan.trainable(phase),
           class_weights=class_weights, label_smoothing=config.train.label_smoothing,
           dropout_key=dropout_key, skip_nonfinite=config.train.skip_nonfinite,
-          ema_decay=ema_decay),
+          ema_decay=ema_decay, logit_offsets=logit_offsets),
           donate_argnums=0, out_shardings=(replicated, replicated))
       for phase in (1, 2)}
   predict_step = jax.jit(steps.make_predict_step(graphdefs['eval'], normalise=normalise),
