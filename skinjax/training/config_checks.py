@@ -56,8 +56,8 @@ def validate(config: ml_collections.ConfigDict):
                      'logit-adjusted loss; 0 turns it off).')
   if tau and config.train.balanced_sampling:
     raise ValueError(f'config.train.logit_adjustment={tau} with train.balanced_sampling=True '
-                     'adjusts nothing (a balanced stream has a uniform class prior): set '
-                     'train.balanced_sampling=False.')
+                     'evens the classes twice (the adjusted loss is for a stream drawn as the data '
+                     'comes): set train.balanced_sampling=False.')
   if config.train.checkpoint_every_steps < 0:
     raise ValueError(f'config.train.checkpoint_every_steps={config.train.checkpoint_every_steps}: '
                      'use 0 (once per epoch) or a positive number of steps.')
