@@ -83,8 +83,12 @@ between 0.59 and 0.65; grouped test 0.700, isic2018_test_dev 0.659, derm7pt_dev 
 last epoch gave 0.739 / 0.709 / 0.465) and a moving average of the weights
 (--config.train.ema_decay=0.995; validation 0.7065 at epoch 8, rising smoothly; 0.737 / 0.701 /
 0.504).
-Not tried: lite2, partial unfreezing (config.train.unfreeze=N), another backbone multiplier,
-more epochs.
+More epochs, a logit-adjusted loss and EfficientNet-Lite2 (docs/results.md, "More epochs"), not
+kept either: 1 frozen + 12 epochs (--config.train.num_epochs=13; validation 0.688; 0.704 /
+0.646 / 0.418, 41.9 min), --config.train.logit_adjustment=1.0 with balanced_sampling=False
+(validation 0.673; 0.722 / 0.640 / 0.482) and --config.model.arch=efficientnet_lite2 with
+--config.train.num_epochs=8 (validation 0.692; 0.768 / 0.696 / 0.480, about 36 min idle).
+Not tried: partial unfreezing (config.train.unfreeze=N), another backbone multiplier.
 """
 
 from configs import imagenet_finetune
