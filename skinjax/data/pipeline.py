@@ -176,7 +176,8 @@ def draw_weights(labels: np.ndarray, balanced: bool, source_weights: np.ndarray 
 def stream_class_prior(labels: np.ndarray, num_classes: int, balanced: bool,
                        source_weights: np.ndarray | None = None) -> np.ndarray:
   """How often each class comes in the training stream that `draw_weights` draws: the prior that
-  a logit-adjusted loss (config.train.logit_adjustment) offsets. Uniform when `balanced`."""
+  a logit-adjusted loss (config.train.logit_adjustment) offsets. Uniform when `balanced` and
+  every source weighs the same."""
   weights = draw_weights(labels, balanced, source_weights)
   if weights is None:
     weights = np.ones(len(labels))

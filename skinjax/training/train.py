@@ -97,11 +97,13 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
     checkpoints.wait_and_close()
     return json.loads((workdir / 'report' / 'metrics.json').read_text())
   process_index, process_count = jax.process_index(), jax.process_count()
+  # One value for the sampler and for the class prior a logit-adjusted loss offsets.
+  train_source_weights = dataset.source_weights_of(splits['train'])
   train_data = pipeline.train_dataset(
       source, splits['train'], labels[splits['train']], config=config,
       process_batch_size=batch_size // process_count, num_epochs=config.train.num_epochs,
       process_index=process_index, process_count=process_count,
-      source_weights=dataset.source_weights_of(splits['train']))
+      source_weights=train_source_weights)
   train_iter = iter(train_data)
 
   eval_view = pipeline.EvalView.from_config(config.data)
@@ -121,7 +123,7 @@ def _train(config: ml_collections.ConfigDict, dataset, workdir: pathlib.Path, is
   if config.train.logit_adjustment:
     prior = pipeline.stream_class_prior(
         labels[splits['train']], num_classes, config.train.balanced_sampling,
-        dataset.source_weights_of(splits['train']))
+        train_source_weights)
     # A class that is never drawn gets a large negative offset rather than log(0).
     logit_offsets = jnp.asarray(config.train.logit_adjustment * np.log(np.maximum(prior, 1e-12)),
                                 jnp.float32)
