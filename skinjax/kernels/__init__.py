@@ -37,9 +37,11 @@ def onednn_enabled() -> bool:
   wanted = choice()
   if wanted == 'xla':
     return False
-  from skinjax.kernels import build, conv  # noqa: PLC0415 (g++ and ctypes only when asked)
+  # g++ and ctypes only when asked.
+  from skinjax.kernels import batch_norm, build, conv  # noqa: PLC0415
   try:
     conv.register()
+    batch_norm.register()
   except build.Unavailable as why:
     if wanted == 'onednn':
       raise KernelChoiceError(f'{ENV_VAR}=onednn, but the oneDNN kernels are unavailable: {why}; '

@@ -30,7 +30,9 @@ import tempfile
 import jax
 import jaxlib
 
-SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
+# The convolutions, and BatchNorm's gradient sums, which share their OpenMP lock.
+SOURCES = tuple(pathlib.Path(__file__).with_name(name)
+                for name in ('onednn_conv.cc', 'batch_norm.cc'))
 CACHE_ENV_VAR = 'SKINJAX_KERNEL_CACHE'
 DEFAULT_CACHE = pathlib.Path('~/.cache/skinjax/kernels')
 LIBRARY_NAME = 'libskinjax_onednn.so'
@@ -75,7 +77,9 @@ FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w')
 
 
 def _key(compiler: str, onednn_version: str) -> str:
-  digest = hashlib.sha256(SOURCE.read_bytes())
+  digest = hashlib.sha256()
+  for source in SOURCES:
+    digest.update(source.read_bytes())
   for part in (' '.join(FLAGS), jaxlib.__version__, onednn_version, _compiler_version(compiler)):
     digest.update(part.encode())
   return digest.hexdigest()[:16]
@@ -83,13 +87,13 @@ def _key(compiler: str, onednn_version: str) -> str:
 
 def _compile(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,
              output: pathlib.Path):
-  command = [compiler, *FLAGS, f'-I{include_dir}', f'-I{jax.ffi.include_dir()}', str(SOURCE),
-             '-o', str(output), f'-L{library_dir}', '-ldnnl']
+  command = [compiler, *FLAGS, f'-I{include_dir}', f'-I{jax.ffi.include_dir()}',
+             *map(str, SOURCES), '-o', str(output), f'-L{library_dir}', '-ldnnl']
   result = subprocess.run(command, capture_output=True, text=True)
   if result.returncode:
     first_error = next((line for line in result.stderr.splitlines() if 'error' in line),
                        result.stderr.strip()[:300])
-    raise Unavailable(f'building {SOURCE.name} failed: {first_error}')
+    raise Unavailable(f'building {", ".join(s.name for s in SOURCES)} failed: {first_error}')
 
 
 def _build_once(compiler: str, library_dir: pathlib.Path, include_dir: pathlib.Path,

@@ -81,7 +81,7 @@ def _batch_axes(sharding):
   return spec[0] if spec else None
 
 
-def _partitioned(local, *, rule: str, batch_operands: int, sum_over_batch: bool):
+def partitioned(local, *, rule: str, batch_operands: int, sum_over_batch: bool):
   """`local(*operands, geometry=...)` as a custom_partitioning op. Its first `batch_operands`
   operands keep the batch (axis 0) split as it comes, the others (kernel, bias) are replicated.
   The result is split the same way, or, with `sum_over_batch` (the kernel and bias gradients),
@@ -117,16 +117,16 @@ def _partitioned(local, *, rule: str, batch_operands: int, sum_over_batch: bool)
 
 # Sharding rules: factor b is the batch, shared by the batch-split operands and, unless summed
 # over, the result; every other dimension has a factor of its own.
-_forward = _partitioned(_forward_local, rule='b h w c, i j k o -> b y z p', batch_operands=1,
+_forward = partitioned(_forward_local, rule='b h w c, i j k o -> b y z p', batch_operands=1,
                         sum_over_batch=False)
-_forward_bias = _partitioned(_forward_local, rule='b h w c, i j k o, q -> b y z p',
+_forward_bias = partitioned(_forward_local, rule='b h w c, i j k o, q -> b y z p',
                              batch_operands=1, sum_over_batch=False)
-_input_grad = _partitioned(_input_grad_local, rule='b y z o, i j k p -> b h w c', batch_operands=1,
+_input_grad = partitioned(_input_grad_local, rule='b y z o, i j k p -> b h w c', batch_operands=1,
                            sum_over_batch=False)
-_kernel_grad = _partitioned(functools.partial(_kernel_grad_local, with_bias=False),
+_kernel_grad = partitioned(functools.partial(_kernel_grad_local, with_bias=False),
                             rule='b h w c, b y z o -> i j k p', batch_operands=2,
                             sum_over_batch=True)
-_kernel_grad_bias = _partitioned(functools.partial(_kernel_grad_local, with_bias=True),
+_kernel_grad_bias = partitioned(functools.partial(_kernel_grad_local, with_bias=True),
                                  rule='b h w c, b y z o -> i j k p, q', batch_operands=2,
                                  sum_over_batch=True)
 

@@ -30,6 +30,17 @@
 namespace ffi = xla::ffi;
 using dnnl::memory;
 
+namespace skinjax {
+// The convolution runs in the XLA thread that calls it, with oneDNN's OpenMP team: one team at a
+// time, so that two convolutions XLA starts at once (an input and a kernel gradient) do not put
+// four busy threads on two cores; batch_norm.cc's sums take the same lock. See
+// skinjax/kernels/conv.py for the thread counts.
+std::mutex& ExecutionMutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+}  // namespace skinjax
+
 namespace {
 
 using Dims = memory::dims;
@@ -203,13 +214,7 @@ struct CallMemory {
   }
 };
 
-// The convolution runs in the XLA thread that calls it, with oneDNN's OpenMP team: one team at a
-// time, so that two convolutions XLA starts at once (an input and a kernel gradient) do not put
-// four busy threads on two cores. See skinjax/kernels/conv.py for the thread counts.
-std::mutex& ExecutionMutex() {
-  static std::mutex mutex;
-  return mutex;
-}
+using skinjax::ExecutionMutex;
 
 template <typename F>
 ffi::Error Guarded(F&& body) {

@@ -161,6 +161,18 @@ def _is_float32(lhs, rhs, preferred_element_type) -> bool:
           and preferred_element_type in (None, jnp.float32, jnp.dtype(jnp.float32)))
 
 
+def batch_norm_grad_sums(x, dy, mean):
+  """(sum of dy, sum of dy * (x - mean)) over every axis but the last: BatchNorm's backward sums
+  (skinjax.models.layers), for float32 x and dy. On the CPU with the native kernels, one pass of
+  skinjax/kernels/batch_norm.cc over NHWC activations; else, and as its reference, jnp."""
+  if (_fast_paths_apply() and x.ndim == 4 and x.dtype == dy.dtype == jnp.float32
+      and kernels.onednn_enabled()):
+    from skinjax.kernels import batch_norm  # noqa: PLC0415 (loaded with the convolutions)
+    return batch_norm.grad_sums(x, dy, mean)
+  axes = tuple(range(x.ndim - 1))
+  return dy.sum(axes), (dy * (x - mean)).sum(axes)
+
+
 def max_pool(x, window_shape, strides, padding='VALID'):
   """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
   if not _fast_paths_apply() or x.ndim != 4:

@@ -1,5 +1,7 @@
 """Small helpers shared by the backbones, kept close to the Keras layers they stand in for."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,11 +41,74 @@ class BatchNorm(nnx.BatchNorm):
     if use_running_average is None:
       use_running_average = self.use_running_average
     if not use_running_average:
-      return super().__call__(x, use_running_average=False, mask=mask)
+      if (mask is not None or self.axis != -1 or self.axis_name is not None
+          or self.scale is None or self.bias is None):
+        return super().__call__(x, use_running_average=False, mask=mask)
+      y, mean, var = normalise_with_batch_statistics(
+          x, self.scale[...], self.bias[...], self.epsilon)
+      # As Flax updates them: the moving statistics are state, not differentiated.
+      self.mean[...] = jax.lax.stop_gradient(
+          self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+      self.var[...] = jax.lax.stop_gradient(
+          self.momentum * self.var[...] + (1 - self.momentum) * var)
+      return y.astype(self.dtype or x.dtype)
     # Keras also upcasts bfloat16 inputs here: the statistics do not survive bfloat16 rounding.
     inv = jax.lax.rsqrt(self.var[...] + self.epsilon) * self.scale[...]
     offset = -self.mean[...] * inv + self.bias[...]
     return (x.astype(jnp.float32) * inv + offset).astype(self.dtype or x.dtype)
+
+
+def _batch_statistics(x):
+  """Per-feature mean and variance over every other axis, as Keras computes them: two passes,
+  E[(x - E[x])^2] (the one-pass E[x^2] - E[x]^2 loses precision on activations with a large
+  mean)."""
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  return mean, jnp.square(x - mean).mean(axes)
+
+
+# Training-mode BatchNorm over the last axis with its gradient written out, rather than
+# differentiated through Flax's arithmetic. The values are Keras' (x * inv + (beta - mean * inv));
+# the point is the memory traffic on a CPU, where this step is bandwidth-bound: differentiating
+# (x - mean) * inv + beta made XLA keep x - mean as a whole extra activation per layer, written
+# in the forward pass and read again in the backward one, while here the backward pass is two
+# per-feature sums and one elementwise pass over x and dy.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalise_with_batch_statistics(x, scale, bias, epsilon: float):
+  """(x normalised by its batch statistics, then scaled and shifted; the batch mean; the batch
+  variance), computed in float32 whatever x's dtype."""
+  return _normalise_forward(x, scale, bias, epsilon)[0]
+
+
+def _normalise_forward(x, scale, bias, epsilon):
+  x32 = x.astype(jnp.float32)
+  mean, var = _batch_statistics(x32)
+  inv_std = jax.lax.rsqrt(var + epsilon)
+  inv = inv_std * scale
+  return (x32 * inv + (bias - mean * inv), mean, var), (x, mean, inv_std, scale)
+
+
+def _normalise_backward(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv_std, scale = residuals
+  dy, dmean, dvar = (c.astype(jnp.float32) for c in cotangents)
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  x32 = x.astype(jnp.float32)
+  dbias, dy_centred = cpu_conv.batch_norm_grad_sums(x32, dy, mean)
+  dscale = dy_centred * inv_std
+  # y = centred * inv_std * scale + bias, where mean and inv_std depend on x too; the last two
+  # terms carry the gradients of the returned statistics (zero when only the moving averages,
+  # which are not differentiated, read them).
+  # The barrier stops XLA from merging this x - mean with the forward pass's into one more kept
+  # buffer: computed here, it fuses into the pass that computes dx.
+  centred = x32 - jax.lax.optimization_barrier(mean)
+  dx = (scale * inv_std * (dy - dbias / count - centred * (inv_std * inv_std) * dy_centred / count)
+        + dmean / count + dvar * (2 / count) * centred)
+  return dx.astype(x.dtype), dscale, dbias
+
+
+normalise_with_batch_statistics.defvjp(_normalise_forward, _normalise_backward)
 
 
 def batch_norm(

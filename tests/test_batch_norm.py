@@ -1,0 +1,145 @@
+"""BatchNorm in training mode: skinjax's hand-written gradient against Flax's differentiated one,
+and its native backward sums (skinjax/kernels/batch_norm.cc) against float64 NumPy."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from skinjax import kernels
+from skinjax.models import cpu_conv, layers
+
+needs_native = pytest.mark.skipif(
+    not kernels.onednn_enabled(), reason='LOUD SKIP: the native CPU kernels are unavailable here '
+    '(see the warning above); .ci/run sets SKINJAX_CPU_KERNELS=onednn, which fails instead')
+
+
+def _activations(shape, seed, mean=0.0, std=1.0):
+  return jnp.asarray(np.random.default_rng(seed).normal(mean, std, shape), jnp.float32)
+
+
+@needs_native
+@pytest.mark.parametrize('shape', [(2, 5, 7, 3), (3, 17, 19, 40), (16, 12, 12, 96)])
+def test_native_backward_sums_match_float64(shape):
+  """Rows (N*H*W: 70, 969, 2304) that are not whole chunks of 256, features that are not whole
+  vectors, and a mean far from zero: the sums agree with float64 to float32 rounding."""
+  x, dy = _activations(shape, 0, mean=20.0, std=0.5), _activations(shape, 1)
+  mean = x.mean((0, 1, 2))
+  assert 'skinjax_batch_norm' in str(jax.make_jaxpr(cpu_conv.batch_norm_grad_sums)(x, dy, mean))
+  sum_dy, sum_dy_centred = jax.jit(cpu_conv.batch_norm_grad_sums)(x, dy, mean)
+  x64, dy64, mean64 = (np.asarray(a, np.float64) for a in (x, dy, mean))
+  np.testing.assert_allclose(sum_dy, dy64.sum((0, 1, 2)), rtol=0,
+                             atol=1e-6 * np.abs(dy64).sum((0, 1, 2)).max())
+  centred = dy64 * (x64 - mean64)
+  np.testing.assert_allclose(sum_dy_centred, centred.sum((0, 1, 2)), rtol=0,
+                             atol=1e-6 * np.abs(centred).sum((0, 1, 2)).max())
+  # The pure-JAX form, the fallback, computes the same sums.
+  with cpu_conv.portable_ops():
+    reference = jax.jit(cpu_conv.batch_norm_grad_sums)(x, dy, mean)
+  for got, want in zip((sum_dy, sum_dy_centred), reference):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_native
+def test_native_backward_sums_are_bitwise_reproducible():
+  x, dy = _activations((16, 28, 28, 64), 2), _activations((16, 28, 28, 64), 3)
+  mean = x.mean((0, 1, 2))
+  sums = jax.jit(cpu_conv.batch_norm_grad_sums)
+  first = jax.device_get(sums(x, dy, mean))
+  for _ in range(3):
+    for a, b in zip(first, jax.device_get(sums(x, dy, mean))):
+      np.testing.assert_array_equal(a, b)
+
+
+def _train_batch_norm(call, x, scale, bias, weights):
+  """Loss, output, updated moving statistics and the gradients of x, scale and bias."""
+  norm = layers.batch_norm(x.shape[-1], epsilon=1.001e-5, dtype=x.dtype, rngs=nnx.Rngs(0))
+  norm.train()
+
+  def loss(x, scale, bias):
+    traced = nnx.clone(norm)  # a module of this trace, whose statistics the call may update
+    traced.scale[...], traced.bias[...] = scale, bias
+    y = call(traced, x)
+    return (jnp.sum(jnp.tanh(y.astype(jnp.float32)) * weights),
+            (y, traced.mean[...], traced.var[...]))
+
+  (value, aux), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, scale, bias)
+  return value, aux, grads
+
+
+@pytest.mark.parametrize('native', [True, False])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_training_batch_norm_matches_flax(native, dtype):
+  """skinjax's BatchNorm (its hand-written gradient; the native sums or their jnp form) against
+  Flax's nnx.BatchNorm differentiated by JAX, on activations whose mean is 40 std from zero."""
+  if native and not kernels.onednn_enabled():
+    pytest.skip('LOUD SKIP: the native CPU kernels are unavailable here')
+  shape = (4, 9, 9, 24)
+  x = _activations(shape, 4, mean=10.0, std=0.25).astype(dtype)
+  scale = jnp.asarray(np.random.default_rng(5).uniform(0.5, 2.0, shape[-1]), jnp.float32)
+  bias = _activations(shape[-1:], 6)
+  weights = _activations(shape, 7)
+  flax_call = lambda norm, x: nnx.BatchNorm.__call__(norm, x, use_running_average=False)
+  want = _train_batch_norm(flax_call, x, scale, bias, weights)
+  if native:
+    assert 'skinjax_batch_norm' in str(jax.make_jaxpr(
+        lambda x: _train_batch_norm(lambda norm, x: norm(x), x, scale, bias, weights))(x))
+    got = _train_batch_norm(lambda norm, x: norm(x), x, scale, bias, weights)
+  else:
+    with cpu_conv.portable_ops():
+      got = _train_batch_norm(lambda norm, x: norm(x), x, scale, bias, weights)
+  assert got[1][0].dtype == dtype
+  # float32: to rounding. bfloat16: Flax normalises in bfloat16, skinjax in float32 (as Keras).
+  tolerance = 2e-5 if dtype == jnp.float32 else 2e-2
+  for name, a, b in zip(('loss', 'y', 'moving mean', 'moving variance', 'dx', 'dscale', 'dbias'),
+                        jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    np.testing.assert_allclose(a, b, rtol=0, atol=tolerance * max(np.abs(b).max(), 1e-3),
+                               err_msg=name)
+
+
+_PER_DEVICE_SCRIPT = r"""
+import json, re
+import jax, jax.numpy as jnp, numpy as np
+from skinjax.models import cpu_conv
+from skinjax.runtime import sharding
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((16, 6, 6, 8)), jnp.float32)
+dy = jnp.asarray(rng.standard_normal((16, 6, 6, 8)), jnp.float32)
+mean = x.mean((0, 1, 2))
+sums = jax.jit(cpu_conv.batch_norm_grad_sums, out_shardings=None)
+out = {}
+for n in (1, 8):
+  mesh = sharding.data_mesh(jax.devices()[:n])
+  args = (jax.device_put(x, sharding.batch_sharding(mesh)),
+          jax.device_put(dy, sharding.batch_sharding(mesh)),
+          jax.device_put(mean, sharding.replicated(mesh)))
+  out[n] = jax.device_get(sums(*args))
+hlo = sums.lower(*args).compile().as_text()
+calls = [line for line in hlo.splitlines() if 'custom_call_target="skinjax_batch_norm' in line]
+print(json.dumps({
+    'batches': sorted({int(m) for line in calls for m in re.findall(r'f32\[(\d+),6,6,8\]', line)}),
+    'calls': len(calls), 'all_gather': 'all-gather' in hlo,
+    'difference': max(float(np.max(np.abs(a - b))) for a, b in zip(out[1], out[8]))}))
+"""
+
+
+@needs_native
+def test_each_device_sums_its_own_part_of_the_batch():
+  """With the batch split over 8 devices, the call sees 16 / 8 = 2 images, nothing is gathered,
+  and the psum of the parts is the one-device sum."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', _PER_DEVICE_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['calls'] == 1 and report['batches'] == [2] and not report['all_gather']
+  assert report['difference'] < 1e-4
