@@ -1,6 +1,7 @@
-"""Native CPU kernels: oneDNN convolutions called from jitted code through jax.ffi.
+"""Native CPU kernels called from jitted code through jax.ffi: oneDNN convolutions, and the two
+sums of BatchNorm's backward pass (skinjax/kernels/batch_norm.cc), one library.
 
-$SKINJAX_CPU_KERNELS picks the CPU convolutions:
+$SKINJAX_CPU_KERNELS picks them (both, or neither):
 - unset or `auto`: oneDNN where it can be built and loaded, else XLA's path, with one line why;
 - `onednn`: oneDNN, or a `KernelChoiceError` saying what is missing;
 - `xla`: the pure-JAX path (skinjax.models.cpu_conv), as before the kernels existed.

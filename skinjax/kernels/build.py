@@ -1,9 +1,10 @@
-"""Builds the oneDNN convolution library on first use, and loads it.
+"""Builds the native CPU kernels' library (oneDNN convolutions, BatchNorm's sums) on first use, and
+loads it.
 
 Built at first use rather than at install: an editable install (`pip install -e .`, what the
 Makefile does) runs no build step of ours, and the library must match the jaxlib and oneDNN found
 at run time, which a later `pip install -U jax` would change under an install-time build. The
-compiled file is cached like JAX's compilation cache, keyed by the source, the build flags,
+compiled file is cached like JAX's compilation cache, keyed by the sources, the build flags,
 jaxlib's version, the oneDNN version and the compiler, so only the first start after a change
 pays the ~5 s of g++. The cache is per user and serves every environment: the build names no
 folder to find oneDNN in (no rpath), and each process loads its own environment's oneDNN first,
