@@ -87,7 +87,8 @@ More epochs, a logit-adjusted loss and EfficientNet-Lite2 (docs/results.md, "Mor
 kept either: 1 frozen + 12 epochs (--config.train.num_epochs=13; validation 0.688; 0.704 /
 0.646 / 0.418, 41.9 min), --config.train.logit_adjustment=1.0 with balanced_sampling=False
 (validation 0.673; 0.722 / 0.640 / 0.482) and --config.model.arch=efficientnet_lite2 with
---config.train.num_epochs=8 (validation 0.692; 0.768 / 0.696 / 0.480, about 36 min idle).
+--config.train.num_epochs=8 (validation 0.692; 0.768 / 0.696 / 0.480, about 36 min idle), and
+Lite2 with this recipe's 10 epochs (validation 0.694; 0.766 / 0.667 / 0.496).
 Not tried: partial unfreezing (config.train.unfreeze=N), another backbone multiplier.
 """
 
