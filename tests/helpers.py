@@ -93,3 +93,13 @@ class WarmPython:
   def close(self):
     self.process.stdin.close()
     self.process.wait(timeout=60)
+
+
+def eight_device_report(script: str) -> dict:
+  """Runs `script` (Python source) in a process with 8 virtual CPU devices, from the repository
+  root, and returns the JSON object its last line prints."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

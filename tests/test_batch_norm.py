@@ -1,12 +1,6 @@
 """BatchNorm in training mode: skinjax's hand-written gradient against Flax's differentiated one,
 and its native backward sums (skinjax/kernels/batch_norm.cc) against float64 NumPy."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +9,7 @@ from flax import nnx
 
 from skinjax import kernels
 from skinjax.models import cpu_conv, layers
+from tests.helpers import eight_device_report
 
 needs_native = pytest.mark.skipif(
     not kernels.onednn_enabled(), reason='LOUD SKIP: the native CPU kernels are unavailable here '
@@ -136,10 +131,6 @@ print(json.dumps({
 def test_each_device_sums_its_own_part_of_the_batch():
   """With the batch split over 8 devices, the call sees 16 / 8 = 2 images, nothing is gathered,
   and the psum of the parts is the one-device sum."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', _PER_DEVICE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
-  assert result.returncode == 0, result.stderr[-2000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report = eight_device_report(_PER_DEVICE_SCRIPT)
   assert report['calls'] == 1 and report['batches'] == [2] and not report['all_gather']
   assert report['difference'] < 1e-4

@@ -6,12 +6,6 @@ input of odd and even size so that TF's "SAME" gives both its symmetric and its 
 pads.
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +15,7 @@ from jax import lax
 
 from skinjax import kernels
 from skinjax.models import cpu_conv, registry
+from tests.helpers import eight_device_report
 
 NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
 
@@ -189,10 +184,6 @@ print(json.dumps({
 def test_each_device_convolves_its_own_part_of_the_batch():
   """With the batch split over 8 devices, every custom call sees 16 / 8 = 2 images, nothing is
   gathered, and the values and gradients are the one-device ones."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', _PER_DEVICE_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
-  assert result.returncode == 0, result.stderr[-2000:]
-  report = json.loads(result.stdout.strip().splitlines()[-1])
+  report = eight_device_report(_PER_DEVICE_SCRIPT)
   assert report['calls'] == 3 and report['batches'] == [2] and not report['all_gather']
   assert report['difference'] < 1e-4
