@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -57,7 +58,12 @@ ffi::Error GradSums(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buff
   }
   const int64_t rows = features ? x.element_count() / features : 0;
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  std::vector<float> partial(chunks * 2 * features);
+  std::vector<float> partial;
+  try {
+    partial.resize(chunks * 2 * features);
+  } catch (const std::exception& e) {  // an exception must not cross into XLA
+    return ffi::Error::Internal(std::string("BatchNorm sums: ") + e.what());
+  }
   const float* xs = x.typed_data();
   const float* dys = dy.typed_data();
   const float* means = mean.typed_data();
