@@ -161,12 +161,33 @@ def _is_float32(lhs, rhs, preferred_element_type) -> bool:
           and preferred_element_type in (None, jnp.float32, jnp.dtype(jnp.float32)))
 
 
+def _native_batch_norm_sums(*arrays) -> bool:
+  return (_fast_paths_apply() and arrays[0].ndim == 4
+          and all(a.dtype == jnp.float32 for a in arrays) and kernels.onednn_enabled())
+
+
+def batch_norm_statistics(x):
+  """Per-feature mean and variance of float32 x over every axis but the last, in two passes as
+  Keras computes them: E[x], then E[(x - E[x])^2] (the one-pass E[x^2] - E[x]^2 loses precision
+  on activations with a large mean). On the CPU with the native kernels, each pass is one call
+  of skinjax/kernels/batch_norm.cc over NHWC activations; else, and as its reference, jnp."""
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  if not _native_batch_norm_sums(x):
+    mean = x.mean(axes)
+    return mean, jnp.square(x - mean).mean(axes)
+  from skinjax.kernels import batch_norm  # noqa: PLC0415 (loaded with the convolutions)
+  mean = batch_norm.moments(x, jnp.zeros(x.shape[-1], jnp.float32))[0] / count
+  sum_centred, sum_squares = batch_norm.moments(x, mean)
+  # The first sum is zero but for the rounding of the mean, which it corrects (Chan et al.).
+  return mean, sum_squares / count - jnp.square(sum_centred / count)
+
+
 def batch_norm_grad_sums(x, dy, mean):
   """(sum of dy, sum of dy * (x - mean)) over every axis but the last: BatchNorm's backward sums
   (skinjax.models.layers), for float32 x and dy. On the CPU with the native kernels, one pass of
   skinjax/kernels/batch_norm.cc over NHWC activations; else, and as its reference, jnp."""
-  if (_fast_paths_apply() and x.ndim == 4 and x.dtype == dy.dtype == jnp.float32
-      and kernels.onednn_enabled()):
+  if _native_batch_norm_sums(x, dy):
     from skinjax.kernels import batch_norm  # noqa: PLC0415 (loaded with the convolutions)
     return batch_norm.grad_sums(x, dy, mean)
   axes = tuple(range(x.ndim - 1))

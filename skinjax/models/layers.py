@@ -58,15 +58,6 @@ class BatchNorm(nnx.BatchNorm):
     return (x.astype(jnp.float32) * inv + offset).astype(self.dtype or x.dtype)
 
 
-def _batch_statistics(x):
-  """Per-feature mean and variance over every other axis, as Keras computes them: two passes,
-  E[(x - E[x])^2] (the one-pass E[x^2] - E[x]^2 loses precision on activations with a large
-  mean)."""
-  axes = tuple(range(x.ndim - 1))
-  mean = x.mean(axes)
-  return mean, jnp.square(x - mean).mean(axes)
-
-
 # Training-mode BatchNorm over the last axis with its gradient written out, rather than
 # differentiated through Flax's arithmetic. The values are Keras' (x * inv + (beta - mean * inv));
 # the point is the memory traffic on a CPU, where this step is bandwidth-bound: differentiating
@@ -82,7 +73,7 @@ def normalise_with_batch_statistics(x, scale, bias, epsilon: float):
 
 def _normalise_forward(x, scale, bias, epsilon):
   x32 = x.astype(jnp.float32)
-  mean, var = _batch_statistics(x32)
+  mean, var = cpu_conv.batch_norm_statistics(x32)
   inv_std = jax.lax.rsqrt(var + epsilon)
   inv = inv_std * scale
   return (x32 * inv + (bias - mean * inv), mean, var), (x, mean, inv_std, scale)
