@@ -74,7 +74,9 @@ def _cache_root() -> pathlib.Path:
 
 
 # -fopenmp: the depthwise kernel gradient's own loop runs on oneDNN's OpenMP runtime (libgomp).
-FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w')
+# -ffp-contract=off: no fused multiply-adds in our own loops, so that their sums round alike on
+# every instruction set the target_clones pick (AVX-512, AVX2, the rest).
+FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w', '-ffp-contract=off')
 
 
 def _key(compiler: str, onednn_version: str) -> str:
