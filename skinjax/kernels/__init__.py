@@ -1,5 +1,5 @@
-"""Native CPU kernels called from jitted code through jax.ffi: oneDNN convolutions, and the two
-sums of BatchNorm's backward pass (skinjax/kernels/batch_norm.cc), one library.
+"""Native CPU kernels called from jitted code through jax.ffi: oneDNN convolutions, and BatchNorm's
+per-feature sums in training (skinjax/kernels/batch_norm.cc), one library.
 
 $SKINJAX_CPU_KERNELS picks them (both, or neither):
 - unset or `auto`: oneDNN where it can be built and loaded, else XLA's path, with one line why;

@@ -83,17 +83,16 @@ def _normalise_backward(epsilon, residuals, cotangents):
   del epsilon
   x, mean, inv_std, scale = residuals
   dy, dmean, dvar = (c.astype(jnp.float32) for c in cotangents)
-  axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
   x32 = x.astype(jnp.float32)
   dbias, dy_centred = cpu_conv.batch_norm_grad_sums(x32, dy, mean)
   dscale = dy_centred * inv_std
+  # Where the statistics are jnp (not the native passes), the barrier stops XLA from merging this
+  # x - mean with the variance's into one more kept buffer: computed here, it fuses into dx's pass.
+  centred = x32 - jax.lax.optimization_barrier(mean)
   # y = centred * inv_std * scale + bias, where mean and inv_std depend on x too; the last two
   # terms carry the gradients of the returned statistics (zero when only the moving averages,
   # which are not differentiated, read them).
-  # The barrier stops XLA from merging this x - mean with the forward pass's into one more kept
-  # buffer: computed here, it fuses into the pass that computes dx.
-  centred = x32 - jax.lax.optimization_barrier(mean)
   dx = (scale * inv_std * (dy - dbias / count - centred * (inv_std * inv_std) * dy_centred / count)
         + dmean / count + dvar * (2 / count) * centred)
   return dx.astype(x.dtype), dscale, dbias
