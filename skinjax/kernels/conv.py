@@ -118,17 +118,17 @@ def partitioned(local, *, rule: str, batch_operands: int, sum_over_batch: bool):
 # Sharding rules: factor b is the batch, shared by the batch-split operands and, unless summed
 # over, the result; every other dimension has a factor of its own.
 _forward = partitioned(_forward_local, rule='b h w c, i j k o -> b y z p', batch_operands=1,
-                        sum_over_batch=False)
+                       sum_over_batch=False)
 _forward_bias = partitioned(_forward_local, rule='b h w c, i j k o, q -> b y z p',
-                             batch_operands=1, sum_over_batch=False)
+                            batch_operands=1, sum_over_batch=False)
 _input_grad = partitioned(_input_grad_local, rule='b y z o, i j k p -> b h w c', batch_operands=1,
-                           sum_over_batch=False)
+                          sum_over_batch=False)
 _kernel_grad = partitioned(functools.partial(_kernel_grad_local, with_bias=False),
-                            rule='b h w c, b y z o -> i j k p', batch_operands=2,
-                            sum_over_batch=True)
+                           rule='b h w c, b y z o -> i j k p', batch_operands=2,
+                           sum_over_batch=True)
 _kernel_grad_bias = partitioned(functools.partial(_kernel_grad_local, with_bias=True),
-                                 rule='b h w c, b y z o -> i j k p, q', batch_operands=2,
-                                 sum_over_batch=True)
+                                rule='b h w c, b y z o -> i j k p, q', batch_operands=2,
+                                sum_over_batch=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
