@@ -100,6 +100,34 @@ def eight_device_report(script: str) -> dict:
   root, and returns the JSON object its last line prints."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+                          timeout=300, cwd=REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def one_and_eight_devices(fn, batch_args, replicated_args, call_target: str) -> dict:
+  """For a script of eight_device_report: `fn(*batch_args, *replicated_args)` jitted on 1 and on
+  8 devices, the batch arguments split over them along the batch, the others replicated. Returns
+  the batch sizes that the custom calls whose target starts with `call_target` see (from their
+  operands shaped like the first batch argument), how many such calls the 8-device program has,
+  whether it gathers anything, and the largest difference between the two results."""
+  import re  # noqa: PLC0415 (only the scripts' processes use these)
+  import jax  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  from skinjax.runtime import sharding  # noqa: PLC0415
+  jitted = jax.jit(fn)
+  out = {}
+  for n in (1, 8):
+    mesh = sharding.data_mesh(jax.devices()[:n])
+    args = ([jax.device_put(a, sharding.batch_sharding(mesh)) for a in batch_args]
+            + [jax.device_put(a, sharding.replicated(mesh)) for a in replicated_args])
+    out[n] = jax.device_get(jitted(*args))
+  hlo = jitted.lower(*args).compile().as_text()
+  calls = [line for line in hlo.splitlines() if f'custom_call_target="{call_target}' in line]
+  batch_shape = re.escape(','.join(map(str, batch_args[0].shape[1:])))
+  return {
+      'batches': sorted({int(m) for line in calls
+                         for m in re.findall(rf'f32\[(\d+),{batch_shape}\]', line)}),
+      'calls': len(calls), 'all_gather': 'all-gather' in hlo,
+      'difference': max(float(np.max(np.abs(a - b)))
+                        for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(out[8])))}

@@ -153,10 +153,10 @@ def test_conv_with_bias_matches_nnx_conv(kernel_size, strides, padding):
 
 
 _PER_DEVICE_SCRIPT = r"""
-import json, re
+import json
 import jax, jax.numpy as jnp, numpy as np
 from skinjax.models import cpu_conv
-from skinjax.runtime import sharding
+from tests.helpers import one_and_eight_devices
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((16, 12, 12, 8)), jnp.float32)
 kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
@@ -164,20 +164,8 @@ def loss(x, kernel):
   y = cpu_conv.conv_general_dilated(x, kernel, (2, 2), 'SAME',
                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   return jnp.sum(jnp.sin(y))
-step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-out = {}
-for n in (1, 8):
-  mesh = sharding.data_mesh(jax.devices()[:n])
-  args = (jax.device_put(x, sharding.batch_sharding(mesh)),
-          jax.device_put(kernel, sharding.replicated(mesh)))
-  out[n] = jax.device_get(step(*args))
-hlo = step.lower(*args).compile().as_text()
-calls = [line for line in hlo.splitlines() if 'custom_call_target="skinjax_conv' in line]
-print(json.dumps({
-    'batches': sorted({int(m) for line in calls for m in re.findall(r'f32\[(\d+),12,12,8\]', line)}),
-    'calls': len(calls), 'all_gather': 'all-gather' in hlo,
-    'difference': max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(out[1]),
-                                                                    jax.tree.leaves(out[8])))}))
+print(json.dumps(one_and_eight_devices(jax.value_and_grad(loss, argnums=(0, 1)), [x], [kernel],
+                                       'skinjax_conv')))
 """
 
 
