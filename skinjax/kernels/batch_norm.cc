@@ -35,10 +35,8 @@ constexpr int64_t kRowsPerChunk = 256;
 
 // sum(x - centre) and sum((x - centre)^2) over `rows` rows of `features`.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void ChunkMoments(const float* __restrict x, const float* __restrict unused,
-                  const float* __restrict centre, int64_t rows, int64_t features,
-                  float* __restrict sum_centred, float* __restrict sum_squares) {
-  (void)unused;
+void ChunkMoments(const float* __restrict x, const float* __restrict centre, int64_t rows,
+                  int64_t features, float* __restrict sum_centred, float* __restrict sum_squares) {
   std::fill(sum_centred, sum_centred + features, 0.0f);
   std::fill(sum_squares, sum_squares + features, 0.0f);
   for (int64_t row = 0; row < rows; ++row) {
@@ -70,20 +68,19 @@ void ChunkGradSums(const float* __restrict x, const float* __restrict dy,
   }
 }
 
-using ChunkFn = void (*)(const float*, const float*, const float*, int64_t, int64_t, float*,
-                         float*);
-
-// Two per-feature sums of x's rows (and dy's, for the gradient), `vector` (features,) alongside.
-ffi::Error Sums(ChunkFn chunk_sums, const ffi::Buffer<ffi::F32>& x, const float* dy,
-                int64_t dy_count, const ffi::Buffer<ffi::F32>& vector,
+// Two per-feature sums over x's rows: `chunk_sums(first_row, rows, first, second)` sums rows
+// [first_row, first_row + rows) into `first` and `second`; `vector` is the (features,) operand
+// beside x (the centre, or the mean).
+template <typename ChunkSums>
+ffi::Error Sums(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& vector,
                 ffi::Result<ffi::Buffer<ffi::F32>>& first,
-                ffi::Result<ffi::Buffer<ffi::F32>>& second) {
+                ffi::Result<ffi::Buffer<ffi::F32>>& second, ChunkSums chunk_sums) {
   const auto dims = x.dimensions();
   if (dims.size() == 0) return ffi::Error::InvalidArgument("x must have a feature axis");
   const int64_t features = dims.back();
-  if ((dy && dy_count != x.element_count()) || vector.element_count() != features ||
-      first->element_count() != features || second->element_count() != features) {
-    return ffi::Error::InvalidArgument("x, dy, the per-feature vector and the sums disagree");
+  if (vector.element_count() != features || first->element_count() != features ||
+      second->element_count() != features) {
+    return ffi::Error::InvalidArgument("x, the per-feature vector and the sums disagree");
   }
   const int64_t rows = features ? x.element_count() / features : 0;
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
@@ -93,15 +90,12 @@ ffi::Error Sums(ChunkFn chunk_sums, const ffi::Buffer<ffi::F32>& x, const float*
   } catch (const std::exception& e) {  // an exception must not cross into XLA
     return ffi::Error::Internal(std::string("BatchNorm sums: ") + e.what());
   }
-  const float* xs = x.typed_data();
-  const float* vec = vector.typed_data();
   {
     std::lock_guard<std::mutex> lock(skinjax::ExecutionMutex());
 #pragma omp parallel for schedule(static)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t offset = chunk * kRowsPerChunk * features;
-      chunk_sums(xs + offset, dy ? dy + offset : nullptr, vec,
-                 std::min(kRowsPerChunk, rows - chunk * kRowsPerChunk), features,
+      const int64_t first_row = chunk * kRowsPerChunk;
+      chunk_sums(first_row, std::min(kRowsPerChunk, rows - first_row),
                  &partial[chunk * 2 * features], &partial[(chunk * 2 + 1) * features]);
     }
   }
@@ -120,14 +114,27 @@ ffi::Error Sums(ChunkFn chunk_sums, const ffi::Buffer<ffi::F32>& x, const float*
 ffi::Error Moments(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> centre,
                    ffi::ResultBuffer<ffi::F32> sum_centred,
                    ffi::ResultBuffer<ffi::F32> sum_squares) {
-  return Sums(ChunkMoments, x, nullptr, 0, centre, sum_centred, sum_squares);
+  const int64_t features = centre.element_count();
+  return Sums(x, centre, sum_centred, sum_squares,
+              [&](int64_t first_row, int64_t rows, float* first, float* second) {
+                ChunkMoments(x.typed_data() + first_row * features, centre.typed_data(), rows,
+                             features, first, second);
+              });
 }
 
 ffi::Error GradSums(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> mean,
                     ffi::ResultBuffer<ffi::F32> sum_dy,
                     ffi::ResultBuffer<ffi::F32> sum_dy_centred) {
-  return Sums(ChunkGradSums, x, dy.typed_data(), dy.element_count(), mean, sum_dy,
-              sum_dy_centred);
+  if (dy.element_count() != x.element_count()) {
+    return ffi::Error::InvalidArgument("x and dy disagree in shape");
+  }
+  const int64_t features = mean.element_count();
+  return Sums(x, mean, sum_dy, sum_dy_centred,
+              [&](int64_t first_row, int64_t rows, float* first, float* second) {
+                ChunkGradSums(x.typed_data() + first_row * features,
+                              dy.typed_data() + first_row * features, mean.typed_data(), rows,
+                              features, first, second);
+              });
 }
 
 }  // namespace
