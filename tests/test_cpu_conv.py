@@ -13,6 +13,7 @@ from jax import lax
 
 from skinjax import kernels
 from skinjax.models import cpu_conv
+from tests.helpers import eight_device_report
 
 NHWC_HWIO = ('NHWC', 'HWIO', 'NHWC')
 
@@ -109,15 +110,21 @@ def test_onednn_takes_float32_dense_and_depthwise_only(cpu_kernels):
   assert native not in lowered(_random((3, 3, 4, 6), 7), 1, jnp.bfloat16)
 
 
+def _pools_natively(pool, x) -> bool:
+  return 'skinjax_max_pool' in str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(pool(x))))(x))
+
+
 @pytest.mark.parametrize('window, strides, padding', [
     ((2, 2), (2, 2), 'VALID'),  # small_cnn, VGG16
     ((3, 3), (2, 2), 'VALID'),  # ResNet50, after its ZeroPadding
     ((3, 3), (2, 2), 'SAME'),  # Xception
     ((3, 3), (1, 1), 'SAME'),
     ((3, 3), (2, 2), [(1, 1), (1, 1)]),  # explicit pads, as a list
+    ((2, 2), (2, 2), [(2, 1), (0, 1)]),  # a first row of windows wholly in the padding
 ])
-def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
-  x = _random((2, 11, 10, 3), 6)  # odd sizes: SAME pads, VALID drops a border
+def test_max_pool_matches_flax_values_and_gradients(window, strides, padding, cpu_kernels):
+  # Odd sizes (SAME pads, VALID drops a border) and features that are not whole vectors.
+  x = _random((2, 11, 10, 19), 6)
   cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 7)
 
   def run(pool):
@@ -126,15 +133,18 @@ def test_max_pool_matches_flax_values_and_gradients(window, strides, padding):
       return y, backward(cotangent)[0]
     return jax.jit(forward_and_back)(x, cotangent)
 
-  y, grad = run(lambda x: cpu_conv.max_pool(x, window, strides, padding))
+  ours = lambda x: cpu_conv.max_pool(x, window, strides, padding)  # noqa: E731
+  assert _pools_natively(ours, x) == (cpu_kernels == 'onednn')
+  y, grad = run(ours)
   want_y, want_grad = run(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
-  np.testing.assert_array_equal(y, want_y)  # a maximum is exact
+  np.testing.assert_array_equal(y, want_y)  # a maximum is exact (-inf where no pixel is inside)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('window, strides, padding', [((2, 2), (2, 2), 'VALID'),
                                                       ((3, 3), (2, 2), 'SAME')])
-def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, strides, padding):
+def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, strides, padding,
+                                                                     cpu_kernels):
   """After a ReLU whole windows tie; the gradient must go to one pixel, not split or vanish."""
   x = jnp.asarray(np.random.default_rng(8).integers(0, 3, (2, 8, 8, 3)), jnp.float32)
   cotangent = _random(nnx.max_pool(x, window, strides=strides, padding=padding).shape, 9)
@@ -146,3 +156,36 @@ def test_max_pool_gives_a_tied_window_gradient_to_one_pixel_as_flax(window, stri
   flax_grad = grad(lambda x: nnx.max_pool(x, window, strides=strides, padding=padding))
   np.testing.assert_allclose(jnp.sum(ours), jnp.sum(cotangent), rtol=1e-5)  # nothing lost
   np.testing.assert_allclose(ours, flax_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_keeps_a_nan_as_flax(cpu_kernels):
+  """A NaN in a window makes its maximum NaN, so that a diverging run shows in its loss."""
+  x = _random((1, 4, 4, 17), 10).at[0, 1, 2, 5].set(jnp.nan).at[0, 3, 3, 16].set(jnp.nan)
+  ours = jax.jit(lambda x: cpu_conv.max_pool(x, (2, 2), (2, 2)))(x)
+  np.testing.assert_array_equal(ours, nnx.max_pool(x, (2, 2), strides=(2, 2)))
+  assert int(jnp.isnan(ours).sum()) == 2
+
+
+_PER_DEVICE_POOL_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from skinjax.models import cpu_conv
+from tests.helpers import eight_device_report
+from tests.helpers import one_and_eight_devices
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((16, 12, 12, 8)), jnp.float32)
+cotangent = jnp.asarray(rng.standard_normal((16, 6, 6, 8)), jnp.float32)
+def pool_and_back(x, cotangent):
+  y, back = jax.vjp(lambda x: cpu_conv.max_pool(x, (3, 3), (2, 2), 'SAME'), x)
+  return y, back(cotangent)[0]
+print(json.dumps(one_and_eight_devices(pool_and_back, [x, cotangent], [], 'skinjax_max_pool')))
+"""
+
+
+def test_each_device_pools_its_own_part_of_the_batch(monkeypatch):
+  """With the batch split over 8 devices, the forward and backward calls each see 16 / 8 = 2
+  images, nothing is gathered, and the values and gradients are the one-device ones."""
+  _use_kernels(monkeypatch, 'onednn')
+  report = eight_device_report(_PER_DEVICE_POOL_SCRIPT)
+  assert report['calls'] == 2 and report['batches'] == [2] and not report['all_gather']
+  assert report['difference'] == 0  # no sum crosses devices

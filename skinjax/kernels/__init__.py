@@ -1,7 +1,8 @@
-"""Native CPU kernels called from jitted code through jax.ffi: oneDNN convolutions, and BatchNorm's
-per-feature sums in training (skinjax/kernels/batch_norm.cc), one library.
+"""Native CPU kernels called from jitted code through jax.ffi: oneDNN convolutions, BatchNorm's
+per-feature sums in training (skinjax/kernels/batch_norm.cc) and max-pooling
+(skinjax/kernels/max_pool.cc), one library.
 
-$SKINJAX_CPU_KERNELS picks them (both, or neither):
+$SKINJAX_CPU_KERNELS picks them (all, or none):
 - unset or `auto`: oneDNN where it can be built and loaded, else XLA's path, with one line why;
 - `onednn`: oneDNN, or a `KernelChoiceError` saying what is missing;
 - `xla`: the pure-JAX path (skinjax.models.cpu_conv), as before the kernels existed.
@@ -39,10 +40,11 @@ def onednn_enabled() -> bool:
   if wanted == 'xla':
     return False
   # g++ and ctypes only when asked.
-  from skinjax.kernels import batch_norm, build, conv  # noqa: PLC0415
+  from skinjax.kernels import batch_norm, build, conv, max_pool  # noqa: PLC0415
   try:
     conv.register()
     batch_norm.register()
+    max_pool.register()
   except build.Unavailable as why:
     if wanted == 'onednn':
       raise KernelChoiceError(f'{ENV_VAR}=onednn, but the oneDNN kernels are unavailable: {why}; '

@@ -31,9 +31,9 @@ import tempfile
 import jax
 import jaxlib
 
-# The convolutions, and BatchNorm's gradient sums, which share their OpenMP lock.
+# The convolutions, BatchNorm's sums and max-pooling, which share the convolutions' OpenMP lock.
 SOURCES = tuple(pathlib.Path(__file__).with_name(name)
-                for name in ('onednn_conv.cc', 'batch_norm.cc'))
+                for name in ('onednn_conv.cc', 'batch_norm.cc', 'max_pool.cc'))
 CACHE_ENV_VAR = 'SKINJAX_KERNEL_CACHE'
 DEFAULT_CACHE = pathlib.Path('~/.cache/skinjax/kernels')
 LIBRARY_NAME = 'libskinjax_onednn.so'

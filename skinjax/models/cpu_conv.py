@@ -22,9 +22,11 @@ TPU compiler have fast kernels for these) go to lax.conv_general_dilated unchang
 Flax's nnx.Conv takes the function as its `conv_general_dilated` argument; see layers.conv.
 
 `max_pool` does the same for max-pooling, whose gradient XLA's CPU backend computes with a slow
-select-and-scatter: the maximum over the window's strided slices gives the same values, and with
-its own gradient (to the first maximum, as select-and-scatter) forward+backward is ~9x faster for
-small_cnn's and VGG16's 2x2 pools and ~1.5x for ResNet50's 3x3 stem pool.
+select-and-scatter. With the native kernels, float32 pools are two loops of
+skinjax/kernels/max_pool.cc; otherwise the maximum over the window's strided slices gives the same
+values, and with its own gradient (to the first maximum, as select-and-scatter) forward+backward
+is ~9x faster than XLA's for small_cnn's and VGG16's 2x2 pools and ~1.5x for ResNet50's 3x3 stem
+pool (the native loops take about 4% more off ResNet50's whole step).
 
 `portable_ops()` switches every fast path off while a model is traced for another runtime (ONNX
 export): the graph then holds plain convolutions and max-pools, which every runtime accelerates,
@@ -195,12 +197,18 @@ def batch_norm_grad_sums(x, dy, mean):
 
 
 def max_pool(x, window_shape, strides, padding='VALID'):
-  """nnx.max_pool over the H and W axes of an NHWC input, with a CPU fast path."""
+  """nnx.max_pool over the H and W axes of an NHWC input, with CPU fast paths: native loops for
+  float32 with the kernels on, else strided slices with a custom gradient."""
   if not _fast_paths_apply() or x.ndim != 4:
     # Keywords: jax2onnx's stand-in for nnx.max_pool, traced for export, takes only those.
     return nnx.max_pool(x, window_shape=window_shape, strides=strides, padding=padding)
   # Static arguments of the custom gradient must be hashable: explicit pads become tuples.
   pads = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
+  if x.dtype == jnp.float32 and kernels.onednn_enabled():
+    from skinjax.kernels import max_pool as native  # noqa: PLC0415 (loaded with the library)
+    if isinstance(pads, str):
+      pads = tuple(lax.padtype_to_pads(x.shape[1:3], window_shape, strides, pads))
+    return native.max_pool(x, tuple(window_shape), tuple(strides), pads)
   return _cpu_max_pool(x, tuple(window_shape), tuple(strides), pads)
 
 
