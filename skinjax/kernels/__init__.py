@@ -42,9 +42,7 @@ def onednn_enabled() -> bool:
   # g++ and ctypes only when asked.
   from skinjax.kernels import batch_norm, build, conv, max_pool  # noqa: PLC0415
   try:
-    conv.register()
-    batch_norm.register()
-    max_pool.register()
+    build.register(conv.TARGETS + batch_norm.TARGETS + max_pool.TARGETS)
   except build.Unavailable as why:
     if wanted == 'onednn':
       raise KernelChoiceError(f'{ENV_VAR}=onednn, but the oneDNN kernels are unavailable: {why}; '

@@ -7,24 +7,14 @@ passes are slower). Several devices: each sums its own part of the batch and a p
 the parts, as for the convolutions' kernel gradient (skinjax.kernels.conv.partitioned).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from skinjax.kernels import build
 from skinjax.kernels import conv
 
-TARGETS = {'skinjax_batch_norm_moments': 'SkinjaxBatchNormMoments',
-           'skinjax_batch_norm_grad_sums': 'SkinjaxBatchNormGradSums'}
-
-
-@functools.cache
-def register() -> None:
-  library = build.library()
-  for name, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform='cpu')
+# (XLA target name, the library's symbol) of each handler; skinjax.kernels registers them.
+TARGETS = (('skinjax_batch_norm_moments', 'SkinjaxBatchNormMoments'),
+           ('skinjax_batch_norm_grad_sums', 'SkinjaxBatchNormGradSums'))
 
 
 def _two_sums(target, *operands):

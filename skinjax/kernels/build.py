@@ -138,3 +138,11 @@ def library() -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
   except OSError as error:
     raise Unavailable(f'loading {target} failed: {error}') from None
+
+
+@functools.cache
+def register(targets: tuple[tuple[str, str], ...]) -> None:
+  """Registers the library's FFI handlers with XLA for the CPU, once: (target name, symbol)."""
+  loaded = library()
+  for name, symbol in targets:
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(loaded, symbol)), platform='cpu')

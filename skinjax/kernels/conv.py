@@ -24,20 +24,13 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from skinjax.kernels import build
 
-TARGETS = {'forward': 'SkinjaxConvForward', 'forward_bias': 'SkinjaxConvForwardBias',
-           'input_grad': 'SkinjaxConvInputGrad', 'kernel_grad': 'SkinjaxConvKernelGrad',
-           'kernel_grad_bias': 'SkinjaxConvKernelGradBias'}
-
-
-@functools.cache
-def register() -> None:
-  """Builds (if needed) and loads the library, and registers its handlers with XLA once."""
-  library = build.library()
-  for name, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(f'skinjax_conv_{name}', jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform='cpu')
+# (XLA target name, the library's symbol) of each handler; skinjax.kernels registers them.
+TARGETS = (('skinjax_conv_forward', 'SkinjaxConvForward'),
+           ('skinjax_conv_forward_bias', 'SkinjaxConvForwardBias'),
+           ('skinjax_conv_input_grad', 'SkinjaxConvInputGrad'),
+           ('skinjax_conv_kernel_grad', 'SkinjaxConvKernelGrad'),
+           ('skinjax_conv_kernel_grad_bias', 'SkinjaxConvKernelGradBias'))
 
 
 def output_hw(x_shape, kernel_shape, strides, pads):

@@ -13,6 +13,7 @@
 // gradient is accumulated by one thread, in output order.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <mutex>
@@ -62,50 +63,61 @@ ffi::ErrorOr<Pooling> Describe(ffi::Span<const int64_t> input_dims,
   return p;
 }
 
-// One output pixel's maxima and winners over every feature. A later tap wins only if strictly
-// greater, so a tie goes to the first; `maximum` and `winner` hold the running values.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void PoolPixel(const float* __restrict x, const Pooling& p, int64_t out_row, int64_t out_col,
-               float* __restrict maximum, uint8_t* __restrict winner) {
-  std::fill(maximum, maximum + p.features, -std::numeric_limits<float>::infinity());
-  std::fill(winner, winner + p.features, kNoWinner);
+// The window taps of output pixel (out_row, out_col) that fall inside the input: each one's
+// offset in the image and its window position, in row-major window order. Returns how many.
+struct Taps {
+  int count = 0;
+  std::array<int64_t, kNoWinner> offsets;
+  std::array<uint8_t, kNoWinner> positions;
+};
+
+Taps InsideTaps(const Pooling& p, int64_t out_row, int64_t out_col) {
+  Taps taps;
   for (int64_t i = 0; i < p.window_h; ++i) {
     const int64_t row = p.Row(out_row, i);
     if (row < 0 || row >= p.height) continue;
     for (int64_t j = 0; j < p.window_w; ++j) {
       const int64_t col = p.Column(out_col, j);
       if (col < 0 || col >= p.width) continue;
-      const float* tap = x + (row * p.width + col) * p.features;
-      const uint8_t position = static_cast<uint8_t>(i * p.window_w + j);
+      taps.offsets[taps.count] = (row * p.width + col) * p.features;
+      taps.positions[taps.count++] = static_cast<uint8_t>(i * p.window_w + j);
+    }
+  }
+  return taps;
+}
+
+// One output pixel's maxima and winners over every feature. A later tap wins only if strictly
+// greater, so a tie goes to the first.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void PoolPixel(const float* __restrict image, const Taps& taps, int64_t features,
+               float* __restrict maximum, uint8_t* __restrict winner) {
+  std::fill(maximum, maximum + features, -std::numeric_limits<float>::infinity());
+  std::fill(winner, winner + features, kNoWinner);
+  for (int t = 0; t < taps.count; ++t) {
+    const float* tap = image + taps.offsets[t];
+    const uint8_t position = taps.positions[t];
 #pragma omp simd
-      for (int64_t f = 0; f < p.features; ++f) {
-        // The first tap in range always wins its place, -inf included, so every window with a
-        // tap inside names one; the first NaN wins too, so that a NaN is not pooled away.
-        const bool wins = tap[f] > maximum[f] || winner[f] == kNoWinner ||
-                          (tap[f] != tap[f] && maximum[f] == maximum[f]);
-        maximum[f] = wins ? tap[f] : maximum[f];
-        winner[f] = wins ? position : winner[f];
-      }
+    for (int64_t f = 0; f < features; ++f) {
+      // The first tap always wins its place, -inf included, so every window with a tap inside
+      // the input names one; the first NaN wins too, so that a NaN is not pooled away.
+      const bool wins = tap[f] > maximum[f] || winner[f] == kNoWinner ||
+                        (tap[f] != tap[f] && maximum[f] == maximum[f]);
+      maximum[f] = wins ? tap[f] : maximum[f];
+      winner[f] = wins ? position : winner[f];
     }
   }
 }
 
-// One output pixel's gradient sent to its winners.
+// One output pixel's gradient added to its winners' pixels.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void ScatterPixel(const float* __restrict grad, const uint8_t* __restrict winner, const Pooling& p,
-                  int64_t out_row, int64_t out_col, float* __restrict dx) {
-  for (int64_t i = 0; i < p.window_h; ++i) {
-    const int64_t row = p.Row(out_row, i);
-    if (row < 0 || row >= p.height) continue;
-    for (int64_t j = 0; j < p.window_w; ++j) {
-      const int64_t col = p.Column(out_col, j);
-      if (col < 0 || col >= p.width) continue;
-      float* tap = dx + (row * p.width + col) * p.features;
-      const uint8_t position = static_cast<uint8_t>(i * p.window_w + j);
+void ScatterPixel(const float* __restrict grad, const uint8_t* __restrict winner,
+                  const Taps& taps, int64_t features, float* __restrict image_dx) {
+  for (int t = 0; t < taps.count; ++t) {
+    float* tap = image_dx + taps.offsets[t];
+    const uint8_t position = taps.positions[t];
 #pragma omp simd
-      for (int64_t f = 0; f < p.features; ++f) {
-        tap[f] += winner[f] == position ? grad[f] : 0.0f;
-      }
+    for (int64_t f = 0; f < features; ++f) {
+      tap[f] += winner[f] == position ? grad[f] : 0.0f;
     }
   }
 }
@@ -123,7 +135,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
       const float* image = x.typed_data() + n * p.height * p.width * p.features;
       for (int64_t out_col = 0; out_col < p.out_width; ++out_col) {
         const int64_t pixel = ((n * p.out_height + out_row) * p.out_width + out_col) * p.features;
-        PoolPixel(image, p, out_row, out_col, y->typed_data() + pixel,
+        PoolPixel(image, InsideTaps(p, out_row, out_col), p.features, y->typed_data() + pixel,
                   winner->typed_data() + pixel);
       }
     }
@@ -151,8 +163,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::U8> winner,
     for (int64_t out_row = 0; out_row < p.out_height; ++out_row) {
       for (int64_t out_col = 0; out_col < p.out_width; ++out_col) {
         const int64_t pixel = n * out_image_size + (out_row * p.out_width + out_col) * p.features;
-        ScatterPixel(grad.typed_data() + pixel, winner.typed_data() + pixel, p, out_row, out_col,
-                     image_dx);
+        ScatterPixel(grad.typed_data() + pixel, winner.typed_data() + pixel,
+                     InsideTaps(p, out_row, out_col), p.features, image_dx);
       }
     }
   }

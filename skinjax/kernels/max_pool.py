@@ -13,19 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from skinjax.kernels import build
 from skinjax.kernels import conv
 
-TARGETS = {'skinjax_max_pool_forward': 'SkinjaxMaxPoolForward',
-           'skinjax_max_pool_backward': 'SkinjaxMaxPoolBackward'}
-
-
-@functools.cache
-def register() -> None:
-  library = build.library()
-  for name, symbol in TARGETS.items():
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform='cpu')
+# (XLA target name, the library's symbol) of each handler; skinjax.kernels registers them.
+TARGETS = (('skinjax_max_pool_forward', 'SkinjaxMaxPoolForward'),
+           ('skinjax_max_pool_backward', 'SkinjaxMaxPoolBackward'))
 
 
 def _attributes(window, strides, pads):
