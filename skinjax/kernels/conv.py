@@ -24,7 +24,6 @@ import numpy as np
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-
 # (XLA target name, the library's symbol) of each handler; skinjax.kernels registers them.
 TARGETS = (('skinjax_conv_forward', 'SkinjaxConvForward'),
            ('skinjax_conv_forward_bias', 'SkinjaxConvForwardBias'),

@@ -60,8 +60,7 @@ def _pool(x_shape, window, strides, pads, x):
 
 
 def _pool_forward(x_shape, window, strides, pads, x):
-  y, winner = _forward((x_shape, window, strides, pads), x)
-  return y, winner
+  return _forward((x_shape, window, strides, pads), x)  # the maxima, and the winners as residuals
 
 
 def _pool_backward(x_shape, window, strides, pads, winner, grad):
