@@ -170,7 +170,6 @@ _PER_DEVICE_POOL_SCRIPT = r"""
 import json
 import jax, jax.numpy as jnp, numpy as np
 from skinjax.models import cpu_conv
-from tests.helpers import eight_device_report
 from tests.helpers import one_and_eight_devices
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((16, 12, 12, 8)), jnp.float32)
