@@ -37,12 +37,18 @@ def output_hw(x_shape, kernel_shape, strides, pads):
                for d in range(2))
 
 
+def window_attributes(strides, pads) -> dict:
+  """The FFI attributes of a sliding window's strides and (low, high) pads, as the handlers of
+  onednn_conv.cc and max_pool.cc read them: (H, W) strides; top, bottom, left, right pads."""
+  return dict(strides=np.asarray(strides, np.int64),
+              padding=np.asarray([p for pair in pads for p in pair], np.int64))
+
+
 def _call(name, operands, shapes, strides, pads, groups):
   results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes]
   out = jax.ffi.ffi_call(f'skinjax_conv_{name}', results if len(results) > 1 else results[0],
                          vmap_method='sequential')(
-      *operands, strides=np.asarray(strides, np.int64),
-      padding=np.asarray([p for pair in pads for p in pair], np.int64), groups=np.int64(groups))
+      *operands, **window_attributes(strides, pads), groups=np.int64(groups))
   return tuple(out) if len(results) > 1 else out
 
 

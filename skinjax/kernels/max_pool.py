@@ -21,8 +21,7 @@ TARGETS = (('skinjax_max_pool_forward', 'SkinjaxMaxPoolForward'),
 
 
 def _attributes(window, strides, pads):
-  return dict(window=np.asarray(window, np.int64), strides=np.asarray(strides, np.int64),
-              padding=np.asarray([p for pair in pads for p in pair], np.int64))
+  return dict(window=np.asarray(window, np.int64), **conv.window_attributes(strides, pads))
 
 
 # `geometry`: (input shape, window, strides, pads), static and hashable.

@@ -163,7 +163,9 @@ def _is_float32(lhs, rhs, preferred_element_type) -> bool:
           and preferred_element_type in (None, jnp.float32, jnp.dtype(jnp.float32)))
 
 
-def _native_batch_norm_sums(*arrays) -> bool:
+def _native_kernels_take(*arrays) -> bool:
+  """Whether the native kernels' BatchNorm sums and max-pool take these NHWC arrays: float32, on
+  the CPU, with the kernels on."""
   return (_fast_paths_apply() and arrays[0].ndim == 4
           and all(a.dtype == jnp.float32 for a in arrays) and kernels.onednn_enabled())
 
@@ -175,7 +177,7 @@ def batch_norm_statistics(x):
   of skinjax/kernels/batch_norm.cc over NHWC activations; else, and as its reference, jnp."""
   axes = tuple(range(x.ndim - 1))
   count = x.size // x.shape[-1]
-  if not _native_batch_norm_sums(x):
+  if not _native_kernels_take(x):
     mean = x.mean(axes)
     return mean, jnp.square(x - mean).mean(axes)
   from skinjax.kernels import batch_norm  # noqa: PLC0415 (loaded with the convolutions)
@@ -189,7 +191,7 @@ def batch_norm_grad_sums(x, dy, mean):
   """(sum of dy, sum of dy * (x - mean)) over every axis but the last: BatchNorm's backward sums
   (skinjax.models.layers), for float32 x and dy. On the CPU with the native kernels, one pass of
   skinjax/kernels/batch_norm.cc over NHWC activations; else, and as its reference, jnp."""
-  if _native_batch_norm_sums(x, dy):
+  if _native_kernels_take(x, dy):
     from skinjax.kernels import batch_norm  # noqa: PLC0415 (loaded with the convolutions)
     return batch_norm.grad_sums(x, dy, mean)
   axes = tuple(range(x.ndim - 1))
@@ -204,7 +206,7 @@ def max_pool(x, window_shape, strides, padding='VALID'):
     return nnx.max_pool(x, window_shape=window_shape, strides=strides, padding=padding)
   # Static arguments of the custom gradient must be hashable: explicit pads become tuples.
   pads = padding if isinstance(padding, str) else tuple(tuple(pair) for pair in padding)
-  if x.dtype == jnp.float32 and kernels.onednn_enabled():
+  if _native_kernels_take(x):
     from skinjax.kernels import max_pool as native  # noqa: PLC0415 (loaded with the library)
     if isinstance(pads, str):
       pads = tuple(lax.padtype_to_pads(x.shape[1:3], window_shape, strides, pads))
