@@ -34,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
   # larger views than it trained on (Touvron et al. 2019, "Fixing the train-test resolution
   # discrepancy"); the classifier's global pooling takes any size.
   data.eval_image_size = 0
+  # Evaluation and prediction only: shrink any image whose shorter side is longer than the
+  # training images' (data.training_short_side) to theirs first, so that a sharper camera's
+  # image shows no finer detail than the model learnt from. Images as small as the training
+  # images' (the main dataset's own validation and test splits) are unchanged.
+  data.match_training_resolution = False
+  # The median shorter side of the main dataset's training images, in pixels: measured at the
+  # start of training when 0 and match_training_resolution is on, and recorded in W/config.json.
+  data.training_short_side = 0
   data.split = 'lesion_grouped'  # 'lesion_grouped' | 'random_image' (the study's leaky split)
   data.split_fractions = (0.6, 0.2, 0.2)
   data.split_seed = 0

@@ -197,6 +197,35 @@ def test_evaluation_views_follow_eval_image_size_and_colour_constancy(run, exter
   np.testing.assert_array_equal(inference.eval_view(changed, data.source, 0), views[0])
 
 
+def test_larger_images_are_shrunk_to_the_training_images_short_side(run, external_set, tmp_path):
+  """config.data.match_training_resolution: as the model card's resize rule says, an image whose
+  shorter side is longer than training_short_side is first resized to it; smaller ones are not."""
+  folder, ids, _ = external_set  # shorter sides 30, 17, 64, 35, ...
+  config = run.config.copy_and_resolve_references()
+  config.data.eval_image_size = 32
+  plain = dataclasses.replace(run, config=config.copy_and_resolve_references())
+  config.data.match_training_resolution = True
+  config.data.training_short_side = 20
+  changed = dataclasses.replace(run, config=config)
+  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', changed)
+  checkpoint_eval.evaluate_checkpoint(changed, data, tmp_path)
+  _, _, probs = read_predictions(tmp_path / 'predictions.csv')
+  views = []
+  for image_id in ids[:4]:
+    pil = Image.open(folder / 'images' / f'{image_id}.jpg')
+    pil.draft('RGB', (20, 20))
+    pil = pil.convert('RGB')
+    scale = 20 / min(pil.size)
+    if scale < 1:
+      pil = pil.resize((round(pil.width * scale), round(pil.height * scale)), Image.BILINEAR)
+    views.append(augment.eval_resize(pil, 32, config.data.resize))
+  np.testing.assert_allclose(probs[:4], model_probs(run, views), atol=2e-6)
+  np.testing.assert_array_equal(inference.eval_view(changed, data.source, 1),
+                                inference.eval_view(plain, data.source, 1))  # 17x23: as it was
+  assert not np.array_equal(inference.eval_view(changed, data.source, 2),
+                            inference.eval_view(plain, data.source, 2))  # 64x64: shrunk
+
+
 # ------------------------------------------------------------ refusals
 
 

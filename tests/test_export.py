@@ -18,6 +18,7 @@ import pytest
 from sklearn import metrics as skm
 
 from skinjax.data import augment
+from skinjax.data import pipeline
 from skinjax.data.constants import CLASS_NAMES
 from skinjax.evaluation import checkpoint_eval
 from skinjax.evaluation import inference
@@ -155,6 +156,19 @@ def test_evaluating_the_run_s_own_test_split_through_onnxruntime(run, exported, 
   jax_metrics = checkpoint_eval.evaluate_checkpoint(run, data, tmp_path / 'jax')
   assert metrics['balanced_accuracy'] == jax_metrics['balanced_accuracy']
   assert metrics['checkpoint'] == 'onnx' and metrics['step'] == run.step
+
+
+def test_the_card_s_resize_rule_and_the_onnx_views_shrink_as_training_did():
+  """A run evaluated at its training images' resolution: the card says how, and evaluate.py
+  --onnx takes the same views as the run itself."""
+  view = pipeline.EvalView(176, 'center_crop', 6.0, source_side=150)
+  rule = model_card.resize_rule(view)
+  assert rule.startswith("JPEGs are decoded with PIL's Image.draft('RGB', (150, 150)) first.")
+  assert 'shorter side is longer than 150 px' in rule and 'to 176x176' in rule
+  assert "draft('RGB', (176, 176))" in model_card.resize_rule(pipeline.EvalView(176))
+  card = {'input': {'image_size': 176, 'resize_mode': 'center_crop', 'source_short_side': 150}}
+  exported = onnx_run.OnnxRun(pathlib.Path('.'), card, None, None, None)
+  assert exported.eval_view == pipeline.EvalView(176, 'center_crop', source_side=150)
 
 
 def test_the_model_card_says_what_the_model_is(run, exported):

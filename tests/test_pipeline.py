@@ -1,10 +1,12 @@
 """The grain pipelines: determinism, checkpointable position, sharding, padding, balance."""
 
+import io
 import re
 
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from skinjax.data import augment
 from skinjax.data import pipeline
@@ -184,3 +186,46 @@ def test_colour_constancy_gives_training_evaluation_and_prediction_the_same_corr
 def test_colour_constancy_settings_are_checked_before_any_work(key, value, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     config_checks.validate(tiny_config(**{key: value}))
+
+
+def test_evaluation_views_of_larger_images_have_the_training_images_detail():
+  """EvalView.source_side: an image whose shorter side is longer is shrunk to it (PIL bilinear,
+  aspect kept) before its view is taken; an image no larger is viewed exactly as without it."""
+  rng = np.random.default_rng(0)
+  large = rng.integers(0, 256, (450, 600, 3), dtype=np.uint8)  # a sharper camera's 600x450
+  small = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)  # as large as the training images
+  view = pipeline.EvalView(176, 'center_crop', 6.0, source_side=150)
+  shrunk = np.asarray(Image.fromarray(large).resize((200, 150), Image.BILINEAR))
+  np.testing.assert_array_equal(view(large), pipeline.EvalView(176, 'center_crop', 6.0)(shrunk))
+  assert np.abs(view(large).astype(int)
+                - pipeline.EvalView(176, 'center_crop', 6.0)(large).astype(int)).mean() > 5
+  np.testing.assert_array_equal(view(small), pipeline.EvalView(176, 'center_crop', 6.0)(small))
+  # JPEGs are decoded at the shrunk size's scale (draft), then shrunk: close to the array's view.
+  buffer = io.BytesIO()
+  Image.fromarray(large).save(buffer, format='JPEG', quality=95)
+  assert augment.image_size(buffer.getvalue()) == (600, 450) == augment.image_size(large)
+  assert np.abs(view(buffer.getvalue()).astype(int) - view(large).astype(int)).mean() < 12
+  # Never enlarged; the aspect ratio is kept.
+  assert augment.shrink_to_short_side(Image.fromarray(small), 300).size == (200, 150)
+  assert augment.shrink_to_short_side(Image.fromarray(large), 100).size == (133, 100)
+
+
+def test_the_training_short_side_is_the_main_datasets_median():
+  """handle.median_training_short_side: the median shorter side of the main dataset's training
+  images, whatever size its extras have."""
+  from skinjax.data import handle
+
+  class Images:
+    def __init__(self, shorter_sides, train):
+      self.source = [{'image': np.zeros((side, side + 10, 3), np.uint8)} for side in shorter_sides]
+      self.splits = {'train': np.asarray(train)}
+
+  main = Images([100, 150, 150, 200, 300, 999], train=[0, 1, 2, 3, 4])  # 999: a test image
+  assert handle.median_training_short_side(main) == 150
+
+  class WithExtras:  # as combined.CombinedDataset: `main`, and a train split over every source
+    def __init__(self, main):
+      self.main, self.source = main, main.source + [{'image': np.zeros((84, 84, 3), np.uint8)}] * 9
+      self.splits = {'train': np.arange(len(self.source))}
+
+  assert handle.median_training_short_side(WithExtras(main)) == 150

@@ -12,8 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 from sklearn import metrics as skm
 
+from skinjax.data import handle
 from skinjax.data.constants import CLASS_NAMES
 from skinjax.evaluation import evaluate
+from skinjax.evaluation import inference
 from skinjax.runtime import checkpoint as ckpt
 from skinjax.training import progress
 from skinjax.training import train
@@ -213,6 +215,21 @@ def test_a_moving_average_turned_off_or_on_midway_resumes(averaged_runs, copy_of
     assert latest_has_ema(workdir) == has_ema
     logged_steps = [r['step'] for r in read_jsonl(workdir / 'metrics.jsonl') if 'step_losses' in r]
     assert logged_steps.count(first_step) == 1  # resumed where it stopped
+
+
+def test_a_run_records_its_training_images_short_side_and_resumes_with_it(tmp_path, capsys):
+  """data.match_training_resolution: the median shorter side of the training images is measured
+  at the start and recorded in config.json, where evaluation reads it; the run reopens as is."""
+  config = tiny_config(**{'train.num_epochs': 1, 'data.match_training_resolution': True})
+  dataset = handle.PreparedDataset.open(config)
+  sides = [min(dataset.source[int(i)]['image'].shape[:2]) for i in dataset.splits['train']]
+  train.train_and_evaluate(config, str(tmp_path))
+  recorded = json.loads((tmp_path / 'config.json').read_text())['data']['training_short_side']
+  assert recorded == np.median(sides) == 48  # the synthetic images are 64x48
+  assert config.data.training_short_side == 0  # the caller's config is left as written
+  assert 'shorter side above 48 px' in capsys.readouterr().out
+  train.train_and_evaluate(config, str(tmp_path))  # finished: reopened, no config change found
+  assert inference.load_run(tmp_path).eval_view.source_side == 48
 
 
 def test_unknown_architecture_lists_valid_ones(tmp_path):

@@ -151,9 +151,32 @@ def colour_gains(pil: Image.Image, power: float | None) -> np.ndarray | None:
   return None if power is None else shades_of_grey_gains(np.asarray(pil), power)
 
 
-def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float | None = None):
-  """The deterministic view evaluation and prediction see, as uint8 (size, size, 3)."""
-  pil = to_pil(image, size)
+def image_size(image) -> tuple[int, int]:
+  """(width, height) of JPEG bytes (read from the header alone) or of a uint8 array."""
+  if isinstance(image, np.ndarray):
+    return image.shape[1], image.shape[0]
+  return Image.open(io.BytesIO(bytes(image))).size
+
+
+def shrink_to_short_side(pil: Image.Image, side: int) -> Image.Image:
+  """`pil` with its shorter side at most `side`, aspect kept; never enlarged."""
+  width, height = pil.size
+  if min(width, height) <= side:
+    return pil
+  scale = side / min(width, height)
+  return pil.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+
+
+def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float | None = None,
+              source_side: int | None = None):
+  """The deterministic view evaluation and prediction see, as uint8 (size, size, 3).
+
+  With `source_side`, an image whose shorter side is longer is first shrunk to it: a sharper
+  camera's image then shows no finer detail than the training images did.
+  """
+  pil = to_pil(image, min(size, source_side) if source_side else size)
+  if source_side:
+    pil = shrink_to_short_side(pil, source_side)
   gains = colour_gains(pil, colour_constancy_power)
   return np.ascontiguousarray(apply_gains(eval_resize(pil, size, resize_mode), gains))
 
@@ -185,6 +208,14 @@ def train_view(image, size: int, cfg: ml_collections.ConfigDict, resize_mode: st
 def eval_image_size(data_config: ml_collections.ConfigDict) -> int:
   """The side of the evaluation views: config.data.eval_image_size, or the training size."""
   return data_config.eval_image_size or data_config.image_size  # 0: the same
+
+
+def eval_source_side(data_config: ml_collections.ConfigDict) -> int | None:
+  """The shorter side evaluation views shrink larger images to, None when they are taken as
+  they come (config.data.match_training_resolution and training_short_side)."""
+  if not data_config.match_training_resolution:
+    return None
+  return data_config.training_short_side or None
 
 
 def colour_constancy_power(data_config: ml_collections.ConfigDict) -> float | None:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from skinjax.data import augment
 from skinjax.data import combined
 from skinjax.data import datasets
 from skinjax.data import formats
@@ -227,6 +228,17 @@ class SyntheticDataset(PreparedDataset):
   @functools.cached_property
   def metadata(self) -> dict[str, np.ndarray]:
     return {**self.source.metadata, 'group': self.source.metadata['lesion_id']}
+
+
+def median_training_short_side(dataset, sampled: int = 256) -> int:
+  """The median shorter side, in pixels, of the main dataset's training images (a sample spread
+  over them; image headers only). With extras, the main dataset's: it defines the task and
+  holds the validation and test images."""
+  main = getattr(dataset, 'main', dataset)
+  train = main.splits['train']
+  sample = train[::max(1, len(train) // sampled)][:sampled]
+  return round(float(np.median([min(augment.image_size(main.source[int(i)]['image']))
+                                for i in sample])))
 
 
 def split_indices(metadata: dict, description: datasets.DatasetDescription, *, method: str,

@@ -100,20 +100,23 @@ class EvalView:
   """How validation, evaluation and prediction see an image: one definition for all three.
 
   A training run's views follow its config.data: the evaluation size (config.data.eval_image_size,
-  or the training size), the resize mode and the colour constancy (None when off).
+  or the training size), the resize mode, the colour constancy (None when off) and the shorter
+  side larger images are first shrunk to (None: taken as they come).
   """
   image_size: int
   resize_mode: str = 'center_crop'
   colour_constancy_power: float | None = None
+  source_side: int | None = None
 
   @classmethod
   def from_config(cls, data_config: ml_collections.ConfigDict) -> 'EvalView':
     return cls(augment.eval_image_size(data_config), data_config.resize,
-               augment.colour_constancy_power(data_config))
+               augment.colour_constancy_power(data_config), augment.eval_source_side(data_config))
 
   def __call__(self, image) -> np.ndarray:
     """The uint8 view of one image (JPEG bytes or an array)."""
-    return augment.eval_view(image, self.image_size, self.resize_mode, self.colour_constancy_power)
+    return augment.eval_view(image, self.image_size, self.resize_mode, self.colour_constancy_power,
+                             self.source_side)
 
 
 class EvalTransform(grain.transforms.Map):

@@ -28,14 +28,18 @@ DATA_LICENCES = {
 }
 UNKNOWN_LICENCE = 'not recorded by skinjax: the terms of the data it was trained on apply'
 
-# skinjax.data.augment.to_pil and eval_resize, in words: what a deployer's code must do.
+# skinjax.data.augment.to_pil, shrink_to_short_side and eval_resize, in words: what a deployer's
+# code must do (resize_rule puts them together).
 _DECODE = "JPEGs are decoded with PIL's Image.draft('RGB', ({size}, {size})) first. "
+_SHRINK = ('An image whose shorter side is longer than {side} px (the training images\' median) '
+           "is then resized with PIL's bilinear filter so that its shorter side is {side} "
+           '(rounded, aspect kept). ')
 RESIZE_RULES = {
-    'center_crop': _DECODE + ('Take the central square (its side the shorter side) and resize it '
-                              "to {size}x{size} with PIL's bilinear filter: image.resize(({size}, "
-                              '{size}), Image.BILINEAR, box=square).'),
-    'squash': _DECODE + ("Resize the whole image to {size}x{size} with PIL's bilinear filter, "
-                         'changing its aspect ratio.'),
+    'center_crop': ('Take the central square (its side the shorter side) and resize it '
+                    "to {size}x{size} with PIL's bilinear filter: image.resize(({size}, "
+                    '{size}), Image.BILINEAR, box=square).'),
+    'squash': ("Resize the whole image to {size}x{size} with PIL's bilinear filter, "
+               'changing its aspect ratio.'),
 }
 
 # The figures a card shows of each scored set, in this order.
@@ -79,6 +83,14 @@ def scored_sets(workdir: pathlib.Path, step: int) -> dict[str, dict]:
   return found
 
 
+def resize_rule(view) -> str:
+  """How to turn an image file into the graph's input, in words (`view`: a pipeline.EvalView)."""
+  side = view.source_side
+  draft = min(view.image_size, side) if side else view.image_size
+  return (_DECODE.format(size=draft) + (_SHRINK.format(side=side) if side else '')
+          + RESIZE_RULES[view.resize_mode].format(size=view.image_size))
+
+
 def card(run, *, onnx_file: str, opset: int, portable_note: str) -> dict:
   """The model card of `run` (an inference.LoadedRun) exported to `onnx_file`."""
   config, view, description = run.config, run.eval_view, run.description
@@ -96,7 +108,8 @@ def card(run, *, onnx_file: str, opset: int, portable_note: str) -> dict:
           'shape': ['batch', view.image_size, view.image_size, 3],
           'image_size': view.image_size,
           'resize_mode': view.resize_mode,
-          'resize_rule': RESIZE_RULES[view.resize_mode].format(size=view.image_size),
+          'source_short_side': view.source_side,
+          'resize_rule': resize_rule(view),
           'colour_constancy': (
               None if view.colour_constancy_power is None else
               f'Shades of Grey, p={view.colour_constancy_power:g}, inside the graph: estimated on '

@@ -54,7 +54,8 @@ class OnnxRun:
   @property
   def eval_view(self) -> pipeline.EvalView:
     """The view fed to the graph: resized and cropped, with no colour constancy (the graph's)."""
-    return pipeline.EvalView(self.image_size, self.card['input']['resize_mode'])
+    return pipeline.EvalView(self.image_size, self.card['input']['resize_mode'],
+                             source_side=self.card['input'].get('source_short_side'))
 
   def probabilities(self, images: np.ndarray) -> np.ndarray:
     """(N, classes) from uint8 (N, S, S, 3) views; anything else is refused in one line."""

@@ -9,10 +9,10 @@ def upgrade(saved: dict) -> dict:
   """A run's W/config.json (nested, as saved) as today's keys say it; a new dict.
 
   Runs from before data.dataset trained on HAM10000, through data.source='ham10000', now called
-  'prepared', and without colour constancy, larger evaluation views, a validated TTA mode, the
-  camera augmentations (off, as they trained), extra training datasets, folds, patient metadata,
-  the switch for the report's figures (on, as they were written) or a moving average of the
-  weights (none).
+  'prepared', and without colour constancy, larger evaluation views, evaluation views at the
+  training images' resolution (off), a validated TTA mode, the camera augmentations (off, as
+  they trained), extra training datasets, folds, patient metadata, the switch for the report's
+  figures (on, as they were written) or a moving average of the weights (none).
   """
   upgraded = json.loads(json.dumps(saved))
   data = upgraded.setdefault('data', {})
@@ -20,6 +20,8 @@ def upgrade(saved: dict) -> dict:
   data.setdefault('colour_constancy', 'none')
   data.setdefault('shades_of_grey_power', 6.0)
   data.setdefault('eval_image_size', 0)
+  data.setdefault('match_training_resolution', False)
+  data.setdefault('training_short_side', 0)
   for key, value in (('extra_train', []), ('label_map', {}), ('extra_val_fraction', 0.0),
                      ('source_weights', []), ('folds', 0), ('fold', 0)):
     data.setdefault(key, value)

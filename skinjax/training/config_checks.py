@@ -69,6 +69,9 @@ def validate(config: ml_collections.ConfigDict):
   if config.data.eval_image_size < 0:
     raise ValueError(f'config.data.eval_image_size={config.data.eval_image_size} must be 0 (the '
                      'training size, data.image_size) or a positive size.')
+  if config.data.get('training_short_side', 0) < 0:
+    raise ValueError(f'config.data.training_short_side={config.data.training_short_side} must be '
+                     '0 (measured from the training images) or a positive number of pixels.')
   if 'num_workers' in config.data and config.data.num_workers < 0:
     raise ValueError(f'config.data.num_workers={config.data.num_workers} must be 0 (read in the '
                      'main process) or more.')

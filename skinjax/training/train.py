@@ -3,6 +3,7 @@
 setup -> data -> model + optimiser -> mesh/sharding -> restore -> loop -> final report
 """
 
+import copy
 import functools
 import json
 import pathlib
@@ -49,6 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not resuming:  # A resume needs no initial weights.
     config_checks.check_init(config)
   dataset = handle.PreparedDataset.open(config)  # opened once, read as each part is needed
+  config = _with_training_short_side(config, dataset)
   workdir_lib.check_resume(workdir, config, dataset.fingerprint, resuming)
   dataset.splits  # noqa: B018 (made now: splits that cannot be made stop before any write)
   fields = tuple(config.model.metadata)
@@ -353,6 +355,19 @@ def _finished(checkpoints: ckpt.RunCheckpoints, total_steps: int) -> bool:
 def _fresh_early_stopping() -> dict:
   return {'best_value': None, 'best_epoch': None, 'best_step': None, 'bad_epochs': 0,
           'stopped': False}
+
+
+def _with_training_short_side(config: ml_collections.ConfigDict, dataset):
+  """`config`, with data.training_short_side measured when evaluation views are to match it and
+  it is not given; a copy, so that the caller's config stays as written."""
+  if not config.data.match_training_resolution or config.data.training_short_side:
+    return config
+  config = copy.deepcopy(config)
+  config.data.training_short_side = handle.median_training_short_side(dataset)
+  if jax.process_index() == 0:
+    print(f'Evaluation views: images with a shorter side above {config.data.training_short_side} '
+          "px (the training images' median) are shrunk to it first.", flush=True)
+  return config
 
 
 def _print_metadata_summary(config, dataset, sampled: int = 256):
