@@ -45,6 +45,12 @@ isic2018_test_dev were lower again, so Lite0 stays. A moving average of the weig
 after epoch 5 as this config's does after epoch 4. Not reached: 0.75 on the
 HAM10000 test split and on isic2018_test_dev.
 
+Trained again with today's code (the AVX-512 EPYC, 18.7 min of training, an evaluation beside
+it for 2 minutes; validation 0.678 at epoch 8): 0.715 / 0.662 / 0.634 with evaluation views as
+they come, and 0.715 / 0.665 / 0.649 with the views at the training images' resolution that
+configs/cpu_transfer.py now sets and this config inherits (docs/results.md, "Images from sharper
+cameras"): the spread between two runs of it is as large as that lever's effect here.
+
 Wall time on the 2-core AMD EPYC: 38.1 min of training and report (report/timing.json), an
 evaluation beside it for the first 15 minutes; idle epochs 178-199 s. Evaluation with
 --tta=flip_rot: 2.4, 0.7 and 0.5 min for the three sets.
