@@ -178,16 +178,22 @@ def test_flip_tta_averages_the_softmax_over_flipped_images(run, external_set, tm
   np.testing.assert_allclose(probs[1], model_probs(run, flipped).mean(0), atol=2e-6)
 
 
+def scored_with(run, config, folder, out):
+  """(the run with `config`, the external set in `folder`, its predicted probabilities)."""
+  changed = dataclasses.replace(run, config=config)
+  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', changed)
+  checkpoint_eval.evaluate_checkpoint(changed, data, out)
+  _, _, probs = read_predictions(out / 'predictions.csv')
+  return changed, data, probs
+
+
 def test_evaluation_views_follow_eval_image_size_and_colour_constancy(run, external_set, tmp_path):
   """The run's evaluation settings reach every evaluation path: scoring a set and Grad-CAM's view."""
   folder, ids, _ = external_set
   config = run.config.copy_and_resolve_references()
   config.data.eval_image_size = 32  # the run trained at 24 px
   config.data.colour_constancy = 'shades_of_grey'
-  changed = dataclasses.replace(run, config=config)
-  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', changed)
-  checkpoint_eval.evaluate_checkpoint(changed, data, tmp_path)
-  _, _, probs = read_predictions(tmp_path / 'predictions.csv')
+  changed, data, probs = scored_with(run, config, folder, tmp_path)
   views = []
   for image_id in ids[:3]:
     pil = augment.to_pil((folder / 'images' / f'{image_id}.jpg').read_bytes(), 32)
@@ -206,10 +212,7 @@ def test_larger_images_are_shrunk_to_the_training_images_short_side(run, externa
   plain = dataclasses.replace(run, config=config.copy_and_resolve_references())
   config.data.match_training_resolution = True
   config.data.training_short_side = 20
-  changed = dataclasses.replace(run, config=config)
-  data = checkpoint_eval.external_set(folder / 'images', folder / 'isic.csv', changed)
-  checkpoint_eval.evaluate_checkpoint(changed, data, tmp_path)
-  _, _, probs = read_predictions(tmp_path / 'predictions.csv')
+  changed, data, probs = scored_with(run, config, folder, tmp_path)
   views = []
   for image_id in ids[:4]:
     pil = Image.open(folder / 'images' / f'{image_id}.jpg')
