@@ -36,8 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_image_size = 0
   # Evaluation and prediction only: shrink any image whose shorter side is longer than the
   # training images' (data.training_short_side) to theirs first, so that a sharper camera's
-  # image shows no finer detail than the model learnt from. Images as small as the training
-  # images' (the main dataset's own validation and test splits) are unchanged.
+  # image shows no finer detail than the model learnt from. Images no larger are unchanged: all of
+  # the main dataset's own when its images share one size, as HAM10000's do.
   data.match_training_resolution = False
   # The median shorter side of the main dataset's training images, in pixels: measured at the
   # start of training when 0 and match_training_resolution is on, and recorded in W/config.json.
