@@ -52,7 +52,8 @@ configs/cpu_transfer.py now sets and this config inherits (docs/results.md, "Ima
 cameras"): the spread between two runs of it is as large as that lever's effect here.
 The best balance on the three sets is this run and configs/cpu_transfer.py's scored as one model
 (python scripts/evaluate.py --workdir=runs/cpu_transfer,runs/cpu_domains --tta=flip_rot ...;
-two runs, about 38 min of training idle): validation 0.707 (the two alone 0.683 and 0.701),
+two runs, about 38 min of training idle): validation with flip_rot 0.707 (the two alone 0.683
+and 0.701),
 HAM10000 test 0.744 [0.701, 0.784], isic2018_test_dev 0.738 [0.675, 0.796], derm7pt_dev 0.623
 [0.538, 0.703]. Still short of 0.75 on the first two.
 

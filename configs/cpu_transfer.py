@@ -97,11 +97,9 @@ epoch 9; 0.712 / 0.703 / 0.404), not kept; it trained in 19.4 minutes, about wha
 takes now on that machine. The recipe with --config.seed=1 (validation 0.724 at epoch 7;
 0.763 / 0.718 / 0.502; 17.7 min idle) is a third draw of it, so the recipe keeps seed 0; an
 ensemble of it and the second seed-0 run scored between the two on validation (0.714 with
-flip_rot) and 0.754 / 0.696 / 0.494 (docs/results.md). Not tried: partial unfreezing
-(config.train.unfreeze=N).
-Partial unfreezing since (--config.train.unfreeze=9: stages 5-7 and the top trained, the rest
-kept at ImageNet; 11.1 min of training): validation 0.685 at epoch 7; 0.745 / 0.677 / 0.444.
-Not kept.
+flip_rot) and 0.754 / 0.696 / 0.494 (docs/results.md). Partial unfreezing
+(--config.train.unfreeze=9: stages 5-7 and the top trained, the rest kept at ImageNet; 11.1 min
+of training): validation 0.685 at epoch 7; 0.745 / 0.677 / 0.444. Not kept.
 
 Images sharper than the training images (config.data.match_training_resolution, docs/results.md
 "Images from sharper cameras"): evaluation and prediction shrink any image whose shorter side is
