@@ -230,15 +230,18 @@ class SyntheticDataset(PreparedDataset):
     return {**self.source.metadata, 'group': self.source.metadata['lesion_id']}
 
 
-def median_training_short_side(dataset, sampled: int = 256) -> int:
-  """The median shorter side, in pixels, of the main dataset's training images (a sample spread
-  over them; image headers only). With extras, the main dataset's: it defines the task and
-  holds the validation and test images."""
+def spread_sample(indices: np.ndarray, count: int = 256) -> np.ndarray:
+  """At most `count` of `indices`, evenly spread over them: what the start of a run inspects."""
+  return indices[::max(1, len(indices) // count)][:count]
+
+
+def median_training_short_side(dataset) -> int:
+  """The median shorter side, in pixels, of the main dataset's training images (a spread sample
+  of them; image headers only). With extras, the main dataset's: it defines the task and holds
+  the validation and test images."""
   main = getattr(dataset, 'main', dataset)
-  train = main.splits['train']
-  sample = train[::max(1, len(train) // sampled)][:sampled]
   return round(float(np.median([min(augment.image_size(main.source[int(i)]['image']))
-                                for i in sample])))
+                                for i in spread_sample(main.splits['train'])])))
 
 
 def split_indices(metadata: dict, description: datasets.DatasetDescription, *, method: str,

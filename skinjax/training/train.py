@@ -370,10 +370,9 @@ def _with_training_short_side(config: ml_collections.ConfigDict, dataset):
   return config
 
 
-def _print_metadata_summary(config, dataset, sampled: int = 256):
+def _print_metadata_summary(config, dataset):
   """Where each metadata field comes from, and how often it is known in the training images."""
-  train = dataset.splits['train']
-  sample = train[::max(1, len(train) // sampled)][:sampled]
+  sample = handle.spread_sample(dataset.splits['train'])
   encoder = patient_metadata.MetadataEncoder.from_config(config)
   shares = patient_metadata.known_shares(encoder, [dataset.source[int(i)] for i in sample])
   for line in patient_metadata.summary(encoder.fields, dataset.descriptions, shares, len(sample)):
