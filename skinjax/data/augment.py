@@ -158,13 +158,15 @@ def image_size(image) -> tuple[int, int]:
   return Image.open(io.BytesIO(bytes(image))).size
 
 
-def shrink_to_short_side(pil: Image.Image, side: int) -> Image.Image:
+def shrink_to_short_side(pil: Image.Image, side: int,
+                         resample: int = Image.Resampling.BILINEAR) -> Image.Image:
   """`pil` with its shorter side at most `side`, aspect kept; never enlarged."""
   width, height = pil.size
   if min(width, height) <= side:
     return pil
   scale = side / min(width, height)
-  return pil.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+  # The shorter side comes out at exactly `side`, the longer at `side` or more.
+  return pil.resize((max(side, round(width * scale)), max(side, round(height * scale))), resample)
 
 
 def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float | None = None,

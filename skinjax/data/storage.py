@@ -27,6 +27,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from skinjax.data import augment
+
 DEFAULT_SHORT_SIDE = 256
 VERSION = '1.0.0'
 JPEG_QUALITY = 95
@@ -133,11 +135,7 @@ def encode_for_storage(data: bytes, short_side: int, location: str) -> bytes:
       image = image.convert('RGB')
   except (OSError, SyntaxError, Image.DecompressionBombError) as e:
     raise BadImageError(location, 'decode', e) from None
-  width, height = image.size
-  if min(width, height) > short_side:
-    scale = short_side / min(width, height)
-    size = (max(short_side, round(width * scale)), max(short_side, round(height * scale)))
-    image = image.resize(size, Image.Resampling.LANCZOS)
+  image = augment.shrink_to_short_side(image, short_side, Image.Resampling.LANCZOS)
   out = io.BytesIO()
   image.save(out, format='JPEG', quality=JPEG_QUALITY)
   return out.getvalue()
