@@ -100,6 +100,10 @@ ensemble of it and the second seed-0 run scored between the two on validation (0
 flip_rot) and 0.754 / 0.696 / 0.494 (docs/results.md). Partial unfreezing
 (--config.train.unfreeze=9: stages 5-7 and the top trained, the rest kept at ImageNet; 11.1 min
 of training): validation 0.685 at epoch 7; 0.745 / 0.677 / 0.444. Not kept.
+Another draw, --config.seed=2 (validation 0.689 at epoch 5; 19.3 min): 0.706 / 0.672 / 0.443.
+The three draws with today's code and the views below average 0.733 / 0.709 / 0.511 (0.706-0.763
+on the test split): the seed alone moves a run more than any lever above (docs/results.md, "How
+far one run is from the next").
 
 Images sharper than the training images (config.data.match_training_resolution, docs/results.md
 "Images from sharper cameras"): evaluation and prediction shrink any image whose shorter side is
