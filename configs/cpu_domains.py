@@ -55,9 +55,9 @@ The best balance on the three sets is this run and configs/cpu_transfer.py's sco
 two runs, about 38 min of training idle): validation with flip_rot 0.707 (the two alone 0.683
 and 0.701),
 HAM10000 test 0.744 [0.701, 0.784], isic2018_test_dev 0.738 [0.675, 0.796], derm7pt_dev 0.623
-[0.538, 0.703]. Two more draws of each config (--config.seed=1 and 2; 18.8-19.5 min each)
+[0.538, 0.703]. Two more draws of each config (--config.seed=1 and 2; 17.7-19.5 min each)
 show that draw was the ensemble's luckiest on ISIC 2018: the pairs of the same seed give
-0.743 / 0.760 / 0.732 on the test split, 0.738 / 0.730 / 0.672 on isic2018_test_dev and
+0.744 / 0.760 / 0.732 on the test split, 0.738 / 0.730 / 0.672 on isic2018_test_dev and
 0.623 / 0.577 / 0.523 on derm7pt_dev, a mean of 0.745 / 0.713 / 0.574 (this config alone:
 0.719 / 0.665 / 0.586; docs/results.md, "How far one run is from the next"). Still short of
 0.75 on the first two.
