@@ -169,6 +169,11 @@ def shrink_to_short_side(pil: Image.Image, side: int,
   return pil.resize((max(side, round(width * scale)), max(side, round(height * scale))), resample)
 
 
+def draft_size(size: int, source_side: int | None) -> int:
+  """The size JPEGs are decoded at (PIL's draft) for a view of `size`, shrunk to `source_side`."""
+  return min(size, source_side) if source_side else size
+
+
 def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float | None = None,
               source_side: int | None = None):
   """The deterministic view evaluation and prediction see, as uint8 (size, size, 3).
@@ -176,7 +181,7 @@ def eval_view(image, size: int, resize_mode: str, colour_constancy_power: float 
   With `source_side`, an image whose shorter side is longer is first shrunk to it: a sharper
   camera's image then shows no finer detail than the training images did.
   """
-  pil = to_pil(image, min(size, source_side) if source_side else size)
+  pil = to_pil(image, draft_size(size, source_side))
   if source_side:
     pil = shrink_to_short_side(pil, source_side)
   gains = colour_gains(pil, colour_constancy_power)

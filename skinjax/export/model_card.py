@@ -9,6 +9,7 @@ the exported checkpoint's step.
 import json
 import pathlib
 
+from skinjax.data import augment
 from skinjax.models import registry
 
 CARD_FILE = 'model_card.json'
@@ -86,8 +87,8 @@ def scored_sets(workdir: pathlib.Path, step: int) -> dict[str, dict]:
 def resize_rule(view) -> str:
   """How to turn an image file into the graph's input, in words (`view`: a pipeline.EvalView)."""
   side = view.source_side
-  draft = min(view.image_size, side) if side else view.image_size
-  return (_DECODE.format(size=draft) + (_SHRINK.format(side=side) if side else '')
+  return (_DECODE.format(size=augment.draft_size(view.image_size, side))
+          + (_SHRINK.format(side=side) if side else '')
           + RESIZE_RULES[view.resize_mode].format(size=view.image_size))
 
 
